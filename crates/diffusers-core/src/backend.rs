@@ -1,0 +1,125 @@
+//! Backends and devices: the one place that names burn's backend types.
+//!
+//! Models are generic over `B: Backend`; applications pick a backend at run time from a
+//! [`DeviceSpec`] (`cpu`, `cuda`, `cuda:N`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::DType;
+
+use crate::{Error, Result};
+
+/// The CPU backend used by tests and the `cpu` device: burn's `flex` (f32, f16 and bf16).
+pub type Cpu = burn::backend::Flex;
+
+/// The CUDA backend (kernels compiled with NVRTC at run time), with kernel fusion.
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
+
+/// A device named on the command line or in options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU (`flex`).
+    Cpu,
+    /// A CUDA device by ordinal.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| Error::UnknownDevice(s.clone())),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Checks that this build includes the backend for the device.
+    pub fn ensure_compiled(self) -> Result<Self> {
+        match self {
+            DeviceSpec::Cpu => Ok(self),
+            DeviceSpec::Cuda(_) if cfg!(feature = "cuda") => Ok(self),
+            DeviceSpec::Cuda(_) => Err(Error::BackendNotCompiled(self.to_string())),
+        }
+    }
+
+    /// The burn device for the CUDA backend.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_device(self) -> burn::backend::cuda::CudaDevice {
+        match self {
+            DeviceSpec::Cuda(n) => burn::backend::cuda::CudaDevice::new(n),
+            DeviceSpec::Cpu => burn::backend::cuda::CudaDevice::new(0),
+        }
+    }
+}
+
+/// A compute dtype named on the command line or in options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit float.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    BF16,
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "f16" | "fp16" | "float16" => Ok(Precision::F16),
+            "bf16" | "bfloat16" => Ok(Precision::BF16),
+            _ => Err(Error::UnknownDtype(s.to_string())),
+        }
+    }
+}
+
+impl From<Precision> for DType {
+    fn from(p: Precision) -> DType {
+        match p {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::BF16 => DType::BF16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!("cpu".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cpu));
+        assert_eq!("cuda".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(0)));
+        assert_eq!("CUDA:3".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(3)));
+        assert!(matches!("tpu".parse::<DeviceSpec>(), Err(Error::UnknownDevice(_))));
+        assert!(matches!("cuda:x".parse::<DeviceSpec>(), Err(Error::UnknownDevice(_))));
+        let cuda = DeviceSpec::Cuda(0).ensure_compiled();
+        assert_eq!(cuda.is_ok(), cfg!(feature = "cuda"));
+        assert_eq!("bf16".parse::<Precision>().ok(), Some(Precision::BF16));
+        assert!(matches!("f8".parse::<Precision>(), Err(Error::UnknownDtype(_))));
+    }
+}

@@ -1,0 +1,125 @@
+//! Activations: SiLU, GELU (exact and tanh), quick-GELU, and diffusers' `GELU` and `GEGLU`
+//! projection modules.
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::activation;
+
+use crate::linear::{Linear, LinearConfig};
+
+/// `x * sigmoid(x)`.
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    activation::silu(x)
+}
+
+/// Exact GELU, `x * Φ(x)` (`approximate="none"`).
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    activation::gelu(x)
+}
+
+/// The tanh approximation of GELU (`approximate="tanh"`).
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// CLIP's quick GELU, `x * sigmoid(1.702 x)`.
+pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clone() * activation::sigmoid(x * 1.702)
+}
+
+/// Which GELU variant a module uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GeluApproximate {
+    /// Exact (`"none"`).
+    #[serde(rename = "none")]
+    None,
+    /// tanh approximation (`"tanh"`).
+    #[serde(rename = "tanh")]
+    Tanh,
+}
+
+/// Configuration of diffusers' [`Gelu`] (`GELU(dim_in, dim_out, approximate)`).
+#[derive(Config, Debug)]
+pub struct GeluConfig {
+    /// Input features.
+    pub dim_in: usize,
+    /// Output features.
+    pub dim_out: usize,
+    /// Variant.
+    #[config(default = "GeluApproximate::None")]
+    pub approximate: GeluApproximate,
+    /// Whether the projection has a bias.
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+/// A linear projection followed by GELU (diffusers' `GELU` module).
+#[derive(Module, Debug)]
+pub struct Gelu<B: Backend> {
+    /// The projection.
+    pub proj: Linear<B>,
+    tanh: bool,
+}
+
+impl GeluConfig {
+    /// Builds the module.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Gelu<B> {
+        Gelu {
+            proj: LinearConfig::new(self.dim_in, self.dim_out)
+                .with_bias(self.bias)
+                .init(device),
+            tanh: self.approximate == GeluApproximate::Tanh,
+        }
+    }
+}
+
+impl<B: Backend> Gelu<B> {
+    /// Projects, then applies GELU.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let h = self.proj.forward(x);
+        if self.tanh { gelu_tanh(h) } else { gelu(h) }
+    }
+}
+
+/// Configuration of diffusers' [`Geglu`].
+#[derive(Config, Debug)]
+pub struct GegluConfig {
+    /// Input features.
+    pub dim_in: usize,
+    /// Output features (the projection has twice as many).
+    pub dim_out: usize,
+    /// Whether the projection has a bias.
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+/// Gated GELU: `proj(x)` split in two halves `h, g`, returning `h * gelu(g)`.
+#[derive(Module, Debug)]
+pub struct Geglu<B: Backend> {
+    /// `[2 * dim_out, dim_in]` projection.
+    pub proj: Linear<B>,
+}
+
+impl GegluConfig {
+    /// Builds the module.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Geglu<B> {
+        Geglu {
+            proj: LinearConfig::new(self.dim_in, self.dim_out * 2)
+                .with_bias(self.bias)
+                .init(device),
+        }
+    }
+}
+
+impl<B: Backend> Geglu<B> {
+    /// Applies the gated GELU.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let h = self.proj.forward(x);
+        let mut halves = h.chunk(2, D - 1);
+        let gate = halves.pop().expect("chunk(2) yields two halves");
+        let hidden = halves.pop().expect("chunk(2) yields two halves");
+        hidden * gelu(gate)
+    }
+}

@@ -1,0 +1,176 @@
+//! `Conv2d` and `Conv3d` (with the causal and replicate padding video VAEs need).
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::module::{conv2d, conv3d};
+use burn::tensor::ops::ConvOptions;
+
+use crate::pad::{PadMode, pad_dim};
+
+/// Configuration of a [`Conv2d`] (as `torch.nn.Conv2d`, zero padding).
+#[derive(Config, Debug)]
+pub struct Conv2dConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel size `[kh, kw]`.
+    pub kernel_size: [usize; 2],
+    /// Stride.
+    #[config(default = "[1, 1]")]
+    pub stride: [usize; 2],
+    /// Symmetric zero padding `[ph, pw]`.
+    #[config(default = "[0, 0]")]
+    pub padding: [usize; 2],
+    /// Dilation.
+    #[config(default = "[1, 1]")]
+    pub dilation: [usize; 2],
+    /// Groups.
+    #[config(default = 1)]
+    pub groups: usize,
+    /// Whether the layer has a bias.
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+/// A 2D convolution over `[batch, channels, height, width]`.
+#[derive(Module, Debug)]
+pub struct Conv2d<B: Backend> {
+    /// `[out, in / groups, kh, kw]`.
+    pub weight: Param<Tensor<B, 4>>,
+    /// `[out]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    groups: usize,
+}
+
+fn uniform(fan_in: usize) -> burn::module::Initializer {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    burn::module::Initializer::Uniform {
+        min: -bound,
+        max: bound,
+    }
+}
+
+impl Conv2dConfig {
+    /// Builds the layer with lazily-initialised parameters.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Conv2d<B> {
+        let [kh, kw] = self.kernel_size;
+        let cin = self.in_channels / self.groups.max(1);
+        let fan_in = cin * kh * kw;
+        let init = uniform(fan_in);
+        Conv2d {
+            weight: init.init_with([self.out_channels, cin, kh, kw], Some(fan_in), None, device),
+            bias: self
+                .bias
+                .then(|| init.init_with([self.out_channels], Some(fan_in), None, device)),
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+            groups: self.groups.max(1),
+        }
+    }
+}
+
+impl<B: Backend> Conv2d<B> {
+    /// Applies the convolution.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new(self.stride, self.padding, self.dilation, self.groups),
+        )
+    }
+}
+
+/// Configuration of a [`Conv3d`].
+///
+/// `padding` is `[w_left, w_right, h_top, h_bottom, t_front, t_back]`, the order of
+/// `torch.nn.functional.pad`, so the causal paddings of diffusers' video VAEs are expressed
+/// directly: Wan's `(p, p, p, p, 2p, 0)` with zeros, HunyuanVideo's `(k/2, k/2, k/2, k/2, k-1, 0)`
+/// with replicate.
+#[derive(Config, Debug)]
+pub struct Conv3dConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel size `[kt, kh, kw]`.
+    pub kernel_size: [usize; 3],
+    /// Stride `[st, sh, sw]`.
+    #[config(default = "[1, 1, 1]")]
+    pub stride: [usize; 3],
+    /// Padding `[w_left, w_right, h_top, h_bottom, t_front, t_back]`.
+    #[config(default = "[0, 0, 0, 0, 0, 0]")]
+    pub padding: [usize; 6],
+    /// How padded values are filled.
+    #[config(default = "PadMode::Zeros")]
+    pub pad_mode: PadMode,
+    /// Whether the layer has a bias.
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+/// A 3D convolution over `[batch, channels, frames, height, width]`.
+#[derive(Module, Debug)]
+pub struct Conv3d<B: Backend> {
+    /// `[out, in, kt, kh, kw]`.
+    pub weight: Param<Tensor<B, 5>>,
+    /// `[out]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    stride: [usize; 3],
+    padding: [usize; 6],
+    replicate: bool,
+}
+
+impl Conv3dConfig {
+    /// Builds the layer with lazily-initialised parameters.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Conv3d<B> {
+        let [kt, kh, kw] = self.kernel_size;
+        let fan_in = self.in_channels * kt * kh * kw;
+        let init = uniform(fan_in);
+        Conv3d {
+            weight: init.init_with(
+                [self.out_channels, self.in_channels, kt, kh, kw],
+                Some(fan_in),
+                None,
+                device,
+            ),
+            bias: self
+                .bias
+                .then(|| init.init_with([self.out_channels], Some(fan_in), None, device)),
+            stride: self.stride,
+            padding: self.padding,
+            replicate: self.pad_mode == PadMode::Replicate,
+        }
+    }
+}
+
+impl<B: Backend> Conv3d<B> {
+    /// Applies the padding, then the convolution.
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let [wl, wr, ht, hb, tf, tb] = self.padding;
+        let symmetric = wl == wr && ht == hb && tf == tb;
+        let (x, conv_pad) = if symmetric && !self.replicate {
+            (x, [tf, ht, wl])
+        } else {
+            let mode = if self.replicate {
+                PadMode::Replicate
+            } else {
+                PadMode::Zeros
+            };
+            let x = pad_dim(x, 2, tf, tb, mode);
+            let x = pad_dim(x, 3, ht, hb, mode);
+            (pad_dim(x, 4, wl, wr, mode), [0, 0, 0])
+        };
+        conv3d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new(self.stride, conv_pad, [1, 1, 1], 1),
+        )
+    }
+}

@@ -1,0 +1,197 @@
+//! `GroupNorm`, `LayerNorm` (with and without affine) and diffusers' `RMSNorm`.
+//!
+//! Statistics are computed in f32 whatever the compute dtype, as PyTorch does for half types.
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::DType;
+
+fn upcast<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, DType) {
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        (x, dtype)
+    } else {
+        (x.cast(DType::F32), dtype)
+    }
+}
+
+fn downcast<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
+
+/// Configuration of a [`GroupNorm`] (as `torch.nn.GroupNorm`).
+#[derive(Config, Debug)]
+pub struct GroupNormConfig {
+    /// Number of groups.
+    pub num_groups: usize,
+    /// Number of channels (dimension 1).
+    pub num_channels: usize,
+    /// Epsilon.
+    #[config(default = 1e-5)]
+    pub eps: f64,
+    /// Whether there is a per-channel weight and bias.
+    #[config(default = true)]
+    pub affine: bool,
+}
+
+/// Group normalisation over `[batch, channels, ...]`.
+#[derive(Module, Debug)]
+pub struct GroupNorm<B: Backend> {
+    /// `[channels]`.
+    pub weight: Option<Param<Tensor<B, 1>>>,
+    /// `[channels]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    num_groups: usize,
+    eps: f64,
+}
+
+impl GroupNormConfig {
+    /// Builds the layer (weight ones, bias zeros).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> GroupNorm<B> {
+        use burn::module::Initializer;
+        GroupNorm {
+            weight: self
+                .affine
+                .then(|| Initializer::Ones.init([self.num_channels], device)),
+            bias: self
+                .affine
+                .then(|| Initializer::Zeros.init([self.num_channels], device)),
+            num_groups: self.num_groups,
+            eps: self.eps,
+        }
+    }
+}
+
+impl<B: Backend> GroupNorm<B> {
+    /// Normalises `x` of rank `D >= 3` (`[N, C, ...]`).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let shape = x.dims();
+        let (n, c) = (shape[0], shape[1]);
+        let (x, dtype) = upcast(x);
+        let grouped: Tensor<B, 3> = x.reshape([n as i32, self.num_groups as i32, -1]);
+        let (var, mean) = grouped.clone().var_mean_bias(2);
+        let normed = (grouped - mean) / (var + self.eps).sqrt();
+        let mut y: Tensor<B, D> = normed.reshape(shape);
+        let mut bshape = [1usize; D];
+        bshape[1] = c;
+        if let Some(w) = &self.weight {
+            y = y * w.val().cast(DType::F32).reshape(bshape);
+        }
+        if let Some(b) = &self.bias {
+            y = y + b.val().cast(DType::F32).reshape(bshape);
+        }
+        downcast(y, dtype)
+    }
+}
+
+/// Configuration of a [`LayerNorm`] over the last dimension.
+#[derive(Config, Debug)]
+pub struct LayerNormConfig {
+    /// Size of the last dimension.
+    pub dim: usize,
+    /// Epsilon.
+    #[config(default = 1e-5)]
+    pub eps: f64,
+    /// Whether there is a learned weight.
+    #[config(default = true)]
+    pub elementwise_affine: bool,
+    /// Whether there is a learned bias (only with `elementwise_affine`).
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+/// Layer normalisation over the last dimension (as `torch.nn.LayerNorm`).
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    /// `[dim]`.
+    pub weight: Option<Param<Tensor<B, 1>>>,
+    /// `[dim]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    eps: f64,
+}
+
+impl LayerNormConfig {
+    /// Builds the layer (weight ones, bias zeros).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LayerNorm<B> {
+        use burn::module::Initializer;
+        LayerNorm {
+            weight: self
+                .elementwise_affine
+                .then(|| Initializer::Ones.init([self.dim], device)),
+            bias: (self.elementwise_affine && self.bias)
+                .then(|| Initializer::Zeros.init([self.dim], device)),
+            eps: self.eps,
+        }
+    }
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// Normalises the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (x, dtype) = upcast(x);
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let mut y = (x - mean) / (var + self.eps).sqrt();
+        if let Some(w) = &self.weight {
+            y = y * w.val().cast(DType::F32).unsqueeze();
+        }
+        if let Some(b) = &self.bias {
+            y = y + b.val().cast(DType::F32).unsqueeze();
+        }
+        downcast(y, dtype)
+    }
+}
+
+/// Configuration of diffusers' [`RMSNorm`].
+#[derive(Config, Debug)]
+pub struct RmsNormConfig {
+    /// Size of the last dimension.
+    pub dim: usize,
+    /// Epsilon.
+    #[config(default = 1e-6)]
+    pub eps: f64,
+    /// Whether there is a learned weight.
+    #[config(default = true)]
+    pub elementwise_affine: bool,
+}
+
+/// Root-mean-square normalisation over the last dimension (diffusers' `RMSNorm`).
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// `[dim]`.
+    pub weight: Option<Param<Tensor<B, 1>>>,
+    eps: f64,
+}
+
+impl RmsNormConfig {
+    /// Builds the layer (weight ones).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> RmsNorm<B> {
+        RmsNorm {
+            weight: self
+                .elementwise_affine
+                .then(|| burn::module::Initializer::Ones.init([self.dim], device)),
+            eps: self.eps,
+        }
+    }
+}
+
+impl<B: Backend> RmsNorm<B> {
+    /// Normalises the last dimension as diffusers does: variance in f32, then the weight in
+    /// the weight's dtype when that is a half type.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (xf, dtype) = upcast(x);
+        let var = xf.clone().powi_scalar(2).mean_dim(D - 1);
+        let y = xf * (var + self.eps).sqrt().recip();
+        match &self.weight {
+            Some(w) => {
+                let w = w.val();
+                let wd = w.dtype();
+                if wd == DType::F32 {
+                    downcast(y * w.unsqueeze(), dtype)
+                } else {
+                    y.cast(wd) * w.unsqueeze()
+                }
+            }
+            None => downcast(y, dtype),
+        }
+    }
+}

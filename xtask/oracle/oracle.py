@@ -1,0 +1,302 @@
+"""The diffusers oracle: ground truth for diffusers-rs tests.
+
+Runs the pinned torch/diffusers/transformers (requirements.txt) on tiny random modules and
+writes small, byte-reproducible fixtures (safetensors + sorted JSON) under fixtures/.
+Invoked by `cargo xtask fixtures`; CI never runs it, the committed fixtures are the contract.
+
+Usage: python oracle.py OUT_DIR [stage ...]   (stages: nn, loading; default all)
+"""
+
+import json
+import math
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import diffusers  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import transformers  # noqa: E402
+from diffusers.models.activations import GEGLU, GELU  # noqa: E402
+from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoCausalConv3d  # noqa: E402
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d  # noqa: E402
+from diffusers.models.embeddings import (  # noqa: E402
+    apply_rotary_emb,
+    get_1d_rotary_pos_embed,
+    get_timestep_embedding,
+)
+from diffusers.models.normalization import RMSNorm  # noqa: E402
+from diffusers.models.transformers.transformer_flux import FluxPosEmbed  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from transformers.activations import QuickGELUActivation  # noqa: E402
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+
+
+def versions():
+    return {
+        "diffusers": diffusers.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def write_json(path: Path, obj):
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+class Cases:
+    """Collects named cases: config in JSON, inputs/outputs/params in one safetensors file."""
+
+    def __init__(self):
+        self.cases = {}
+        self.tensors = {}
+
+    def add(self, name, kind, cfg, inputs, outputs, module=None):
+        assert name not in self.cases, name
+        self.cases[name] = {"kind": kind, **cfg}
+        for k, v in {**inputs, **outputs}.items():
+            self.tensors[f"{name}.{k}"] = v.detach().to(torch.float32).contiguous().clone()
+        if module is not None:
+            for k, v in module.state_dict().items():
+                self.tensors[f"{name}.params.{k}"] = v.detach().contiguous().clone()
+
+    def save(self, out: Path, stem: str):
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(self.tensors, str(out / f"{stem}.safetensors"))
+        write_json(out / f"{stem}.json", {"cases": self.cases, "versions": versions()})
+
+
+def randn(*shape):
+    return torch.randn(*shape, dtype=torch.float32)
+
+
+@torch.no_grad()
+def stage_nn(out: Path):
+    c = Cases()
+    torch.manual_seed(0)
+
+    # Linear
+    for name, bias in [("linear_bias", True), ("linear_nobias", False)]:
+        m = torch.nn.Linear(8, 16, bias=bias)
+        x = randn(2, 3, 8)
+        c.add(name, "linear", {"in_features": 8, "out_features": 16, "bias": bias}, {"input": x}, {"output": m(x)}, m)
+
+    # Conv2d
+    for name, (cin, cout, k, s, p) in {
+        "conv2d_k3": (4, 6, 3, 1, 1),
+        "conv2d_k3_s2": (4, 6, 3, 2, 1),
+        "conv2d_k1": (4, 6, 1, 1, 0),
+    }.items():
+        m = torch.nn.Conv2d(cin, cout, k, stride=s, padding=p)
+        x = randn(2, cin, 9, 8)
+        cfg = {"in_channels": cin, "out_channels": cout, "kernel_size": k, "stride": s, "padding": p}
+        c.add(name, "conv2d", cfg, {"input": x}, {"output": m(x)}, m)
+
+    # Conv3d: plain, Wan's causal (zero) and HunyuanVideo's causal (replicate)
+    m = torch.nn.Conv3d(3, 5, 3, stride=1, padding=1)
+    x = randn(1, 3, 4, 6, 5)
+    c.add("conv3d_k3", "conv3d", {"in_channels": 3, "out_channels": 5, "kernel_size": 3, "stride": 1,
+                                  "padding": [1, 1, 1, 1, 1, 1], "pad_mode": "zeros"}, {"input": x}, {"output": m(x)}, m)
+    m = WanCausalConv3d(3, 5, 3, stride=1, padding=1)
+    c.add("conv3d_causal_wan", "conv3d", {"in_channels": 3, "out_channels": 5, "kernel_size": 3, "stride": 1,
+                                          "padding": list(m._padding), "pad_mode": "zeros"},
+          {"input": x}, {"output": m(x)}, m)
+    m = HunyuanVideoCausalConv3d(3, 5, 3, stride=1, pad_mode="replicate")
+    c.add("conv3d_causal_hunyuan", "conv3d", {"in_channels": 3, "out_channels": 5, "kernel_size": 3, "stride": 1,
+                                              "padding": list(m.time_causal_padding), "pad_mode": "replicate",
+                                              "params_prefix": "conv."},
+          {"input": x}, {"output": m(x)}, m)
+    m = torch.nn.Conv3d(3, 5, (3, 1, 1), stride=(2, 1, 1), padding=0)
+    c.add("conv3d_t3_s2", "conv3d", {"in_channels": 3, "out_channels": 5, "kernel_size": [3, 1, 1],
+                                     "stride": [2, 1, 1], "padding": [0, 0, 0, 0, 0, 0], "pad_mode": "zeros"},
+          {"input": x}, {"output": m(x)}, m)
+
+    # GroupNorm
+    m = torch.nn.GroupNorm(4, 16, eps=1e-6)
+    m.weight.copy_(randn(16))
+    m.bias.copy_(randn(16))
+    x = randn(2, 16, 5, 6) * 3 + 1
+    c.add("group_norm", "group_norm", {"num_groups": 4, "num_channels": 16, "eps": 1e-6, "affine": True},
+          {"input": x}, {"output": m(x)}, m)
+    m = torch.nn.GroupNorm(2, 8, eps=1e-5, affine=False)
+    x5 = randn(1, 8, 3, 4, 4)
+    c.add("group_norm_5d_noaffine", "group_norm", {"num_groups": 2, "num_channels": 8, "eps": 1e-5, "affine": False},
+          {"input": x5}, {"output": m(x5)}, m)
+
+    # LayerNorm
+    m = torch.nn.LayerNorm(12, eps=1e-6)
+    m.weight.copy_(randn(12))
+    m.bias.copy_(randn(12))
+    x = randn(2, 7, 12) * 2 + 0.5
+    c.add("layer_norm", "layer_norm", {"dim": 12, "eps": 1e-6, "elementwise_affine": True, "bias": True},
+          {"input": x}, {"output": m(x)}, m)
+    m = torch.nn.LayerNorm(12, eps=1e-6, elementwise_affine=False)
+    c.add("layer_norm_noaffine", "layer_norm", {"dim": 12, "eps": 1e-6, "elementwise_affine": False, "bias": False},
+          {"input": x}, {"output": m(x)}, m)
+
+    # RMSNorm (diffusers)
+    m = RMSNorm(12, eps=1e-6, elementwise_affine=True)
+    m.weight.copy_(randn(12))
+    c.add("rms_norm", "rms_norm", {"dim": 12, "eps": 1e-6, "elementwise_affine": True}, {"input": x}, {"output": m(x)}, m)
+    m = RMSNorm(12, eps=1e-5, elementwise_affine=False)
+    c.add("rms_norm_noaffine", "rms_norm", {"dim": 12, "eps": 1e-5, "elementwise_affine": False},
+          {"input": x}, {"output": m(x)}, m)
+
+    # Activations
+    x = randn(3, 20) * 4
+    c.add("act_silu", "activation", {"fn": "silu"}, {"input": x}, {"output": F.silu(x)})
+    c.add("act_gelu", "activation", {"fn": "gelu"}, {"input": x}, {"output": F.gelu(x)})
+    c.add("act_gelu_tanh", "activation", {"fn": "gelu_tanh"}, {"input": x}, {"output": F.gelu(x, approximate="tanh")})
+    c.add("act_quick_gelu", "activation", {"fn": "quick_gelu"}, {"input": x}, {"output": QuickGELUActivation()(x)})
+    m = GELU(8, 16, approximate="tanh")
+    xa = randn(2, 5, 8)
+    c.add("gelu_proj_tanh", "gelu_proj", {"dim_in": 8, "dim_out": 16, "approximate": "tanh"},
+          {"input": xa}, {"output": m(xa)}, m)
+    m = GEGLU(8, 16)
+    c.add("geglu", "geglu", {"dim_in": 8, "dim_out": 16}, {"input": xa}, {"output": m(xa)}, m)
+
+    # Scaled dot-product attention
+    q, k, v = randn(2, 3, 7, 16), randn(2, 3, 9, 16), randn(2, 3, 9, 16)
+    c.add("sdpa", "attention", {"mask": "none", "causal": False}, {"q": q, "k": k, "v": v},
+          {"output": F.scaled_dot_product_attention(q, k, v)})
+    c.add("sdpa_scale", "attention", {"mask": "none", "causal": False, "scale": 0.3}, {"q": q, "k": k, "v": v},
+          {"output": F.scaled_dot_product_attention(q, k, v, scale=0.3)})
+    keep = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    keep[0, :, :, 6:] = False
+    keep[1, :, :, 3:] = False
+    c.add("sdpa_bool_mask", "attention", {"mask": "bool", "causal": False},
+          {"q": q, "k": k, "v": v, "mask": keep.float()},
+          {"output": F.scaled_dot_product_attention(q, k, v, attn_mask=keep)})
+    bias = randn(2, 3, 7, 9)
+    c.add("sdpa_additive_mask", "attention", {"mask": "additive", "causal": False},
+          {"q": q, "k": k, "v": v, "mask": bias},
+          {"output": F.scaled_dot_product_attention(q, k, v, attn_mask=bias)})
+    kc, vc = randn(2, 3, 7, 16), randn(2, 3, 7, 16)
+    c.add("sdpa_causal", "attention", {"mask": "none", "causal": True}, {"q": q, "k": kc, "v": vc},
+          {"output": F.scaled_dot_product_attention(q, kc, vc, is_causal=True)})
+
+    # Timestep embeddings
+    t = torch.tensor([0.0, 1.0, 250.5, 999.0])
+    for name, kw in {
+        "temb_default": {},
+        "temb_sd": {"flip_sin_to_cos": True, "downscale_freq_shift": 0},
+        "temb_flux": {"flip_sin_to_cos": True, "downscale_freq_shift": 0, "scale": 1000},
+        "temb_odd": {"downscale_freq_shift": 1, "max_period": 5000},
+    }.items():
+        dim = 33 if name == "temb_odd" else 32
+        c.add(name, "timestep_embedding", {"embedding_dim": dim, **kw}, {"timesteps": t},
+              {"output": get_timestep_embedding(t if name != "temb_flux" else t / 1000, dim, **kw)})
+
+    # Rotary embeddings
+    pos = torch.arange(0, 24, dtype=torch.float32) * 1.5
+    for name, kw in {
+        "rope_interleave": {"use_real": True, "repeat_interleave_real": True},
+        "rope_concat": {"use_real": True, "repeat_interleave_real": False},
+        "rope_ntk_linear": {"use_real": True, "repeat_interleave_real": True, "theta": 500.0,
+                            "linear_factor": 2.0, "ntk_factor": 3.0},
+        "rope_f64": {"use_real": True, "repeat_interleave_real": True, "freqs_dtype": "float64"},
+    }.items():
+        kw2 = dict(kw)
+        if "freqs_dtype" in kw2:
+            kw2["freqs_dtype"] = torch.float64
+        cos, sin = get_1d_rotary_pos_embed(16, pos, **kw2)
+        c.add(name, "rope_1d", {"dim": 16, **kw}, {"pos": pos}, {"cos": cos, "sin": sin})
+    ids = torch.stack(
+        [torch.zeros(20), torch.arange(20) // 5, torch.arange(20) % 5], dim=-1
+    ).float()
+    cos, sin = FluxPosEmbed(10000, [4, 6, 6])(ids)
+    c.add("rope_flux", "rope_multi_axis", {"theta": 10000, "axes_dim": [4, 6, 6]}, {"ids": ids},
+          {"cos": cos, "sin": sin})
+    xq = randn(1, 2, 20, 16)
+    c.add("rope_apply_flux", "rope_apply", {"use_real_unbind_dim": -1}, {"x": xq, "cos": cos, "sin": sin},
+          {"output": apply_rotary_emb(xq, (cos, sin), use_real_unbind_dim=-1)})
+    cos2, sin2 = get_1d_rotary_pos_embed(16, torch.arange(20).float(), use_real=True, repeat_interleave_real=False)
+    c.add("rope_apply_unbind2", "rope_apply", {"use_real_unbind_dim": -2}, {"x": xq, "cos": cos2, "sin": sin2},
+          {"output": apply_rotary_emb(xq, (cos2, sin2), use_real_unbind_dim=-2)})
+
+    c.save(out / "nn", "layers")
+
+
+class Tiny(torch.nn.Module):
+    """A tiny module with the key shapes of a diffusers model, for loader fixtures."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj_in = torch.nn.Linear(4, 8)
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(2)])
+        self.norm = torch.nn.LayerNorm(8)
+        self.proj_out = torch.nn.Linear(8, 4, bias=False)
+
+
+class Evil:
+    """Not a tensor: a pickle holding it must be refused."""
+
+    def __reduce__(self):
+        return (print, ("this would run on unpickling",))
+
+
+def deterministic_torch_save(obj, path: Path):
+    """torch.save, then rewrite the zip with fixed timestamps so the bytes are reproducible."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, str(tmp))
+    with zipfile.ZipFile(tmp) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            ni = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            ni.compress_type = zipfile.ZIP_STORED
+            dst.writestr(ni, data)
+    tmp.unlink()
+
+
+@torch.no_grad()
+def stage_loading(out: Path):
+    """A component folder in the hub layout, in every file form diffusers reads."""
+    torch.manual_seed(1)
+    m = Tiny()
+    sd = {k: v.contiguous() for k, v in m.state_dict().items()}
+    root = out / "loading"
+    comp = root / "tiny"
+    comp.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(comp / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    save_file({k: v.to(torch.bfloat16) for k, v in sd.items()},
+              str(comp / "diffusion_pytorch_model.bf16.safetensors"), metadata={"format": "pt"})
+    deterministic_torch_save(sd, comp / "diffusion_pytorch_model.bin")
+    # Sharded fp16 variant, as transformers/diffusers name shards and index.
+    keys = sorted(sd)
+    half = {k: sd[k].to(torch.float16) for k in keys}
+    shards = [keys[: len(keys) // 2], keys[len(keys) // 2:]]
+    weight_map = {}
+    for i, ks in enumerate(shards):
+        fname = f"diffusion_pytorch_model.fp16-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: half[k] for k in ks}, str(comp / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in ks})
+    total = sum(v.numel() * 2 for v in half.values())
+    write_json(comp / "diffusion_pytorch_model.safetensors.index.fp16.json",
+               {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(comp / "config.json", {"_class_name": "Tiny", "_diffusers_version": diffusers.__version__,
+                                      "in_channels": 4, "hidden": 8, "num_blocks": 2, "future_option": True})
+    # A pickle checkpoint holding more than tensors.
+    deterministic_torch_save({"proj_in.weight": sd["proj_in.weight"], "evil": Evil()}, root / "evil.bin")
+    # Reference values for the reader tests.
+    save_file({f"expected.{k}": v for k, v in sd.items()}, str(root / "expected.safetensors"))
+    write_json(root / "versions.json", versions())
+
+
+STAGES = {"nn": stage_nn, "loading": stage_loading}
+
+
+def main():
+    out = Path(sys.argv[1])
+    stages = sys.argv[2:] or list(STAGES)
+    for s in stages:
+        STAGES[s](out)
+        print(f"oracle: wrote stage {s}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+//! Project tasks.
+//!
+//! - `cargo xtask fixtures [--check] [STAGE...]`: regenerate the oracle fixtures under
+//!   `fixtures/` with the pinned Python environment (created in `xtask/oracle/.venv` on first
+//!   use); `--check` writes them to a temporary folder and fails if any byte differs from the
+//!   committed ones.
+//! - `cargo xtask oracle-env`: create or update the pinned Python environment only.
+//! - `cargo xtask cuda-bundle`: build the parity test binaries with the `cuda` feature into
+//!   `.device/` together with a script that runs them (`--ignored` CUDA tests included) on a
+//!   machine with an NVIDIA GPU and no Rust toolchain.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn python() -> Result<PathBuf> {
+    let root = root();
+    let venv = root.join("xtask/oracle/.venv");
+    let py = venv.join("bin/python");
+    let stamp = venv.join(".requirements");
+    let req = std::fs::read_to_string(root.join("xtask/oracle/requirements.txt"))?;
+    if !py.exists() {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(req.as_str()) {
+        run(Command::new(&py)
+            .args(["-m", "pip", "install", "-q", "-r"])
+            .arg(root.join("xtask/oracle/requirements.txt")))?;
+        std::fs::write(&stamp, &req)?;
+    }
+    Ok(py)
+}
+
+fn files_under(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            files_under(&p, base, out)?;
+        } else {
+            out.push(p.strip_prefix(base)?.to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+fn fixtures(args: &[String]) -> Result<()> {
+    let check = args.iter().any(|a| a == "--check");
+    let stages: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let py = python()?;
+    let root = root();
+    let out = if check {
+        std::env::temp_dir().join(format!("diffusers-fixtures-{}", std::process::id()))
+    } else {
+        root.join("fixtures")
+    };
+    run(Command::new(py)
+        .arg(root.join("xtask/oracle/oracle.py"))
+        .arg(&out)
+        .args(&stages)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("PYTHONHASHSEED", "0"))?;
+    if check {
+        let mut files = Vec::new();
+        files_under(&out, &out, &mut files)?;
+        let mut differ = Vec::new();
+        for f in &files {
+            let a = std::fs::read(out.join(f))?;
+            let b = std::fs::read(root.join("fixtures").join(f)).unwrap_or_default();
+            if a != b {
+                differ.push(f.display().to_string());
+            }
+        }
+        std::fs::remove_dir_all(&out)?;
+        if !differ.is_empty() {
+            bail!("fixtures differ from the committed ones: {}", differ.join(", "));
+        }
+        eprintln!("xtask: {} fixture files regenerate byte for byte", files.len());
+    }
+    Ok(())
+}
+
+fn cuda_bundle() -> Result<()> {
+    let root = root();
+    let bundle = root.join(".device");
+    std::fs::create_dir_all(bundle.join("bin"))?;
+    let output = Command::new("cargo")
+        .current_dir(&root)
+        .args([
+            "test", "--release", "--no-run", "--features", "diffusers-nn/cuda",
+            "-p", "diffusers-nn", "--test", "layers", "--message-format", "json",
+        ])
+        .output()?;
+    if !output.status.success() {
+        bail!("cargo test --no-run failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut copied = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(exe) = v["executable"].as_str() {
+            let name = Path::new(exe).file_name().context("exe name")?.to_owned();
+            std::fs::copy(exe, bundle.join("bin").join(&name))?;
+            run(Command::new("strip").arg(bundle.join("bin").join(&name)))?;
+            copied.push(name.to_string_lossy().into_owned());
+        }
+    }
+    let script = "#!/bin/sh\n# Runs every parity test, CUDA ones included, against the committed fixtures.\nset -e\ncd \"$(dirname \"$0\")/..\"\nfor t in .device/bin/*; do DIFFUSERS_FIXTURES=$PWD/fixtures \"$t\" --include-ignored --test-threads 1 --nocapture; done\n";
+    std::fs::write(bundle.join("run.sh"), script)?;
+    eprintln!("xtask: bundled {copied:?}; on the GPU machine run: sh .device/run.sh");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("fixtures") => fixtures(&args[1..]),
+        Some("oracle-env") => python().map(|_| ()),
+        Some("cuda-bundle") => cuda_bundle(),
+        _ => bail!("usage: cargo xtask <fixtures [--check] [STAGE...] | oracle-env | cuda-bundle>"),
+    }
+}
