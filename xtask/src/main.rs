@@ -89,9 +89,15 @@ fn fixtures(args: &[String]) -> Result<()> {
         }
         std::fs::remove_dir_all(&out)?;
         if !differ.is_empty() {
-            bail!("fixtures differ from the committed ones: {}", differ.join(", "));
+            bail!(
+                "fixtures differ from the committed ones: {}",
+                differ.join(", ")
+            );
         }
-        eprintln!("xtask: {} fixture files regenerate byte for byte", files.len());
+        eprintln!(
+            "xtask: {} fixture files regenerate byte for byte",
+            files.len()
+        );
     }
     Ok(())
 }
@@ -103,12 +109,24 @@ fn cuda_bundle() -> Result<()> {
     let output = Command::new("cargo")
         .current_dir(&root)
         .args([
-            "test", "--release", "--no-run", "--features", "diffusers-nn/cuda",
-            "-p", "diffusers-nn", "--test", "layers", "--message-format", "json",
+            "test",
+            "--release",
+            "--no-run",
+            "--features",
+            "diffusers-nn/cuda",
+            "-p",
+            "diffusers-nn",
+            "--test",
+            "layers",
+            "--message-format",
+            "json",
         ])
         .output()?;
     if !output.status.success() {
-        bail!("cargo test --no-run failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "cargo test --no-run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let mut copied = Vec::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {

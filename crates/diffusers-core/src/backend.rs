@@ -114,12 +114,24 @@ mod tests {
     fn device_names() {
         assert_eq!("cpu".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cpu));
         assert_eq!("cuda".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(0)));
-        assert_eq!("CUDA:3".parse::<DeviceSpec>().ok(), Some(DeviceSpec::Cuda(3)));
-        assert!(matches!("tpu".parse::<DeviceSpec>(), Err(Error::UnknownDevice(_))));
-        assert!(matches!("cuda:x".parse::<DeviceSpec>(), Err(Error::UnknownDevice(_))));
+        assert_eq!(
+            "CUDA:3".parse::<DeviceSpec>().ok(),
+            Some(DeviceSpec::Cuda(3))
+        );
+        assert!(matches!(
+            "tpu".parse::<DeviceSpec>(),
+            Err(Error::UnknownDevice(_))
+        ));
+        assert!(matches!(
+            "cuda:x".parse::<DeviceSpec>(),
+            Err(Error::UnknownDevice(_))
+        ));
         let cuda = DeviceSpec::Cuda(0).ensure_compiled();
         assert_eq!(cuda.is_ok(), cfg!(feature = "cuda"));
         assert_eq!("bf16".parse::<Precision>().ok(), Some(Precision::BF16));
-        assert!(matches!("f8".parse::<Precision>(), Err(Error::UnknownDtype(_))));
+        assert!(matches!(
+            "f8".parse::<Precision>(),
+            Err(Error::UnknownDtype(_))
+        ));
     }
 }

@@ -17,7 +17,11 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConfigMeta {
     /// `_class_name`: the diffusers class that wrote the config.
-    #[serde(rename = "_class_name", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "_class_name",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub class_name: Option<String>,
     /// `_diffusers_version`: the diffusers version that wrote it.
     #[serde(
@@ -73,12 +77,10 @@ pub fn parse_config<C: Config>(text: &str, origin: &Path) -> Result<C> {
             unknown.join(", ")
         );
     }
-    config
-        .validate()
-        .map_err(|reason| Error::InvalidConfig {
-            path: origin.to_path_buf(),
-            reason,
-        })?;
+    config.validate().map_err(|reason| Error::InvalidConfig {
+        path: origin.to_path_buf(),
+        reason,
+    })?;
     Ok(config)
 }
 

@@ -49,7 +49,9 @@ pub enum Error {
         reason: String,
     },
     /// The 8-byte header length points past the end of the file.
-    #[error("{path}: safetensors header length {header_len} bytes is beyond the file size of {file_len} bytes")]
+    #[error(
+        "{path}: safetensors header length {header_len} bytes is beyond the file size of {file_len} bytes"
+    )]
     HeaderBeyondFile {
         /// The weight file.
         path: PathBuf,
@@ -77,7 +79,9 @@ pub enum Error {
         reason: String,
     },
     /// A tensor is stored in a dtype that cannot be converted to a float compute dtype.
-    #[error("{path}: tensor `{key}` has dtype {dtype}, which is not supported (expected F32, F16, BF16 or F64)")]
+    #[error(
+        "{path}: tensor `{key}` has dtype {dtype}, which is not supported (expected F32, F16, BF16 or F64)"
+    )]
     UnsupportedDtype {
         /// The weight file.
         path: PathBuf,
@@ -155,7 +159,9 @@ pub enum Error {
         id: String,
     },
     /// Offline mode is on and the file is not in the local hub cache.
-    #[error("{repo}: `{file}` is not in the local cache at {cache} and offline mode is on (HF_HUB_OFFLINE)")]
+    #[error(
+        "{repo}: `{file}` is not in the local cache at {cache} and offline mode is on (HF_HUB_OFFLINE)"
+    )]
     NotInOfflineCache {
         /// The hub repository id.
         repo: String,

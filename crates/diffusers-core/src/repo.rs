@@ -8,7 +8,8 @@ use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
 use hf_hub::HFRepositorySync;
-use hf_hub::{HFClient, HFError, RepoTreeEntry, RepoTypeModel};
+use hf_hub::repository::RepoTreeEntry;
+use hf_hub::{HFClient, HFError, RepoTypeModel};
 
 use crate::config::{Config, load_config};
 use crate::weights::files::{WeightPlan, WeightsName, resolve_weight_files};
@@ -46,20 +47,24 @@ fn env_truthy(name: &str) -> bool {
 
 /// The hub cache folder as huggingface_hub computes it.
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE").or_else(|| std::env::var_os("HUGGINGFACE_HUB_CACHE")) {
+    if let Some(p) =
+        std::env::var_os("HF_HUB_CACHE").or_else(|| std::env::var_os("HUGGINGFACE_HUB_CACHE"))
+    {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_default()
-                    .join(".cache")
-            });
-        base.join("huggingface")
-    });
+    let home = std::env::var_os("HF_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    std::env::var_os("HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or_default()
+                        .join(".cache")
+                });
+            base.join("huggingface")
+        });
     home.join("hub")
 }
 
@@ -195,7 +200,9 @@ impl Repo {
                     return Ok(l.clone());
                 }
                 let listing = if h.offline {
-                    let folder = h.cache_dir.join(format!("models--{}", h.id.replace('/', "--")));
+                    let folder = h
+                        .cache_dir
+                        .join(format!("models--{}", h.id.replace('/', "--")));
                     let commit = if h.revision.len() == 40
                         && h.revision.chars().all(|c| c.is_ascii_hexdigit())
                     {

@@ -32,4 +32,3 @@ pub mod embeddings;
 pub mod linear;
 pub mod norm;
 pub mod pad;
-

@@ -21,8 +21,14 @@ use serde_json::Value;
 /// bf16 keeps 8 bits of mantissa: inputs and weights are rounded to bf16, so a layer's output
 /// differs from the f32 reference by a few bf16 ulps of its magnitude. Measured max abs errors
 /// are printed by each test (`--nocapture`); these bounds are about 2x the largest seen.
-const BF16: Tol = Tol { atol: 4e-2, rtol: 2e-2 };
-const BF16_CONV: Tol = Tol { atol: 8e-2, rtol: 3e-2 };
+const BF16: Tol = Tol {
+    atol: 4e-2,
+    rtol: 2e-2,
+};
+const BF16_CONV: Tol = Tol {
+    atol: 8e-2,
+    rtol: 3e-2,
+};
 
 fn fx() -> Fixture {
     Fixture::open("nn/layers")
@@ -57,7 +63,13 @@ fn check_linear<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
         let m = fx.load(m, case, "", dtype);
         let y = m.forward(fx.tensor::<B, 3>(&format!("{case}.input"), dev, dtype));
         let key = format!("{case}.output");
-        assert_close(y, &expected(&fx, &key), Some(&shape_of(&fx, &key)), tol, case);
+        assert_close(
+            y,
+            &expected(&fx, &key),
+            Some(&shape_of(&fx, &key)),
+            tol,
+            case,
+        );
     }
 }
 parity_tests!(linear, check_linear, bf16 = BF16);
@@ -69,36 +81,61 @@ fn check_conv2d<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
         let k = usize_of(&c["kernel_size"]);
         let s = usize_of(&c["stride"]);
         let p = usize_of(&c["padding"]);
-        let m = Conv2dConfig::new(usize_of(&c["in_channels"]), usize_of(&c["out_channels"]), [k, k])
-            .with_stride([s, s])
-            .with_padding([p, p])
-            .init::<B>(dev);
+        let m = Conv2dConfig::new(
+            usize_of(&c["in_channels"]),
+            usize_of(&c["out_channels"]),
+            [k, k],
+        )
+        .with_stride([s, s])
+        .with_padding([p, p])
+        .init::<B>(dev);
         let m = fx.load(m, case, "", dtype);
         let y = m.forward(fx.tensor::<B, 4>(&format!("{case}.input"), dev, dtype));
         let key = format!("{case}.output");
-        assert_close(y, &expected(&fx, &key), Some(&shape_of(&fx, &key)), tol, case);
+        assert_close(
+            y,
+            &expected(&fx, &key),
+            Some(&shape_of(&fx, &key)),
+            tol,
+            case,
+        );
     }
 }
 parity_tests!(conv2d, check_conv2d, bf16 = BF16_CONV);
 
 fn check_conv3d<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
     let fx = fx();
-    for case in ["conv3d_k3", "conv3d_causal_wan", "conv3d_causal_hunyuan", "conv3d_t3_s2"] {
+    for case in [
+        "conv3d_k3",
+        "conv3d_causal_wan",
+        "conv3d_causal_hunyuan",
+        "conv3d_t3_s2",
+    ] {
         let c = fx.case(case);
         let mode = match c["pad_mode"].as_str() {
             Some("replicate") => PadMode::Replicate,
             _ => PadMode::Zeros,
         };
-        let m = Conv3dConfig::new(usize_of(&c["in_channels"]), usize_of(&c["out_channels"]), arr::<3>(&c["kernel_size"]))
-            .with_stride(arr::<3>(&c["stride"]))
-            .with_padding(arr::<6>(&c["padding"]))
-            .with_pad_mode(mode)
-            .init::<B>(dev);
+        let m = Conv3dConfig::new(
+            usize_of(&c["in_channels"]),
+            usize_of(&c["out_channels"]),
+            arr::<3>(&c["kernel_size"]),
+        )
+        .with_stride(arr::<3>(&c["stride"]))
+        .with_padding(arr::<6>(&c["padding"]))
+        .with_pad_mode(mode)
+        .init::<B>(dev);
         let prefix = c["params_prefix"].as_str().unwrap_or("");
         let m = fx.load(m, case, prefix, dtype);
         let y = m.forward(fx.tensor::<B, 5>(&format!("{case}.input"), dev, dtype));
         let key = format!("{case}.output");
-        assert_close(y, &expected(&fx, &key), Some(&shape_of(&fx, &key)), tol, case);
+        assert_close(
+            y,
+            &expected(&fx, &key),
+            Some(&shape_of(&fx, &key)),
+            tol,
+            case,
+        );
     }
 }
 parity_tests!(conv3d, check_conv3d, bf16 = BF16_CONV);
@@ -111,7 +148,13 @@ fn check_group_norm<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
         .init::<B>(dev);
     let m = fx.load(m, "group_norm", "", dtype);
     let y = m.forward(fx.tensor::<B, 4>("group_norm.input", dev, dtype));
-    assert_close(y, &expected(&fx, "group_norm.output"), None, tol, "group_norm");
+    assert_close(
+        y,
+        &expected(&fx, "group_norm.output"),
+        None,
+        tol,
+        "group_norm",
+    );
 
     let c = fx.case("group_norm_5d_noaffine");
     let m = GroupNormConfig::new(usize_of(&c["num_groups"]), usize_of(&c["num_channels"]))
@@ -120,7 +163,13 @@ fn check_group_norm<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
         .init::<B>(dev);
     let m = fx.load(m, "group_norm_5d_noaffine", "", dtype);
     let y = m.forward(fx.tensor::<B, 5>("group_norm_5d_noaffine.input", dev, dtype));
-    assert_close(y, &expected(&fx, "group_norm_5d_noaffine.output"), None, tol, "group_norm_5d_noaffine");
+    assert_close(
+        y,
+        &expected(&fx, "group_norm_5d_noaffine.output"),
+        None,
+        tol,
+        "group_norm_5d_noaffine",
+    );
 }
 parity_tests!(group_norm, check_group_norm, bf16 = BF16);
 
@@ -135,7 +184,13 @@ fn check_layer_norm<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
             .init::<B>(dev);
         let m = fx.load(m, case, "", dtype);
         let y = m.forward(fx.tensor::<B, 3>(&format!("{case}.input"), dev, dtype));
-        assert_close(y, &expected(&fx, &format!("{case}.output")), None, tol, case);
+        assert_close(
+            y,
+            &expected(&fx, &format!("{case}.output")),
+            None,
+            tol,
+            case,
+        );
     }
 }
 parity_tests!(layer_norm, check_layer_norm, bf16 = BF16);
@@ -150,7 +205,13 @@ fn check_rms_norm<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
             .init::<B>(dev);
         let m = fx.load(m, case, "", dtype);
         let y = m.forward(fx.tensor::<B, 3>(&format!("{case}.input"), dev, dtype));
-        assert_close(y, &expected(&fx, &format!("{case}.output")), None, tol, case);
+        assert_close(
+            y,
+            &expected(&fx, &format!("{case}.output")),
+            None,
+            tol,
+            case,
+        );
     }
 }
 parity_tests!(rms_norm, check_rms_norm, bf16 = BF16);
@@ -166,7 +227,13 @@ fn check_activations<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
             Some("quick_gelu") => activation::quick_gelu(x),
             other => panic!("unknown activation {other:?}"),
         };
-        assert_close(y, &expected(&fx, &format!("{case}.output")), None, tol, case);
+        assert_close(
+            y,
+            &expected(&fx, &format!("{case}.output")),
+            None,
+            tol,
+            case,
+        );
     }
     let c = fx.case("gelu_proj_tanh");
     let m = GeluConfig::new(usize_of(&c["dim_in"]), usize_of(&c["dim_out"]))
@@ -174,7 +241,13 @@ fn check_activations<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
         .init::<B>(dev);
     let m = fx.load(m, "gelu_proj_tanh", "", dtype);
     let y = m.forward(fx.tensor::<B, 3>("gelu_proj_tanh.input", dev, dtype));
-    assert_close(y, &expected(&fx, "gelu_proj_tanh.output"), None, tol, "gelu_proj_tanh");
+    assert_close(
+        y,
+        &expected(&fx, "gelu_proj_tanh.output"),
+        None,
+        tol,
+        "gelu_proj_tanh",
+    );
     let c = fx.case("geglu");
     let m = GegluConfig::new(usize_of(&c["dim_in"]), usize_of(&c["dim_out"])).init::<B>(dev);
     let m = fx.load(m, "geglu", "", dtype);
@@ -185,20 +258,44 @@ parity_tests!(activations, check_activations, bf16 = BF16);
 
 fn check_attention<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
     let fx = fx();
-    for case in ["sdpa", "sdpa_scale", "sdpa_bool_mask", "sdpa_additive_mask", "sdpa_causal"] {
+    for case in [
+        "sdpa",
+        "sdpa_scale",
+        "sdpa_bool_mask",
+        "sdpa_additive_mask",
+        "sdpa_causal",
+    ] {
         let c = fx.case(case);
         let q = fx.tensor::<B, 4>(&format!("{case}.q"), dev, dtype);
         let k = fx.tensor::<B, 4>(&format!("{case}.k"), dev, dtype);
         let v = fx.tensor::<B, 4>(&format!("{case}.v"), dev, dtype);
         let mask = match c["mask"].as_str() {
             Some("bool") => Some(AttentionMask::Keep(
-                fx.tensor::<B, 4>(&format!("{case}.mask"), dev, DType::F32).greater_elem(0.5),
+                fx.tensor::<B, 4>(&format!("{case}.mask"), dev, DType::F32)
+                    .greater_elem(0.5),
             )),
-            Some("additive") => Some(AttentionMask::Additive(fx.tensor::<B, 4>(&format!("{case}.mask"), dev, dtype))),
+            Some("additive") => Some(AttentionMask::Additive(fx.tensor::<B, 4>(
+                &format!("{case}.mask"),
+                dev,
+                dtype,
+            ))),
             _ => None,
         };
-        let y = scaled_dot_product_attention(q, k, v, mask, c["scale"].as_f64(), c["causal"].as_bool().unwrap_or(false));
-        assert_close(y, &expected(&fx, &format!("{case}.output")), None, tol, case);
+        let y = scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask,
+            c["scale"].as_f64(),
+            c["causal"].as_bool().unwrap_or(false),
+        );
+        assert_close(
+            y,
+            &expected(&fx, &format!("{case}.output")),
+            None,
+            tol,
+            case,
+        );
     }
 }
 parity_tests!(attention, check_attention, bf16 = BF16);
@@ -223,17 +320,39 @@ fn check_timestep_embedding<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol)
             c["max_period"].as_f64().unwrap_or(10000.0),
         );
         // bf16 timesteps lose precision (250.5 stays exact, 999 is 1000 in bf16).
-        let tol = if dtype == DType::F32 { tol } else { Tol { atol: 2.0, rtol: 0.0 } };
-        assert_close(y, &expected(&fx, &format!("{case}.output")), None, tol, case);
+        let tol = if dtype == DType::F32 {
+            tol
+        } else {
+            Tol {
+                atol: 2.0,
+                rtol: 0.0,
+            }
+        };
+        assert_close(
+            y,
+            &expected(&fx, &format!("{case}.output")),
+            None,
+            tol,
+            case,
+        );
     }
 }
 parity_tests!(timestep_embedding, check_timestep_embedding, bf16 = BF16);
 
 fn check_rope<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
     let fx = fx();
-    for case in ["rope_interleave", "rope_concat", "rope_ntk_linear", "rope_f64"] {
+    for case in [
+        "rope_interleave",
+        "rope_concat",
+        "rope_ntk_linear",
+        "rope_f64",
+    ] {
         let c = fx.case(case);
-        let pos: Vec<f64> = fx.values(&format!("{case}.pos")).into_iter().map(f64::from).collect();
+        let pos: Vec<f64> = fx
+            .values(&format!("{case}.pos"))
+            .into_iter()
+            .map(f64::from)
+            .collect();
         let opts = RopeOptions {
             theta: c["theta"].as_f64().unwrap_or(10000.0),
             linear_factor: c["linear_factor"].as_f64().unwrap_or(1.0),
@@ -242,23 +361,65 @@ fn check_rope<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
             f64_freqs: c["freqs_dtype"].as_str() == Some("float64"),
         };
         let (cos, sin) = get_1d_rotary_pos_embed::<B>(usize_of(&c["dim"]), &pos, opts, dev);
-        assert_close(cos, &expected(&fx, &format!("{case}.cos")), None, common::F32, &format!("{case}.cos"));
-        assert_close(sin, &expected(&fx, &format!("{case}.sin")), None, common::F32, &format!("{case}.sin"));
+        assert_close(
+            cos,
+            &expected(&fx, &format!("{case}.cos")),
+            None,
+            common::F32,
+            &format!("{case}.cos"),
+        );
+        assert_close(
+            sin,
+            &expected(&fx, &format!("{case}.sin")),
+            None,
+            common::F32,
+            &format!("{case}.sin"),
+        );
     }
     let c = fx.case("rope_flux");
     let ids_flat = fx.values("rope_flux.ids");
-    let ids: Vec<Vec<f64>> = ids_flat.chunks(3).map(|r| r.iter().map(|&v| v as f64).collect()).collect();
-    let axes: Vec<usize> = c["axes_dim"].as_array().expect("axes").iter().map(usize_of).collect();
-    let (cos, sin) = multi_axis_rotary_pos_embed::<B>(&ids, &axes, c["theta"].as_f64().unwrap_or(10000.0), dev);
-    assert_close(cos, &expected(&fx, "rope_flux.cos"), None, common::F32, "rope_flux.cos");
-    assert_close(sin, &expected(&fx, "rope_flux.sin"), None, common::F32, "rope_flux.sin");
-    for (case, pairing) in [("rope_apply_flux", RotaryPairing::Interleaved), ("rope_apply_unbind2", RotaryPairing::Halves)] {
+    let ids: Vec<Vec<f64>> = ids_flat
+        .chunks(3)
+        .map(|r| r.iter().map(|&v| v as f64).collect())
+        .collect();
+    let axes: Vec<usize> = c["axes_dim"]
+        .as_array()
+        .expect("axes")
+        .iter()
+        .map(usize_of)
+        .collect();
+    let (cos, sin) =
+        multi_axis_rotary_pos_embed::<B>(&ids, &axes, c["theta"].as_f64().unwrap_or(10000.0), dev);
+    assert_close(
+        cos,
+        &expected(&fx, "rope_flux.cos"),
+        None,
+        common::F32,
+        "rope_flux.cos",
+    );
+    assert_close(
+        sin,
+        &expected(&fx, "rope_flux.sin"),
+        None,
+        common::F32,
+        "rope_flux.sin",
+    );
+    for (case, pairing) in [
+        ("rope_apply_flux", RotaryPairing::Interleaved),
+        ("rope_apply_unbind2", RotaryPairing::Halves),
+    ] {
         let x = fx.tensor::<B, 4>(&format!("{case}.x"), dev, dtype);
         let cos = fx.tensor::<B, 2>(&format!("{case}.cos"), dev, DType::F32);
         let sin = fx.tensor::<B, 2>(&format!("{case}.sin"), dev, DType::F32);
         let y = apply_rotary_emb(x, cos, sin, pairing);
         assert_eq!(y.dtype(), dtype);
-        assert_close(y, &expected(&fx, &format!("{case}.output")), None, tol, case);
+        assert_close(
+            y,
+            &expected(&fx, &format!("{case}.output")),
+            None,
+            tol,
+            case,
+        );
     }
 }
 parity_tests!(rope, check_rope, bf16 = BF16);

@@ -12,7 +12,7 @@ use super::Weights;
 use crate::{Error, Result};
 
 /// How to load a checkpoint into a module.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct LoadOptions<'a> {
     /// The compute dtype: every float tensor is converted to it. `None` keeps the stored dtype.
     pub dtype: Option<DType>,
@@ -25,18 +25,6 @@ pub struct LoadOptions<'a> {
     /// Maps a module path (burn's field names) to the checkpoint key. Each crate keeps its
     /// checkpoint key names in one such function.
     pub key_map: Option<&'a dyn Fn(&str) -> String>,
-}
-
-impl Default for LoadOptions<'_> {
-    fn default() -> Self {
-        Self {
-            dtype: None,
-            allow_missing: false,
-            allow_unexpected: false,
-            prefix: "",
-            key_map: None,
-        }
-    }
 }
 
 /// What a load did, for callers that opted into missing or unexpected keys.

@@ -80,7 +80,10 @@ fn candidates(name: WeightsName<'_>, variant: Option<&str>) -> Vec<(WeightPlan, 
                 out.push((WeightPlan::Single(variant_name(&single, Some(v))), fmt));
                 out.push((WeightPlan::Sharded(variant_name(&index, Some(v))), fmt));
                 // Legacy form: `model.safetensors.fp16.index.json`.
-                out.push((WeightPlan::Sharded(format!("{base}.{ext}.{v}.index.json")), fmt));
+                out.push((
+                    WeightPlan::Sharded(format!("{base}.{ext}.{v}.index.json")),
+                    fmt,
+                ));
             }
             None => {
                 out.push((WeightPlan::Single(single), fmt));
@@ -139,18 +142,33 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    fn pick(avail: &[&str], name: WeightsName<'_>, variant: Option<&str>) -> Result<(WeightPlan, WeightFormat)> {
+    fn pick(
+        avail: &[&str],
+        name: WeightsName<'_>,
+        variant: Option<&str>,
+    ) -> Result<(WeightPlan, WeightFormat)> {
         resolve_weight_files(&names(avail), "c", name, variant)
     }
 
     #[test]
     fn prefers_safetensors() {
-        let avail = ["diffusion_pytorch_model.bin", "diffusion_pytorch_model.safetensors", "config.json"];
+        let avail = [
+            "diffusion_pytorch_model.bin",
+            "diffusion_pytorch_model.safetensors",
+            "config.json",
+        ];
         let (plan, fmt) = pick(&avail, WeightsName::DIFFUSERS, None).expect("plan");
-        assert_eq!(plan, WeightPlan::Single("diffusion_pytorch_model.safetensors".into()));
+        assert_eq!(
+            plan,
+            WeightPlan::Single("diffusion_pytorch_model.safetensors".into())
+        );
         assert_eq!(fmt, WeightFormat::Safetensors);
-        let (plan, fmt) = pick(&["pytorch_model.bin"], WeightsName::TRANSFORMERS, None).expect("plan");
-        assert_eq!((plan.file(), fmt), ("pytorch_model.bin", WeightFormat::Pickle));
+        let (plan, fmt) =
+            pick(&["pytorch_model.bin"], WeightsName::TRANSFORMERS, None).expect("plan");
+        assert_eq!(
+            (plan.file(), fmt),
+            ("pytorch_model.bin", WeightFormat::Pickle)
+        );
     }
 
     #[test]
@@ -163,15 +181,38 @@ mod tests {
             "model.bf16.safetensors",
         ];
         let t = WeightsName::TRANSFORMERS;
-        assert_eq!(pick(&avail, t, Some("fp16")).expect("fp16").0, WeightPlan::Sharded("model.safetensors.index.fp16.json".into()));
-        assert_eq!(pick(&avail, t, Some("bf16")).expect("bf16").0, WeightPlan::Single("model.bf16.safetensors".into()));
-        assert_eq!(pick(&avail, t, None).expect("none").0, WeightPlan::Single("model.safetensors".into()));
+        assert_eq!(
+            pick(&avail, t, Some("fp16")).expect("fp16").0,
+            WeightPlan::Sharded("model.safetensors.index.fp16.json".into())
+        );
+        assert_eq!(
+            pick(&avail, t, Some("bf16")).expect("bf16").0,
+            WeightPlan::Single("model.bf16.safetensors".into())
+        );
+        assert_eq!(
+            pick(&avail, t, None).expect("none").0,
+            WeightPlan::Single("model.safetensors".into())
+        );
         // Legacy index form.
-        let legacy = ["model.safetensors.fp16.index.json", "model-00001-of-00001.fp16.safetensors"];
-        assert_eq!(pick(&legacy, t, Some("fp16")).expect("legacy").0, WeightPlan::Sharded("model.safetensors.fp16.index.json".into()));
+        let legacy = [
+            "model.safetensors.fp16.index.json",
+            "model-00001-of-00001.fp16.safetensors",
+        ];
+        assert_eq!(
+            pick(&legacy, t, Some("fp16")).expect("legacy").0,
+            WeightPlan::Sharded("model.safetensors.fp16.index.json".into())
+        );
         // Non-variant sharded.
-        let sharded = ["diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model-00001-of-00002.safetensors"];
-        assert_eq!(pick(&sharded, WeightsName::DIFFUSERS, None).expect("sharded").0, WeightPlan::Sharded(sharded[0].into()));
+        let sharded = [
+            "diffusion_pytorch_model.safetensors.index.json",
+            "diffusion_pytorch_model-00001-of-00002.safetensors",
+        ];
+        assert_eq!(
+            pick(&sharded, WeightsName::DIFFUSERS, None)
+                .expect("sharded")
+                .0,
+            WeightPlan::Sharded(sharded[0].into())
+        );
     }
 
     #[test]

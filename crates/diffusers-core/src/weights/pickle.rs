@@ -45,9 +45,15 @@ pub fn scan_pickle(data: &[u8]) -> std::result::Result<(), String> {
     let mut memo: HashMap<u64, Option<String>> = HashMap::new();
     let mut memo_count = 0u64;
     let take = |pos: &mut usize, n: usize| -> std::result::Result<&[u8], String> {
-        let end = pos.checked_add(n).filter(|&e| e <= data.len()).ok_or_else(|| {
-            format!("pickle stream ends inside an opcode argument at byte {}", *pos)
-        })?;
+        let end = pos
+            .checked_add(n)
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| {
+                format!(
+                    "pickle stream ends inside an opcode argument at byte {}",
+                    *pos
+                )
+            })?;
         let s = &data[*pos..end];
         *pos = end;
         Ok(s)
@@ -69,8 +75,8 @@ pub fn scan_pickle(data: &[u8]) -> std::result::Result<(), String> {
             b'.' => return Ok(()),
             // No argument.
             b'(' | b'0' | b'1' | b'2' | b'N' | b'R' | b'a' | b'b' | b'd' | b'}' | b'e' | b'l'
-            | b']' | b's' | b't' | b')' | b'u' | b'Q' | 0x88 | 0x89 | 0x85 | 0x86 | 0x87
-            | 0x81 | 0x92 | 0x8f | 0x90 | 0x91 | 0x97 | 0x98 => {
+            | b']' | b's' | b't' | b')' | b'u' | b'Q' | 0x88 | 0x89 | 0x85 | 0x86 | 0x87 | 0x81
+            | 0x92 | 0x8f | 0x90 | 0x91 | 0x97 | 0x98 => {
                 pushed = Some(None);
             }
             b'o' => return Err("OBJ opcode instantiates an arbitrary class".into()),
@@ -142,11 +148,17 @@ pub fn scan_pickle(data: &[u8]) -> std::result::Result<(), String> {
                 pushed = Some(Some(s.trim_matches(|c| c == '\'' || c == '"').to_string()));
             }
             b'g' => {
-                let idx: u64 = line(&mut pos)?.trim().parse().map_err(|_| "bad GET index")?;
+                let idx: u64 = line(&mut pos)?
+                    .trim()
+                    .parse()
+                    .map_err(|_| "bad GET index")?;
                 pushed = Some(memo.get(&idx).cloned().flatten());
             }
             b'p' => {
-                let idx: u64 = line(&mut pos)?.trim().parse().map_err(|_| "bad PUT index")?;
+                let idx: u64 = line(&mut pos)?
+                    .trim()
+                    .parse()
+                    .map_err(|_| "bad PUT index")?;
                 memo.insert(idx, recent.last().cloned().flatten());
             }
             b'c' | b'i' => {
@@ -172,7 +184,12 @@ pub fn scan_pickle(data: &[u8]) -> std::result::Result<(), String> {
                 }
                 pushed = Some(None);
             }
-            other => return Err(format!("unknown pickle opcode 0x{other:02x} at byte {}", pos - 1)),
+            other => {
+                return Err(format!(
+                    "unknown pickle opcode 0x{other:02x} at byte {}",
+                    pos - 1
+                ));
+            }
         }
         if let Some(p) = pushed {
             recent.push(p);

@@ -99,19 +99,22 @@ impl SafetensorsFile {
         }
         let data_start = 8 + header_len as usize;
         let header: BTreeMap<String, serde_json::Value> =
-            serde_json::from_slice(&mmap[8..data_start]).map_err(|e| Error::InvalidSafetensors {
-                path: path.clone(),
-                reason: format!("header is not a JSON object: {e}"),
+            serde_json::from_slice(&mmap[8..data_start]).map_err(|e| {
+                Error::InvalidSafetensors {
+                    path: path.clone(),
+                    reason: format!("header is not a JSON object: {e}"),
+                }
             })?;
         let data_len = mmap.len() - data_start;
         let mut entries = BTreeMap::new();
         let mut metadata = BTreeMap::new();
         for (key, value) in header {
             if key == "__metadata__" {
-                metadata = serde_json::from_value(value).map_err(|e| Error::InvalidSafetensors {
-                    path: path.clone(),
-                    reason: format!("__metadata__ is not a string map: {e}"),
-                })?;
+                metadata =
+                    serde_json::from_value(value).map_err(|e| Error::InvalidSafetensors {
+                        path: path.clone(),
+                        reason: format!("__metadata__ is not a string map: {e}"),
+                    })?;
                 continue;
             }
             let raw: RawEntry =

@@ -64,7 +64,13 @@ impl Fixture {
     }
 
     /// Loads `<case>.params.<prefix>*` into a module, failing on any missing or extra key.
-    pub fn load<B: Backend, M: Module<B>>(&self, module: M, case: &str, prefix: &str, dtype: DType) -> M {
+    pub fn load<B: Backend, M: Module<B>>(
+        &self,
+        module: M,
+        case: &str,
+        prefix: &str,
+        dtype: DType,
+    ) -> M {
         let prefix = format!("{case}.params.{prefix}");
         let (m, report) = load_into(
             module,
@@ -89,7 +95,10 @@ pub struct Tol {
 }
 
 /// f32 parity, as the foundation issue requires.
-pub const F32: Tol = Tol { atol: 1e-5, rtol: 1e-5 };
+pub const F32: Tol = Tol {
+    atol: 1e-5,
+    rtol: 1e-5,
+};
 
 /// Compares a tensor with the expected values and returns the max absolute error.
 pub fn assert_close<B: Backend, const D: usize>(
@@ -122,14 +131,21 @@ pub fn assert_close<B: Backend, const D: usize>(
         }
     }
     if let Some((i, x, e, err)) = worst {
-        panic!("{what}: element {i} is {x}, expected {e} (error {err:e}; max abs error {max_abs:e}; tolerance {tol:?})");
+        panic!(
+            "{what}: element {i} is {x}, expected {e} (error {err:e}; max abs error {max_abs:e}; tolerance {tol:?})"
+        );
     }
     eprintln!("{what}: max abs error {max_abs:e}");
     max_abs
 }
 
 /// Builds an f32 tensor from host values.
-pub fn host<B: Backend, const D: usize>(values: Vec<f32>, shape: [usize; D], device: &B::Device, dtype: DType) -> Tensor<B, D> {
+pub fn host<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+    dtype: DType,
+) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, shape), (device, dtype))
 }
 
@@ -143,23 +159,39 @@ macro_rules! parity_tests {
             use super::*;
             #[test]
             fn flex_f32() {
-                $check::<diffusers_core::backend::Cpu>(&Default::default(), burn::tensor::DType::F32, common::F32);
+                $check::<diffusers_core::backend::Cpu>(
+                    &Default::default(),
+                    burn::tensor::DType::F32,
+                    common::F32,
+                );
             }
             #[test]
             fn flex_bf16() {
-                $check::<diffusers_core::backend::Cpu>(&Default::default(), burn::tensor::DType::BF16, $bf16);
+                $check::<diffusers_core::backend::Cpu>(
+                    &Default::default(),
+                    burn::tensor::DType::BF16,
+                    $bf16,
+                );
             }
             #[cfg(feature = "cuda")]
             #[test]
             #[ignore = "needs a CUDA GPU; run with --ignored on the device machine"]
             fn cuda_f32() {
-                $check::<diffusers_core::backend::Cuda>(&Default::default(), burn::tensor::DType::F32, common::F32);
+                $check::<diffusers_core::backend::Cuda>(
+                    &Default::default(),
+                    burn::tensor::DType::F32,
+                    common::F32,
+                );
             }
             #[cfg(feature = "cuda")]
             #[test]
             #[ignore = "needs a CUDA GPU; run with --ignored on the device machine"]
             fn cuda_bf16() {
-                $check::<diffusers_core::backend::Cuda>(&Default::default(), burn::tensor::DType::BF16, $bf16);
+                $check::<diffusers_core::backend::Cuda>(
+                    &Default::default(),
+                    burn::tensor::DType::BF16,
+                    $bf16,
+                );
             }
         }
     };
