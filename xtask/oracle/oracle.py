@@ -189,8 +189,11 @@ def stage_nn(out: Path):
         "temb_odd": {"downscale_freq_shift": 1, "max_period": 5000},
     }.items():
         dim = 33 if name == "temb_odd" else 32
+        tt = t if name != "temb_flux" else t / 1000
+        # Pipelines in bf16 hand the embedding bf16 timesteps; diffusers computes in f32 from them.
         c.add(name, "timestep_embedding", {"embedding_dim": dim, **kw}, {"timesteps": t},
-              {"output": get_timestep_embedding(t if name != "temb_flux" else t / 1000, dim, **kw)})
+              {"output": get_timestep_embedding(tt, dim, **kw),
+               "output_from_bf16": get_timestep_embedding(tt.to(torch.bfloat16), dim, **kw)})
 
     # Rotary embeddings
     pos = torch.arange(0, 24, dtype=torch.float32) * 1.5

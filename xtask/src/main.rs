@@ -5,7 +5,7 @@
 //!   use); `--check` writes them to a temporary folder and fails if any byte differs from the
 //!   committed ones.
 //! - `cargo xtask oracle-env`: create or update the pinned Python environment only.
-//! - `cargo xtask cuda-bundle`: build the parity test binaries with the `cuda` feature into
+//! - `cargo xtask cuda-bundle`: build the test binaries with the `cuda` feature (as CI does) into
 //!   `.device/` together with a script that runs them (`--ignored` CUDA tests included) on a
 //!   machine with an NVIDIA GPU and no Rust toolchain.
 
@@ -109,15 +109,12 @@ fn cuda_bundle() -> Result<()> {
     let output = Command::new("cargo")
         .current_dir(&root)
         .args([
+            // The same build as CI's test build (dependencies optimised): nothing recompiles.
             "test",
-            "--release",
             "--no-run",
-            "--features",
-            "diffusers-nn/cuda",
-            "-p",
-            "diffusers-nn",
-            "--test",
-            "layers",
+            "--workspace",
+            "--all-features",
+            "--tests",
             "--message-format",
             "json",
         ])
@@ -133,7 +130,7 @@ fn cuda_bundle() -> Result<()> {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if let Some(exe) = v["executable"].as_str() {
+        if let Some(exe) = v["executable"].as_str().filter(|e| !e.contains("xtask")) {
             let name = Path::new(exe).file_name().context("exe name")?.to_owned();
             std::fs::copy(exe, bundle.join("bin").join(&name))?;
             run(Command::new("strip").arg(bundle.join("bin").join(&name)))?;
