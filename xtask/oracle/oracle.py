@@ -20,6 +20,8 @@ import diffusers  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
+from diffusers import ConfigMixin, ModelMixin  # noqa: E402
+from diffusers.configuration_utils import register_to_config  # noqa: E402
 from diffusers.models.activations import GEGLU, GELU  # noqa: E402
 from diffusers.models.autoencoders.autoencoder_kl_hunyuan_video import HunyuanVideoCausalConv3d  # noqa: E402
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d  # noqa: E402
@@ -225,17 +227,6 @@ def stage_nn(out: Path):
     c.save(out / "nn", "layers")
 
 
-class Tiny(torch.nn.Module):
-    """A tiny module with the key shapes of a diffusers model, for loader fixtures."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj_in = torch.nn.Linear(4, 8)
-        self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8) for _ in range(2)])
-        self.norm = torch.nn.LayerNorm(8)
-        self.proj_out = torch.nn.Linear(8, 4, bias=False)
-
-
 class Evil:
     """Not a tensor: a pickle holding it must be refused."""
 
@@ -244,9 +235,14 @@ class Evil:
 
 
 def deterministic_torch_save(obj, path: Path):
-    """torch.save, then rewrite the zip with fixed timestamps so the bytes are reproducible."""
+    torch.save(obj, str(path))
+    normalize_zip(path)
+
+
+def normalize_zip(path: Path):
+    """Rewrites a torch zip checkpoint with fixed timestamps so the bytes are reproducible."""
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, str(tmp))
+    path.rename(tmp)
     with zipfile.ZipFile(tmp) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
             data = src.read(info.filename)
@@ -256,33 +252,43 @@ def deterministic_torch_save(obj, path: Path):
     tmp.unlink()
 
 
+class TinyModel(ModelMixin, ConfigMixin):
+    """A tiny diffusers model (real ModelMixin/ConfigMixin), for loader fixtures."""
+
+    @register_to_config
+    def __init__(self, in_channels: int = 4, hidden: int = 8, num_blocks: int = 2, future_option: bool = True):
+        super().__init__()
+        self.proj_in = torch.nn.Linear(in_channels, hidden)
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(hidden, hidden) for _ in range(num_blocks)])
+        self.norm = torch.nn.LayerNorm(hidden)
+        self.proj_out = torch.nn.Linear(hidden, in_channels, bias=False)
+
+
 @torch.no_grad()
 def stage_loading(out: Path):
-    """A component folder in the hub layout, in every file form diffusers reads."""
+    """One component saved by diffusers' own save_pretrained in every form it writes and reads:
+    safetensors, a bf16 variant, a sharded fp16 variant, and a PyTorch pickle."""
     torch.manual_seed(1)
-    m = Tiny()
-    sd = {k: v.contiguous() for k, v in m.state_dict().items()}
     root = out / "loading"
     comp = root / "tiny"
-    comp.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(comp / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-    save_file({k: v.to(torch.bfloat16) for k, v in sd.items()},
-              str(comp / "diffusion_pytorch_model.bf16.safetensors"), metadata={"format": "pt"})
-    deterministic_torch_save(sd, comp / "diffusion_pytorch_model.bin")
-    # Sharded fp16 variant, as transformers/diffusers name shards and index.
-    keys = sorted(sd)
-    half = {k: sd[k].to(torch.float16) for k in keys}
-    shards = [keys[: len(keys) // 2], keys[len(keys) // 2:]]
-    weight_map = {}
-    for i, ks in enumerate(shards):
-        fname = f"diffusion_pytorch_model.fp16-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file({k: half[k] for k in ks}, str(comp / fname), metadata={"format": "pt"})
-        weight_map.update({k: fname for k in ks})
-    total = sum(v.numel() * 2 for v in half.values())
-    write_json(comp / "diffusion_pytorch_model.safetensors.index.fp16.json",
-               {"metadata": {"total_size": total}, "weight_map": weight_map})
-    write_json(comp / "config.json", {"_class_name": "Tiny", "_diffusers_version": diffusers.__version__,
-                                      "in_channels": 4, "hidden": 8, "num_blocks": 2, "future_option": True})
+    if comp.exists():
+        for f in comp.iterdir():
+            f.unlink()
+    m = TinyModel()
+    sd = {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
+    m.save_pretrained(comp, safe_serialization=False)
+    m.save_pretrained(comp)
+    m.to(torch.bfloat16).save_pretrained(comp, variant="bf16")
+    m.to(torch.float32).load_state_dict(sd)
+    m.to(torch.float16).save_pretrained(comp, variant="fp16", max_shard_size=400)
+    # diffusers reloads every form it wrote, with the values it saved.
+    for variant, dtype in [(None, torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)]:
+        r = TinyModel.from_pretrained(comp, variant=variant, torch_dtype=dtype)
+        for k, v in r.state_dict().items():
+            assert torch.equal(v, sd[k].to(dtype)), (variant, k)
+    r = TinyModel.from_pretrained(comp, use_safetensors=False)
+    assert all(torch.equal(v, sd[k]) for k, v in r.state_dict().items())
+    normalize_zip(comp / "diffusion_pytorch_model.bin")
     # A pickle checkpoint holding more than tensors.
     deterministic_torch_save({"proj_in.weight": sd["proj_in.weight"], "evil": Evil()}, root / "evil.bin")
     # Reference values for the reader tests.

@@ -220,7 +220,7 @@ fn config_keeps_unknown_keys_and_reads_meta() {
         (c.in_channels, c.hidden, c.num_blocks, c.dropout),
         (4, 8, 2, 0.0)
     );
-    assert_eq!(c.meta.class_name.as_deref(), Some("Tiny"));
+    assert_eq!(c.meta.class_name.as_deref(), Some("TinyModel"));
     assert!(c.meta.diffusers_version.is_some());
     assert_eq!(
         c.meta.extra.get("future_option"),
