@@ -17,6 +17,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import diffusers  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
@@ -296,7 +297,91 @@ def stage_loading(out: Path):
     write_json(root / "versions.json", versions())
 
 
-STAGES = {"nn": stage_nn, "loading": stage_loading}
+
+@torch.no_grad()
+def stage_random(out: Path):
+    """torch.randn from torch.Generator("cpu").manual_seed(seed), and diffusers' randn_tensor."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    c = Cases()
+    for seed in [0, 1, 42, 1234, 2**32 + 5]:
+        for shape in [(1,), (5,), (15,), (16,), (17,), (37,), (1, 4, 8, 8), (2, 16, 3)]:
+            for dtype in [torch.float32, torch.float64]:
+                g = torch.Generator("cpu").manual_seed(seed)
+                name = f"randn_{seed}_{'x'.join(map(str, shape))}_{str(dtype).split('.')[-1]}"
+                first = torch.randn(shape, generator=g, dtype=dtype)
+                # A second draw from the same generator continues its stream (and its cached normal).
+                second = torch.randn((3,), generator=g, dtype=dtype)
+                c.add(name, "randn", {"seed": seed, "shape": list(shape), "dtype": str(dtype).split(".")[-1]},
+                      {}, {"first": first, "second": second})
+    gens = [torch.Generator("cpu").manual_seed(s) for s in (7, 8)]
+    c.add("randn_tensor_per_sample", "randn_tensor", {"seeds": [7, 8], "shape": [2, 4, 3, 3]}, {},
+          {"output": randn_tensor((2, 4, 3, 3), generator=gens, dtype=torch.float32)})
+    c.add("randn_tensor_single", "randn_tensor", {"seeds": [9], "shape": [2, 4, 3, 3]}, {},
+          {"output": randn_tensor((2, 4, 3, 3), generator=torch.Generator("cpu").manual_seed(9), dtype=torch.float32)})
+    c.save(out / "schedulers", "random")
+
+
+def run_scheduler(c, name, cls, config, set_kwargs, steps_seed=0, shape=(1, 4, 4, 4), step_kwargs=None, gen_seed=None):
+    """Records set_timesteps and a whole denoising loop with fixed samples and model outputs."""
+    sched = cls(**config)
+    sched.set_timesteps(**set_kwargs)
+    g = torch.Generator("cpu").manual_seed(steps_seed)
+    init_sigma = float(getattr(sched, "init_noise_sigma", 1.0))
+    sample = torch.randn(shape, generator=g) * init_sigma
+    outputs = {"timesteps": sched.timesteps.to(torch.float64)}
+    if getattr(sched, "sigmas", None) is not None:
+        outputs["sigmas"] = torch.as_tensor(sched.sigmas).to(torch.float64)
+    inputs = {"sample": sample}
+    step_gen = torch.Generator("cpu").manual_seed(gen_seed) if gen_seed is not None else None
+    for i, t in enumerate(sched.timesteps):
+        model_output = torch.randn(shape, generator=g)
+        inputs[f"model_output_{i}"] = model_output
+        if hasattr(sched, "scale_model_input"):
+            outputs[f"scaled_{i}"] = sched.scale_model_input(sample, t)
+        kw = dict(step_kwargs or {})
+        if step_gen is not None:
+            kw["generator"] = step_gen
+        sample = sched.step(model_output, t, sample, **kw).prev_sample
+        outputs[f"prev_{i}"] = sample
+    cfg = {"class": cls.__name__, "config": dict(sched.config), "set_timesteps": set_kwargs,
+           "init_noise_sigma": init_sigma, "order": getattr(sched, "order", 1), "gen_seed": gen_seed,
+           "steps": len(sched.timesteps)}
+    cfg["config"] = {k: v for k, v in cfg["config"].items() if not k.startswith("_")}
+    c.add(name, "scheduler", json.loads(json.dumps(cfg, default=float)), inputs, outputs)
+
+
+@torch.no_grad()
+def stage_schedulers(out: Path):
+    from diffusers import FlowMatchEulerDiscreteScheduler as FM
+
+    c = Cases()
+    flux_dev = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
+                "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
+    n = 8
+    flux_sigmas = [float(x) for x in np.linspace(1.0, 1 / n, n)]
+    run_scheduler(c, "fm_default", FM, {}, {"num_inference_steps": n})
+    run_scheduler(c, "fm_sd3", FM, {"shift": 3.0}, {"num_inference_steps": n})
+    run_scheduler(c, "fm_flux_dev", FM, flux_dev, {"sigmas": flux_sigmas, "mu": 0.8})
+    run_scheduler(c, "fm_flux_linear", FM, {**flux_dev, "time_shift_type": "linear"},
+                  {"sigmas": flux_sigmas, "mu": 1.1})
+    run_scheduler(c, "fm_terminal", FM, {"shift": 2.0, "shift_terminal": 0.1}, {"num_inference_steps": n})
+    run_scheduler(c, "fm_karras", FM, {"shift": 3.0, "use_karras_sigmas": True}, {"num_inference_steps": n})
+    run_scheduler(c, "fm_exponential", FM, {"use_exponential_sigmas": True}, {"num_inference_steps": n})
+    run_scheduler(c, "fm_invert", FM, {"invert_sigmas": True}, {"num_inference_steps": n})
+    run_scheduler(c, "fm_custom_timesteps", FM, {"shift": 3.0},
+                  {"sigmas": [1.0, 0.75, 0.5, 0.25], "timesteps": [999.0, 750.0, 500.0, 250.0]})
+    run_scheduler(c, "fm_stochastic", FM, {"stochastic_sampling": True}, {"num_inference_steps": n}, gen_seed=5)
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    for seq in [256, 1024, 4096, 4608, 77]:
+        mu = calculate_shift(seq, 256, 4096, 0.5, 1.15)
+        c.cases[f"calculate_shift_{seq}"] = {"kind": "calculate_shift", "image_seq_len": seq, "base_seq_len": 256,
+                                            "max_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15, "mu": mu}
+    c.save(out / "schedulers", "flow_match")
+
+
+STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers}
 
 
 def main():

@@ -13,6 +13,8 @@ pub mod backend;
 pub mod config;
 mod error;
 pub mod repo;
+#[doc(hidden)]
+pub mod testing;
 pub mod weights;
 
 pub use error::{Error, Result};

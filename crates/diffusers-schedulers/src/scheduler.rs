@@ -1,0 +1,185 @@
+//! The [`Scheduler`] trait: what pipelines need from diffusers' `SchedulerMixin`.
+
+use burn::prelude::*;
+use serde_json::{Map, Value};
+
+use crate::random::TorchGenerator;
+use crate::{Error, Result};
+
+/// Arguments of `set_timesteps`, as diffusers accepts them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TimestepOptions {
+    /// Number of denoising steps (may be omitted when `timesteps` or `sigmas` are given).
+    pub num_inference_steps: Option<usize>,
+    /// Custom timesteps.
+    pub timesteps: Option<Vec<f64>>,
+    /// Custom sigmas.
+    pub sigmas: Option<Vec<f64>>,
+    /// Resolution-dependent shift (flow matching with `use_dynamic_shifting`).
+    pub mu: Option<f64>,
+}
+
+impl TimestepOptions {
+    /// `set_timesteps(num_inference_steps)`.
+    pub fn steps(n: usize) -> Self {
+        Self {
+            num_inference_steps: Some(n),
+            ..Self::default()
+        }
+    }
+}
+
+/// A source of standard-normal noise for stochastic schedulers.
+pub trait NoiseSource {
+    /// `n` standard normal values (f32), as `randn_tensor(shape)` would give for `n` elements.
+    fn noise(&mut self, n: usize) -> Vec<f32>;
+}
+
+impl NoiseSource for TorchGenerator {
+    fn noise(&mut self, n: usize) -> Vec<f32> {
+        self.randn(n)
+    }
+}
+
+/// Noise recorded elsewhere (e.g. by the oracle), handed out in order.
+#[derive(Debug, Default)]
+pub struct RecordedNoise(pub std::collections::VecDeque<Vec<f32>>);
+
+impl NoiseSource for RecordedNoise {
+    fn noise(&mut self, n: usize) -> Vec<f32> {
+        let v = self.0.pop_front().unwrap_or_default();
+        if v.len() == n { v } else { vec![0.0; n] }
+    }
+}
+
+/// A diffusion scheduler. Samples are handled as `[batch, features]`; [`step_nd`] and friends
+/// reshape any latent rank to that and back.
+///
+/// A denoising loop, as in diffusers:
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use diffusers_core::backend::Cpu;
+/// use diffusers_schedulers::{Scheduler, TimestepOptions, FlowMatchEulerDiscreteScheduler, step_nd};
+///
+/// let device = Default::default();
+/// let mut scheduler = FlowMatchEulerDiscreteScheduler::from_json("{\"shift\": 3.0}")?;
+/// Scheduler::<Cpu>::set_timesteps(&mut scheduler, &TimestepOptions::steps(4))?;
+/// let mut latents = Tensor::<Cpu, 4>::ones([1, 4, 8, 8], &device);
+/// for t in Scheduler::<Cpu>::timesteps(&scheduler).to_vec() {
+///     let model_output = latents.clone() * 0.1; // a denoiser call goes here
+///     latents = step_nd(&mut scheduler, model_output, t, latents, None)?;
+/// }
+/// assert_eq!(latents.dims(), [1, 4, 8, 8]);
+/// # Ok::<(), diffusers_schedulers::Error>(())
+/// ```
+pub trait Scheduler<B: Backend> {
+    /// The diffusers class name (`FlowMatchEulerDiscreteScheduler`, ...).
+    fn class_name(&self) -> &'static str;
+    /// The config as diffusers would save it (for `from_config` swapping).
+    fn config(&self) -> Map<String, Value>;
+    /// Computes the timesteps (and sigmas) for a run.
+    fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()>;
+    /// The timesteps of the run (f32 values held as f64).
+    fn timesteps(&self) -> &[f64];
+    /// The sigmas of the run, with the terminal value appended, where the scheduler has sigmas.
+    fn sigmas(&self) -> Option<&[f64]> {
+        None
+    }
+    /// Standard deviation of the initial noise.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    /// Model evaluations per step (2 for Heun-type schedulers).
+    fn order(&self) -> usize {
+        1
+    }
+    /// Where the run starts (img2img); pipelines call this after `set_timesteps`.
+    fn set_begin_index(&mut self, begin_index: usize);
+    /// Scales the denoiser input for the current timestep (identity for most schedulers).
+    fn scale_model_input(&mut self, sample: Tensor<B, 2>, _timestep: f64) -> Result<Tensor<B, 2>> {
+        Ok(sample)
+    }
+    /// One denoising step: the sample at the previous timestep.
+    fn step(
+        &mut self,
+        model_output: Tensor<B, 2>,
+        timestep: f64,
+        sample: Tensor<B, 2>,
+        noise: Option<&mut dyn NoiseSource>,
+    ) -> Result<Tensor<B, 2>>;
+}
+
+fn flatten<B: Backend, const D: usize>(x: Tensor<B, D>) -> ([usize; D], Tensor<B, 2>) {
+    let dims = x.dims();
+    let batch = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    (dims, x.reshape([batch, rest]))
+}
+
+/// [`Scheduler::step`] for latents of any rank.
+pub fn step_nd<B: Backend, S: Scheduler<B> + ?Sized, const D: usize>(
+    scheduler: &mut S,
+    model_output: Tensor<B, D>,
+    timestep: f64,
+    sample: Tensor<B, D>,
+    noise: Option<&mut dyn NoiseSource>,
+) -> Result<Tensor<B, D>> {
+    let (dims, sample) = flatten(sample);
+    let (mdims, model_output) = flatten(model_output);
+    if dims != mdims {
+        return Err(Error::InvalidStep {
+            class: scheduler.class_name(),
+            reason: format!("model output shape {mdims:?} differs from sample shape {dims:?}"),
+        });
+    }
+    Ok(scheduler
+        .step(model_output, timestep, sample, noise)?
+        .reshape(dims))
+}
+
+/// [`Scheduler::scale_model_input`] for latents of any rank.
+pub fn scale_model_input_nd<B: Backend, S: Scheduler<B> + ?Sized, const D: usize>(
+    scheduler: &mut S,
+    sample: Tensor<B, D>,
+    timestep: f64,
+) -> Result<Tensor<B, D>> {
+    let (dims, sample) = flatten(sample);
+    Ok(scheduler.scale_model_input(sample, timestep)?.reshape(dims))
+}
+
+/// The index of `timestep` in `schedule`, as diffusers' `index_for_timestep`: the second match
+/// when there are several (so that img2img does not skip a step), the first otherwise.
+pub fn index_for_timestep(schedule: &[f64], timestep: f64) -> Option<usize> {
+    let hits: Vec<usize> = schedule
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| (**t as f32) == timestep as f32)
+        .map(|(i, _)| i)
+        .collect();
+    match hits.len() {
+        0 => None,
+        1 => Some(hits[0]),
+        _ => Some(hits[1]),
+    }
+}
+
+/// numpy's `linspace(start, stop, num)` (endpoint included), bit for bit.
+pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 0 {
+        return Vec::new();
+    }
+    if num == 1 {
+        return vec![start];
+    }
+    let div = (num - 1) as f64;
+    let delta = stop - start;
+    let step = delta / div;
+    let mut y: Vec<f64> = if step == 0.0 {
+        (0..num).map(|i| (i as f64 / div) * delta + start).collect()
+    } else {
+        (0..num).map(|i| i as f64 * step + start).collect()
+    };
+    y[num - 1] = stop;
+    y
+}

@@ -1,0 +1,167 @@
+//! `FlowMatchEulerDiscreteScheduler` against diffusers (`fixtures/schedulers/flow_match.*`):
+//! timesteps, sigmas and every step of a whole denoising loop, for each recorded config.
+
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+use diffusers_core::backend::Cpu;
+use diffusers_core::testing::{Fixture, Tol, assert_close};
+use diffusers_schedulers::{
+    Error, FlowMatchEulerDiscreteScheduler, Scheduler, TimestepOptions, TorchGenerator,
+    calculate_shift, step_nd,
+};
+
+const F32: Tol = Tol {
+    atol: 1e-6,
+    rtol: 1e-5,
+};
+
+fn opts(v: &serde_json::Value) -> TimestepOptions {
+    let list = |k: &str| {
+        v[k].as_array()
+            .map(|a| a.iter().map(|x| x.as_f64().expect("number")).collect())
+    };
+    TimestepOptions {
+        num_inference_steps: v["num_inference_steps"].as_u64().map(|n| n as usize),
+        timesteps: list("timesteps"),
+        sigmas: list("sigmas"),
+        mu: v["mu"].as_f64(),
+    }
+}
+
+fn host(values: &[f64]) -> Tensor<Cpu, 1> {
+    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    Tensor::from_data(TensorData::new(v.clone(), [v.len()]), &Default::default())
+}
+
+#[test]
+fn whole_loops_match_diffusers() {
+    let fx = Fixture::open("schedulers/flow_match");
+    let dev = Default::default();
+    let cases = fx.cases.as_object().expect("cases").clone();
+    for (name, c) in cases.iter().filter(|(_, c)| c["kind"] == "scheduler") {
+        let mut s = FlowMatchEulerDiscreteScheduler::new(
+            serde_json::from_value(c["config"].clone()).expect("config"),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Scheduler::<Cpu>::set_timesteps(&mut s, &opts(&c["set_timesteps"]))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ts = Scheduler::<Cpu>::timesteps(&s).to_vec();
+        // Schedules are exact (same f32 values).
+        assert_close(
+            host(&ts),
+            &fx.values(&format!("{name}.timesteps")),
+            None,
+            Tol {
+                atol: 0.0,
+                rtol: 0.0,
+            },
+            &format!("{name}.timesteps"),
+        );
+        let sig = Scheduler::<Cpu>::sigmas(&s).expect("sigmas").to_vec();
+        assert_close(
+            host(&sig),
+            &fx.values(&format!("{name}.sigmas")),
+            None,
+            Tol {
+                atol: 0.0,
+                rtol: 0.0,
+            },
+            &format!("{name}.sigmas"),
+        );
+        let mut sample: Tensor<Cpu, 4> = fx.tensor(&format!("{name}.sample"), &dev, DType::F32);
+        let mut generator = c["gen_seed"].as_u64().map(TorchGenerator::new);
+        for (i, &t) in ts.iter().enumerate() {
+            let mo: Tensor<Cpu, 4> =
+                fx.tensor(&format!("{name}.model_output_{i}"), &dev, DType::F32);
+            let noise = generator
+                .as_mut()
+                .map(|g| g as &mut dyn diffusers_schedulers::NoiseSource);
+            sample = step_nd(&mut s, mo, t, sample, noise)
+                .unwrap_or_else(|e| panic!("{name} step {i}: {e}"));
+            // The stochastic case draws fresh noise each step from the torch-compatible generator.
+            let tol = if generator.is_some() {
+                Tol {
+                    atol: 3e-6,
+                    rtol: 1e-5,
+                }
+            } else {
+                F32
+            };
+            assert_close(
+                sample.clone(),
+                &fx.values(&format!("{name}.prev_{i}")),
+                None,
+                tol,
+                &format!("{name}.prev_{i}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn invalid_configs_and_calls() {
+    let conflict = FlowMatchEulerDiscreteScheduler::from_json(
+        r#"{"use_karras_sigmas": true, "use_exponential_sigmas": true}"#,
+    );
+    assert!(matches!(conflict, Err(Error::ConflictingOptions { .. })));
+    let mut s = FlowMatchEulerDiscreteScheduler::from_json(r#"{"use_dynamic_shifting": true}"#)
+        .expect("config");
+    assert!(matches!(
+        Scheduler::<Cpu>::set_timesteps(&mut s, &TimestepOptions::steps(4)),
+        Err(Error::MissingMu { .. })
+    ));
+    let mut s = FlowMatchEulerDiscreteScheduler::from_json("{}").expect("config");
+    assert!(matches!(
+        Scheduler::<Cpu>::set_timesteps(&mut s, &TimestepOptions::steps(0)),
+        Err(Error::ZeroSteps { .. })
+    ));
+    let bad = TimestepOptions {
+        sigmas: Some(vec![1.0, 0.5]),
+        timesteps: Some(vec![1000.0]),
+        ..Default::default()
+    };
+    assert!(matches!(
+        Scheduler::<Cpu>::set_timesteps(&mut s, &bad),
+        Err(Error::ConflictingOptions { .. })
+    ));
+    assert!(matches!(
+        FlowMatchEulerDiscreteScheduler::from_json("{\"shift\": \"x\"}"),
+        Err(Error::Json(_))
+    ));
+    // A step before set_timesteps' schedule, or past its end, is an error, not a panic.
+    Scheduler::<Cpu>::set_timesteps(&mut s, &TimestepOptions::steps(2)).expect("set");
+    let x = Tensor::<Cpu, 2>::zeros([1, 4], &Default::default());
+    assert!(matches!(
+        Scheduler::<Cpu>::step(&mut s, x.clone(), 123.0, x.clone(), None),
+        Err(Error::InvalidStep { .. })
+    ));
+    let ts = Scheduler::<Cpu>::timesteps(&s).to_vec();
+    for &t in &ts {
+        Scheduler::<Cpu>::step(&mut s, x.clone(), t, x.clone(), None).expect("step");
+    }
+    assert!(matches!(
+        Scheduler::<Cpu>::step(&mut s, x.clone(), ts[1], x, None),
+        Err(Error::InvalidStep { .. })
+    ));
+}
+
+#[test]
+fn calculate_shift_matches_flux_pipeline() {
+    let fx = Fixture::open("schedulers/flow_match");
+    let cases = fx.cases.as_object().expect("cases");
+    let mut n = 0;
+    for c in cases.values().filter(|c| c["kind"] == "calculate_shift") {
+        let u = |k: &str| c[k].as_u64().expect("int") as usize;
+        let f = |k: &str| c[k].as_f64().expect("float");
+        let mu = calculate_shift(
+            u("image_seq_len"),
+            u("base_seq_len"),
+            u("max_seq_len"),
+            f("base_shift"),
+            f("max_shift"),
+        );
+        assert!((mu - f("mu")).abs() <= 1e-12, "{mu} vs {}", f("mu"));
+        n += 1;
+    }
+    assert_eq!(n, 5);
+}
