@@ -248,13 +248,13 @@ impl FlowMatchEulerDiscreteScheduler {
             return Err(Error::MissingMu { class: CLASS });
         }
         let (ts, sg) = (opts.timesteps.as_ref(), opts.sigmas.as_ref());
-        if let (Some(t), Some(s)) = (ts, sg) {
-            if t.len() != s.len() {
-                return Err(Error::ConflictingOptions {
-                    class: CLASS,
-                    reason: "`sigmas` and `timesteps` should have the same length".into(),
-                });
-            }
+        if let (Some(t), Some(s)) = (ts, sg)
+            && t.len() != s.len()
+        {
+            return Err(Error::ConflictingOptions {
+                class: CLASS,
+                reason: "`sigmas` and `timesteps` should have the same length".into(),
+            });
         }
         let n = match opts.num_inference_steps {
             Some(n) => {

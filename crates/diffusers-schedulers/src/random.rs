@@ -126,7 +126,7 @@ impl TorchGenerator {
         for i in (0..n - 15).step_by(16) {
             Self::fill16(&mut data[i..i + 16]);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
@@ -155,7 +155,7 @@ impl TorchGenerator {
         for i in (0..n - 15).step_by(16) {
             fill(&mut data[i..i + 16]);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f64();
