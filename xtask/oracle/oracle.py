@@ -381,7 +381,44 @@ def stage_schedulers(out: Path):
     c.save(out / "schedulers", "flow_match")
 
 
-STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers}
+
+@torch.no_grad()
+def stage_discrete_schedulers(out: Path):
+    """DDPM-family schedulers over SD-style configs (beta schedules, spacings, predictions)."""
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    c = Cases()
+    sd = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+    n = 6
+    run_scheduler(c, "ddim_sd", DDIMScheduler, {**sd, "clip_sample": False, "set_alpha_to_one": False,
+                                                 "steps_offset": 1}, {"num_inference_steps": n})
+    run_scheduler(c, "ddim_linear_clip", DDIMScheduler, {}, {"num_inference_steps": n})
+    run_scheduler(c, "ddim_vpred_trailing_zsnr", DDIMScheduler,
+                  {**sd, "prediction_type": "v_prediction", "timestep_spacing": "trailing",
+                   "rescale_betas_zero_snr": True, "clip_sample": False}, {"num_inference_steps": n})
+    run_scheduler(c, "ddim_cos_linspace_sample", DDIMScheduler,
+                  {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace", "prediction_type": "sample"},
+                  {"num_inference_steps": n})
+    run_scheduler(c, "ddim_eta", DDIMScheduler, {**sd, "clip_sample": False}, {"num_inference_steps": n},
+                  step_kwargs={"eta": 0.7}, gen_seed=3)
+    run_scheduler(c, "euler_sd", EulerDiscreteScheduler, {**sd, "steps_offset": 1, "timestep_spacing": "leading"},
+                  {"num_inference_steps": n})
+    run_scheduler(c, "euler_linspace", EulerDiscreteScheduler, sd, {"num_inference_steps": n})
+    run_scheduler(c, "euler_trailing_vpred", EulerDiscreteScheduler,
+                  {**sd, "timestep_spacing": "trailing", "prediction_type": "v_prediction"}, {"num_inference_steps": n})
+    run_scheduler(c, "euler_karras", EulerDiscreteScheduler, {**sd, "use_karras_sigmas": True},
+                  {"num_inference_steps": n})
+    run_scheduler(c, "euler_exponential_sigma_min", EulerDiscreteScheduler,
+                  {**sd, "use_exponential_sigmas": True, "final_sigmas_type": "sigma_min"}, {"num_inference_steps": n})
+    run_scheduler(c, "euler_a_sd", EulerAncestralDiscreteScheduler, {**sd, "steps_offset": 1,
+                                                                      "timestep_spacing": "leading"},
+                  {"num_inference_steps": n}, gen_seed=4)
+    run_scheduler(c, "euler_a_trailing_vpred", EulerAncestralDiscreteScheduler,
+                  {**sd, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
+                  {"num_inference_steps": n}, gen_seed=6)
+    c.save(out / "schedulers", "discrete")
+
+STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 
 
 def main():

@@ -6,17 +6,27 @@
 //! Schedulers never touch weights: they map model outputs and samples to the next sample.
 //! Every scheduler implements [`Scheduler`], so pipelines can swap them at run time.
 
+pub mod ddim;
+pub mod discrete;
 mod error;
+pub mod euler_ancestral_discrete;
+pub mod euler_discrete;
 pub mod flow_match_euler_discrete;
 pub mod random;
+pub mod registry;
 pub mod scheduler;
 pub mod sigmas;
 
+pub use ddim::{DDIMConfig, DDIMScheduler};
+pub use discrete::{BetaConfig, BetaSchedule, PredictionType, TimestepSpacing};
 pub use error::{Error, Result};
+pub use euler_ancestral_discrete::{EulerAncestralDiscreteConfig, EulerAncestralDiscreteScheduler};
+pub use euler_discrete::{EulerDiscreteConfig, EulerDiscreteScheduler};
 pub use flow_match_euler_discrete::{
     FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler, TimeShiftType, calculate_shift,
 };
 pub use random::{Generators, TorchGenerator, randn_tensor};
+pub use registry::{from_config, from_json, is_compatible};
 pub use scheduler::{
     NoiseSource, RecordedNoise, Scheduler, TimestepOptions, index_for_timestep, linspace,
     scale_model_input_nd, step_nd,

@@ -1,0 +1,322 @@
+//! diffusers' `EulerDiscreteScheduler`.
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use diffusers_core::config::ConfigMeta;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::discrete::{
+    BetaConfig, PredictionType, TimestepSpacing, alphas_cumprod, check_steps, interp_index,
+    sigma_to_t, spaced_timesteps,
+};
+use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, index_for_timestep};
+use crate::sigmas::{exponential_sigmas, karras_sigmas};
+use crate::{Error, Result};
+
+const CLASS: &str = "EulerDiscreteScheduler";
+
+fn eps() -> PredictionType {
+    PredictionType::Epsilon
+}
+fn linspace() -> TimestepSpacing {
+    TimestepSpacing::Linspace
+}
+fn linear() -> String {
+    "linear".into()
+}
+fn discrete() -> String {
+    "discrete".into()
+}
+fn zero() -> String {
+    "zero".into()
+}
+
+/// `EulerDiscreteScheduler`'s config, with diffusers' defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EulerDiscreteConfig {
+    /// Beta schedule keys.
+    #[serde(flatten)]
+    pub betas: BetaConfig,
+    /// What the model predicts.
+    #[serde(default = "eps")]
+    pub prediction_type: PredictionType,
+    /// `linear` (only this is supported; `log_linear` is a typed error).
+    #[serde(default = "linear")]
+    pub interpolation_type: String,
+    /// Karras sigmas.
+    #[serde(default)]
+    pub use_karras_sigmas: Option<bool>,
+    /// Exponential sigmas.
+    #[serde(default)]
+    pub use_exponential_sigmas: Option<bool>,
+    /// Beta sigmas (not supported yet).
+    #[serde(default)]
+    pub use_beta_sigmas: Option<bool>,
+    /// Lower bound for karras/exponential sigmas.
+    #[serde(default)]
+    pub sigma_min: Option<f64>,
+    /// Upper bound for karras/exponential sigmas.
+    #[serde(default)]
+    pub sigma_max: Option<f64>,
+    /// Spacing of the timesteps.
+    #[serde(default = "linspace")]
+    pub timestep_spacing: TimestepSpacing,
+    /// `discrete` (only this is supported).
+    #[serde(default = "discrete")]
+    pub timestep_type: String,
+    /// Added to `leading` timesteps.
+    #[serde(default)]
+    pub steps_offset: usize,
+    /// `zero` or `sigma_min`.
+    #[serde(default = "zero")]
+    pub final_sigmas_type: String,
+    /// Other keys.
+    #[serde(flatten)]
+    pub meta: ConfigMeta,
+}
+
+/// Euler sampler over Karras-style sigmas (Stable Diffusion's `EulerDiscreteScheduler`).
+#[derive(Debug, Clone)]
+pub struct EulerDiscreteScheduler {
+    config: EulerDiscreteConfig,
+    train_sigmas: Vec<f32>,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f32>,
+    step_index: Option<usize>,
+    begin_index: Option<usize>,
+}
+
+impl EulerDiscreteScheduler {
+    /// Builds the scheduler.
+    pub fn new(config: EulerDiscreteConfig) -> Result<Self> {
+        let flags = [
+            config.use_karras_sigmas,
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+        ]
+        .iter()
+        .filter(|f| f.unwrap_or(false))
+        .count();
+        if flags > 1 {
+            return Err(Error::ConflictingOptions {
+                class: CLASS,
+                reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into(),
+            });
+        }
+        let unsupported = |what: &str| Error::InvalidConfig {
+            class: CLASS,
+            reason: format!("{what} is not supported yet"),
+        };
+        if config.use_beta_sigmas.unwrap_or(false) {
+            return Err(unsupported("`use_beta_sigmas`"));
+        }
+        if config.interpolation_type != "linear" {
+            return Err(unsupported("`interpolation_type` other than linear"));
+        }
+        if config.timestep_type != "discrete" {
+            return Err(unsupported("`timestep_type` other than discrete"));
+        }
+        if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
+            return Err(Error::InvalidConfig {
+                class: CLASS,
+                reason: "`final_sigmas_type` must be zero or sigma_min".into(),
+            });
+        }
+        if matches!(config.prediction_type, PredictionType::FlowPrediction) {
+            return Err(Error::InvalidConfig {
+                class: CLASS,
+                reason: "prediction_type must be epsilon, sample or v_prediction".into(),
+            });
+        }
+        let (_, mut ac) = alphas_cumprod(&config.betas, CLASS)?;
+        if config.betas.rescale_betas_zero_snr
+            && let Some(last) = ac.last_mut()
+        {
+            *last = 2f32.powi(-24);
+        }
+        let train_sigmas: Vec<f32> = ac.iter().map(|a| ((1.0 - a) / a).sqrt()).collect();
+        let n = config.betas.num_train_timesteps;
+        let mut sigmas: Vec<f32> = train_sigmas.iter().rev().copied().collect();
+        sigmas.push(0.0);
+        Ok(Self {
+            config,
+            train_sigmas,
+            timesteps: (0..n).rev().map(|t| t as f64).collect(),
+            sigmas,
+            step_index: None,
+            begin_index: None,
+        })
+    }
+
+    /// From `scheduler_config.json` text.
+    pub fn from_json(json: &str) -> Result<Self> {
+        Self::new(serde_json::from_str(json)?)
+    }
+
+    fn index(&mut self, timestep: f64) -> Result<usize> {
+        if let Some(i) = self.step_index {
+            return Ok(i);
+        }
+        let i = match self.begin_index {
+            Some(b) => b,
+            None => {
+                index_for_timestep(&self.timesteps, timestep).ok_or_else(|| Error::InvalidStep {
+                    class: CLASS,
+                    reason: format!("timestep {timestep} is not in the schedule"),
+                })?
+            }
+        };
+        self.step_index = Some(i);
+        Ok(i)
+    }
+}
+
+impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
+    fn class_name(&self) -> &'static str {
+        CLASS
+    }
+
+    fn config(&self) -> Map<String, Value> {
+        match serde_json::to_value(&self.config) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        }
+    }
+
+    fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
+        let cfg = &self.config;
+        let train = cfg.betas.num_train_timesteps;
+        if opts.timesteps.is_some() && opts.sigmas.is_some() {
+            return Err(Error::ConflictingOptions {
+                class: CLASS,
+                reason: "only one of `timesteps` or `sigmas` should be set".into(),
+            });
+        }
+        if opts.num_inference_steps.is_some() && (opts.timesteps.is_some() || opts.sigmas.is_some())
+        {
+            return Err(Error::ConflictingOptions {
+                class: CLASS,
+                reason: "can only pass one of `num_inference_steps`, `timesteps` or `sigmas`"
+                    .into(),
+            });
+        }
+        let karras = cfg.use_karras_sigmas.unwrap_or(false);
+        let exponential = cfg.use_exponential_sigmas.unwrap_or(false);
+        if opts.timesteps.is_some() && (karras || exponential) {
+            return Err(Error::ConflictingOptions {
+                class: CLASS,
+                reason: "cannot set `timesteps` with karras or exponential sigmas".into(),
+            });
+        }
+        let log_sigmas: Vec<f32> = self.train_sigmas.iter().map(|s| s.ln()).collect();
+        let (timesteps, sigmas): (Vec<f64>, Vec<f32>) = if let Some(s) = &opts.sigmas {
+            if s.len() < 2 {
+                return Err(Error::ZeroSteps { class: CLASS });
+            }
+            let s32: Vec<f32> = s.iter().map(|&v| v as f32).collect();
+            let ts = s32[..s32.len() - 1]
+                .iter()
+                .map(|&v| sigma_to_t(v as f64, &log_sigmas))
+                .collect();
+            (ts, s32)
+        } else {
+            let ts: Vec<f64> = match &opts.timesteps {
+                Some(t) => {
+                    if t.is_empty() {
+                        return Err(Error::ZeroSteps { class: CLASS });
+                    }
+                    t.iter().map(|&v| v as f32 as f64).collect()
+                }
+                None => {
+                    let n = opts.num_inference_steps.unwrap_or(0);
+                    check_steps(n, train, CLASS)?;
+                    spaced_timesteps(cfg.timestep_spacing, n, train, cfg.steps_offset)
+                        .into_iter()
+                        .map(|v| v as f32 as f64)
+                        .collect()
+                }
+            };
+            let n = ts.len();
+            let mut sig: Vec<f64> = ts
+                .iter()
+                .map(|&t| interp_index(t, &self.train_sigmas))
+                .collect();
+            let mut ts = ts;
+            if karras {
+                sig = karras_sigmas(&sig, n, cfg.sigma_min, cfg.sigma_max, 7.0);
+                ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+            } else if exponential {
+                sig = exponential_sigmas(&sig, n, cfg.sigma_min, cfg.sigma_max);
+                ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+            }
+            let last = if cfg.final_sigmas_type == "sigma_min" {
+                self.train_sigmas[0] as f64
+            } else {
+                0.0
+            };
+            sig.push(last);
+            (ts, sig.into_iter().map(|v| v as f32).collect())
+        };
+        self.timesteps = timesteps.into_iter().map(|t| t as f32 as f64).collect();
+        self.sigmas = sigmas;
+        self.step_index = None;
+        self.begin_index = None;
+        Ok(())
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        let max = self.sigmas.iter().copied().fold(0f32, f32::max);
+        match self.config.timestep_spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
+            TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
+        }
+    }
+
+    fn set_begin_index(&mut self, begin_index: usize) {
+        self.begin_index = Some(begin_index);
+    }
+
+    fn scale_model_input(&mut self, sample: Tensor<B, 2>, timestep: f64) -> Result<Tensor<B, 2>> {
+        let i = self.index(timestep)?;
+        let sigma = self.sigmas[i];
+        Ok(sample / (sigma * sigma + 1.0).sqrt())
+    }
+
+    fn step(
+        &mut self,
+        model_output: Tensor<B, 2>,
+        timestep: f64,
+        sample: Tensor<B, 2>,
+        _noise: Option<&mut dyn NoiseSource>,
+    ) -> Result<Tensor<B, 2>> {
+        let i = self.index(timestep)?;
+        if i + 1 >= self.sigmas.len() {
+            return Err(Error::InvalidStep {
+                class: CLASS,
+                reason: format!("step {i} is past the end of the schedule"),
+            });
+        }
+        let out_dtype = model_output.dtype();
+        let sample = sample.cast(DType::F32);
+        let model_output = model_output.cast(DType::F32);
+        let sigma = self.sigmas[i];
+        let x0 = match self.config.prediction_type {
+            PredictionType::Sample => model_output,
+            PredictionType::VPrediction => {
+                model_output * (-sigma / (sigma * sigma + 1.0).sqrt())
+                    + sample.clone() / (sigma * sigma + 1.0)
+            }
+            _ => sample.clone() - model_output * sigma,
+        };
+        let derivative = (sample.clone() - x0) / sigma;
+        let dt = self.sigmas[i + 1] - sigma;
+        let prev = sample + derivative * dt;
+        self.step_index = Some(i + 1);
+        Ok(prev.cast(out_dtype))
+    }
+}

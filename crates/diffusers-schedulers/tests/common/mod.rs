@@ -1,0 +1,88 @@
+//! A whole denoising loop checked against the oracle's record of it.
+
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+use diffusers_core::backend::Cpu;
+use diffusers_core::testing::{Fixture, Tol, assert_close};
+use diffusers_schedulers::{
+    NoiseSource, Scheduler, TimestepOptions, TorchGenerator, scale_model_input_nd, step_nd,
+};
+
+pub fn opts(v: &serde_json::Value) -> TimestepOptions {
+    let list = |k: &str| {
+        v[k].as_array()
+            .map(|a| a.iter().map(|x| x.as_f64().expect("number")).collect())
+    };
+    TimestepOptions {
+        num_inference_steps: v["num_inference_steps"].as_u64().map(|n| n as usize),
+        timesteps: list("timesteps"),
+        sigmas: list("sigmas"),
+        mu: v["mu"].as_f64(),
+    }
+}
+
+pub fn host(values: &[f64]) -> Tensor<Cpu, 1> {
+    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    Tensor::from_data(TensorData::new(v.clone(), [v.len()]), &Default::default())
+}
+
+/// Runs `set_timesteps` and the recorded loop; `schedule_tol` bounds timesteps and sigmas,
+/// `step_tol` every step's sample.
+pub fn check_loop(
+    fx: &Fixture,
+    name: &str,
+    s: &mut dyn Scheduler<Cpu>,
+    schedule_tol: Tol,
+    step_tol: Tol,
+    per_step: &mut dyn FnMut(&mut dyn Scheduler<Cpu>),
+) {
+    let c = fx.case(name).clone();
+    s.set_timesteps(&opts(&c["set_timesteps"]))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let ts = s.timesteps().to_vec();
+    assert_close(
+        host(&ts),
+        &fx.values(&format!("{name}.timesteps")),
+        None,
+        schedule_tol,
+        &format!("{name}.timesteps"),
+    );
+    if let Some(sig) = s.sigmas() {
+        assert_close(
+            host(sig),
+            &fx.values(&format!("{name}.sigmas")),
+            None,
+            schedule_tol,
+            &format!("{name}.sigmas"),
+        );
+    }
+    let init = c["init_noise_sigma"].as_f64().expect("init sigma");
+    assert!(
+        ((s.init_noise_sigma() - init) / init).abs() < 1e-6,
+        "{name}: init_noise_sigma {} vs {init}",
+        s.init_noise_sigma()
+    );
+    let dev = Default::default();
+    let mut sample: Tensor<Cpu, 4> = fx.tensor(&format!("{name}.sample"), &dev, DType::F32);
+    let mut generator = c["gen_seed"].as_u64().map(TorchGenerator::new);
+    for (i, &t) in ts.iter().enumerate() {
+        per_step(s);
+        let scaled_key = format!("{name}.scaled_{i}");
+        if fx.weights.contains(&scaled_key) {
+            let scaled = scale_model_input_nd(s, sample.clone(), t)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_close(scaled, &fx.values(&scaled_key), None, step_tol, &scaled_key);
+        }
+        let mo: Tensor<Cpu, 4> = fx.tensor(&format!("{name}.model_output_{i}"), &dev, DType::F32);
+        let noise = generator.as_mut().map(|g| g as &mut dyn NoiseSource);
+        sample =
+            step_nd(s, mo, t, sample, noise).unwrap_or_else(|e| panic!("{name} step {i}: {e}"));
+        assert_close(
+            sample.clone(),
+            &fx.values(&format!("{name}.prev_{i}")),
+            None,
+            step_tol,
+            &format!("{name}.prev_{i}"),
+        );
+    }
+}
