@@ -5,7 +5,7 @@ mod common;
 
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};
-use diffusers_schedulers::{Error, Scheduler, TimestepOptions, from_config};
+use diffusers_schedulers::{Error, TimestepOptions, from_config};
 
 /// Schedules: timesteps are exact where they are integers; sigmas and fractional timesteps go
 /// through f32 `log`/`linspace` whose last bit may differ from numpy's SIMD versions.
@@ -46,8 +46,6 @@ fn loops_match_diffusers() {
         } else {
             STOCHASTIC
         };
-        let eta = c["set_timesteps"]["eta"].as_f64();
-        let _ = eta;
         if name == "ddim_eta" {
             // eta is a step argument in diffusers; here it is the scheduler's field.
             let mut d = diffusers_schedulers::DDIMScheduler::new(
