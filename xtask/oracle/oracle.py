@@ -347,7 +347,9 @@ def run_scheduler(c, name, cls, config, set_kwargs, steps_seed=0, shape=(1, 4, 4
     cfg = {"class": cls.__name__, "config": dict(sched.config), "set_timesteps": set_kwargs,
            "init_noise_sigma": init_sigma, "order": getattr(sched, "order", 1), "gen_seed": gen_seed,
            "steps": len(sched.timesteps)}
-    cfg["config"] = {k: v for k, v in cfg["config"].items() if not k.startswith("_")}
+    # JSON has no infinities: an infinite default (e.g. lambda_min_clipped) is written as null.
+    cfg["config"] = {k: (None if isinstance(v, float) and math.isinf(v) else v)
+                     for k, v in cfg["config"].items() if not k.startswith("_")}
     c.add(name, "scheduler", json.loads(json.dumps(cfg, default=float)), inputs, outputs)
 
 
@@ -417,6 +419,35 @@ def stage_discrete_schedulers(out: Path):
                   {**sd, "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
                   {"num_inference_steps": n}, gen_seed=6)
     c.save(out / "schedulers", "discrete")
+
+    from diffusers import DPMSolverMultistepScheduler as DPM
+
+    c = Cases()
+    n = 8
+    sd_lead = {**sd, "steps_offset": 1, "timestep_spacing": "leading"}
+    run_scheduler(c, "dpm_2m_sd", DPM, sd_lead, {"num_inference_steps": n})
+    run_scheduler(c, "dpm_2m_karras", DPM, {**sd, "use_karras_sigmas": True}, {"num_inference_steps": n})
+    run_scheduler(c, "dpm_3m", DPM, {**sd, "solver_order": 3}, {"num_inference_steps": n})
+    run_scheduler(c, "dpm_3m_20", DPM, {**sd, "solver_order": 3}, {"num_inference_steps": 20})
+    run_scheduler(c, "dpm_2m_heun_trailing_vpred", DPM,
+                  {**sd, "solver_type": "heun", "timestep_spacing": "trailing", "prediction_type": "v_prediction"},
+                  {"num_inference_steps": n})
+    run_scheduler(c, "dpm_1", DPM, {**sd, "solver_order": 1}, {"num_inference_steps": n})
+    run_scheduler(c, "dpm_sde_2m", DPM, {**sd, "algorithm_type": "sde-dpmsolver++"}, {"num_inference_steps": n},
+                  gen_seed=11)
+    run_scheduler(c, "dpm_sde_3m_karras", DPM, {**sd, "algorithm_type": "sde-dpmsolver++", "solver_order": 3,
+                                                "use_karras_sigmas": True}, {"num_inference_steps": n}, gen_seed=12)
+    run_scheduler(c, "dpm_lu", DPM, {**sd, "use_lu_lambdas": True}, {"num_inference_steps": n})
+    run_scheduler(c, "dpm_exponential", DPM, {**sd, "use_exponential_sigmas": True}, {"num_inference_steps": n})
+    run_scheduler(c, "dpm_flow", DPM, {"use_flow_sigmas": True, "flow_shift": 3.0,
+                                       "prediction_type": "flow_prediction"}, {"num_inference_steps": n})
+    run_scheduler(c, "dpm_dpmsolver_sigma_min", DPM, {**sd, "algorithm_type": "dpmsolver",
+                                                      "final_sigmas_type": "sigma_min"}, {"num_inference_steps": n})
+    run_scheduler(c, "dpm_cos_clip_sample", DPM, {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1,
+                                                  "prediction_type": "sample"}, {"num_inference_steps": n})
+    run_scheduler(c, "dpm_euler_at_final", DPM, {**sd, "euler_at_final": True, "lower_order_final": False,
+                                                 "final_sigmas_type": "sigma_min"}, {"num_inference_steps": 16})
+    c.save(out / "schedulers", "dpmsolver_multistep")
 
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 

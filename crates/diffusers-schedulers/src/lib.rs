@@ -8,6 +8,7 @@
 
 pub mod ddim;
 pub mod discrete;
+pub mod dpmsolver_multistep;
 mod error;
 pub mod euler_ancestral_discrete;
 pub mod euler_discrete;
@@ -19,6 +20,9 @@ pub mod sigmas;
 
 pub use ddim::{DDIMConfig, DDIMScheduler};
 pub use discrete::{BetaConfig, BetaSchedule, PredictionType, TimestepSpacing};
+pub use dpmsolver_multistep::{
+    AlgorithmType, DPMSolverMultistepConfig, DPMSolverMultistepScheduler, SolverType,
+};
 pub use error::{Error, Result};
 pub use euler_ancestral_discrete::{EulerAncestralDiscreteConfig, EulerAncestralDiscreteScheduler};
 pub use euler_discrete::{EulerDiscreteConfig, EulerDiscreteScheduler};

@@ -14,6 +14,7 @@ pub const SCHEDULERS: &[&str] = &[
     "DDIMScheduler",
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler",
 ];
 
@@ -46,7 +47,7 @@ pub fn is_compatible(from: &str, to: &str) -> bool {
 
 /// Builds a scheduler from a config map: the class named by `class`, or else by `_class_name`.
 /// Keys the class does not know are kept and ignored, as diffusers' `from_config` does.
-pub fn from_config<B: Backend>(
+pub fn from_config<B: Backend + 'static>(
     config: &Map<String, Value>,
     class: Option<&str>,
 ) -> Result<Box<dyn Scheduler<B>>> {
@@ -75,6 +76,9 @@ pub fn from_config<B: Backend>(
         "EulerAncestralDiscreteScheduler" => Box::new(EulerAncestralDiscreteScheduler::new(
             serde_json::from_value(value)?,
         )?),
+        "DPMSolverMultistepScheduler" => Box::new(crate::DPMSolverMultistepScheduler::<B>::new(
+            serde_json::from_value(value)?,
+        )?),
         "FlowMatchEulerDiscreteScheduler" => Box::new(FlowMatchEulerDiscreteScheduler::new(
             serde_json::from_value(value)?,
         )?),
@@ -83,7 +87,7 @@ pub fn from_config<B: Backend>(
 }
 
 /// Reads a `scheduler_config.json` and builds the scheduler it names.
-pub fn from_json<B: Backend>(json: &str) -> Result<Box<dyn Scheduler<B>>> {
+pub fn from_json<B: Backend + 'static>(json: &str) -> Result<Box<dyn Scheduler<B>>> {
     let map: Map<String, Value> = serde_json::from_str(json)?;
     from_config(&map, None)
 }
