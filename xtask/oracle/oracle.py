@@ -449,6 +449,18 @@ def stage_discrete_schedulers(out: Path):
                                                  "final_sigmas_type": "sigma_min"}, {"num_inference_steps": 16})
     c.save(out / "schedulers", "dpmsolver_multistep")
 
+    from diffusers import PNDMScheduler
+
+    c = Cases()
+    run_scheduler(c, "pndm_sd", PNDMScheduler, {**sd, "skip_prk_steps": True, "steps_offset": 1,
+                                                 "set_alpha_to_one": False}, {"num_inference_steps": 8})
+    run_scheduler(c, "pndm_prk", PNDMScheduler, {}, {"num_inference_steps": 8})
+    run_scheduler(c, "pndm_prk_vpred_linspace", PNDMScheduler, {**sd, "prediction_type": "v_prediction",
+                                                                 "timestep_spacing": "linspace"}, {"num_inference_steps": 6})
+    run_scheduler(c, "pndm_trailing", PNDMScheduler, {**sd, "skip_prk_steps": True, "timestep_spacing": "trailing"},
+                  {"num_inference_steps": 7})
+    c.save(out / "schedulers", "pndm")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 
 

@@ -15,6 +15,7 @@ pub const SCHEDULERS: &[&str] = &[
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
     "DPMSolverMultistepScheduler",
+    "PNDMScheduler",
     "FlowMatchEulerDiscreteScheduler",
 ];
 
@@ -79,6 +80,9 @@ pub fn from_config<B: Backend + 'static>(
         "DPMSolverMultistepScheduler" => Box::new(crate::DPMSolverMultistepScheduler::<B>::new(
             serde_json::from_value(value)?,
         )?),
+        "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
+            value,
+        )?)?),
         "FlowMatchEulerDiscreteScheduler" => Box::new(FlowMatchEulerDiscreteScheduler::new(
             serde_json::from_value(value)?,
         )?),
