@@ -461,6 +461,20 @@ def stage_discrete_schedulers(out: Path):
                   {"num_inference_steps": 7})
     c.save(out / "schedulers", "pndm")
 
+    from diffusers import DDPMScheduler
+
+    c = Cases()
+    run_scheduler(c, "ddpm_default", DDPMScheduler, {}, {"num_inference_steps": 6}, gen_seed=21)
+    run_scheduler(c, "ddpm_sd_small_log_vpred", DDPMScheduler,
+                  {**sd, "variance_type": "fixed_small_log", "prediction_type": "v_prediction", "clip_sample": False},
+                  {"num_inference_steps": 6}, gen_seed=22)
+    run_scheduler(c, "ddpm_large_trailing", DDPMScheduler, {**sd, "variance_type": "fixed_large",
+                                                             "timestep_spacing": "trailing"},
+                  {"num_inference_steps": 6}, gen_seed=23)
+    run_scheduler(c, "ddpm_custom_sample", DDPMScheduler, {"prediction_type": "sample"},
+                  {"timesteps": [900, 600, 300, 0]}, gen_seed=24)
+    c.save(out / "schedulers", "ddpm")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 
 

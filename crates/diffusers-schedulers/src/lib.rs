@@ -7,6 +7,7 @@
 //! Every scheduler implements [`Scheduler`], so pipelines can swap them at run time.
 
 pub mod ddim;
+pub mod ddpm;
 pub mod discrete;
 pub mod dpmsolver_multistep;
 mod error;
@@ -20,6 +21,7 @@ pub mod scheduler;
 pub mod sigmas;
 
 pub use ddim::{DDIMConfig, DDIMScheduler};
+pub use ddpm::{DDPMConfig, DDPMScheduler};
 pub use discrete::{BetaConfig, BetaSchedule, PredictionType, TimestepSpacing};
 pub use dpmsolver_multistep::{
     AlgorithmType, DPMSolverMultistepConfig, DPMSolverMultistepScheduler, SolverType,

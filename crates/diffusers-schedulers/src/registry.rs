@@ -12,6 +12,7 @@ use crate::{
 /// Scheduler classes this crate implements.
 pub const SCHEDULERS: &[&str] = &[
     "DDIMScheduler",
+    "DDPMScheduler",
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
     "DPMSolverMultistepScheduler",
@@ -80,6 +81,7 @@ pub fn from_config<B: Backend + 'static>(
         "DPMSolverMultistepScheduler" => Box::new(crate::DPMSolverMultistepScheduler::<B>::new(
             serde_json::from_value(value)?,
         )?),
+        "DDPMScheduler" => Box::new(crate::DDPMScheduler::new(serde_json::from_value(value)?)?),
         "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
             value,
         )?)?),

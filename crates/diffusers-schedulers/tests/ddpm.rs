@@ -1,0 +1,70 @@
+//! `DDPMScheduler` against diffusers (`fixtures/schedulers/ddpm.*`): variance types, prediction
+//! types, spacings and custom timesteps, with noise from the torch-compatible generator.
+
+mod common;
+
+use diffusers_core::backend::Cpu;
+use diffusers_core::testing::{Fixture, Tol};
+use diffusers_schedulers::{Error, TimestepOptions, from_config};
+
+const EXACT: Tol = Tol {
+    atol: 0.0,
+    rtol: 0.0,
+};
+const STOCHASTIC: Tol = Tol {
+    atol: 2e-5,
+    rtol: 1e-5,
+};
+
+#[test]
+fn loops_match_diffusers() {
+    let fx = Fixture::open("schedulers/ddpm");
+    let names: Vec<String> = fx
+        .cases
+        .as_object()
+        .expect("cases")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(names.len(), 4);
+    for name in names {
+        let config = fx.case(&name)["config"]
+            .as_object()
+            .expect("config")
+            .clone();
+        let mut s = from_config::<Cpu>(&config, Some("DDPMScheduler"))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        common::check_loop(&fx, &name, s.as_mut(), EXACT, STOCHASTIC, &mut |_| {});
+    }
+}
+
+#[test]
+fn invalid_custom_timesteps() {
+    let map = |j: &str| {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(j).expect("json")
+    };
+    let mut s = from_config::<Cpu>(&map("{}"), Some("DDPMScheduler")).expect("ddpm");
+    let up = TimestepOptions {
+        timesteps: Some(vec![100.0, 200.0]),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.set_timesteps(&up),
+        Err(Error::ConflictingOptions { .. })
+    ));
+    let big = TimestepOptions {
+        timesteps: Some(vec![1000.0, 10.0]),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.set_timesteps(&big),
+        Err(Error::ConflictingOptions { .. })
+    ));
+    assert!(matches!(
+        from_config::<Cpu>(
+            &map(r#"{"variance_type": "learned"}"#),
+            Some("DDPMScheduler")
+        ),
+        Err(Error::InvalidConfig { .. })
+    ));
+}
