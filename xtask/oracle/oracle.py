@@ -475,6 +475,21 @@ def stage_discrete_schedulers(out: Path):
                   {"timesteps": [900, 600, 300, 0]}, gen_seed=24)
     c.save(out / "schedulers", "ddpm")
 
+    from diffusers import HeunDiscreteScheduler
+
+    c = Cases()
+    run_scheduler(c, "heun_sd", HeunDiscreteScheduler, sd, {"num_inference_steps": 5})
+    run_scheduler(c, "heun_karras_vpred", HeunDiscreteScheduler, {**sd, "use_karras_sigmas": True,
+                                                                   "prediction_type": "v_prediction"},
+                  {"num_inference_steps": 5})
+    run_scheduler(c, "heun_leading_clip_sample", HeunDiscreteScheduler,
+                  {"timestep_spacing": "leading", "steps_offset": 1, "clip_sample": True, "prediction_type": "sample"},
+                  {"num_inference_steps": 5})
+    run_scheduler(c, "heun_exp_exponential", HeunDiscreteScheduler, {"beta_schedule": "exp",
+                                                                      "use_exponential_sigmas": True},
+                  {"num_inference_steps": 5})
+    c.save(out / "schedulers", "heun")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 
 

@@ -17,6 +17,8 @@ pub enum BetaSchedule {
     ScaledLinear,
     /// Cosine schedule (`betas_for_alpha_bar`).
     SquaredcosCapV2,
+    /// Exponential alpha-bar (`betas_for_alpha_bar(alpha_transform_type="exp")`, Heun only).
+    Exp,
 }
 
 /// What the denoiser predicts (`prediction_type`).
@@ -114,11 +116,14 @@ pub fn cumprod_f32(x: &[f32]) -> Vec<f32> {
 
 /// diffusers' `betas_for_alpha_bar` (cosine), in f64 then f32.
 pub fn betas_for_alpha_bar(n: usize, max_beta: f64) -> Vec<f32> {
-    let f = |t: f64| {
+    betas_for_alpha_bar_with(n, max_beta, |t: f64| {
         ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
             .cos()
             .powi(2)
-    };
+    })
+}
+
+fn betas_for_alpha_bar_with(n: usize, max_beta: f64, f: impl Fn(f64) -> f64) -> Vec<f32> {
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;
@@ -170,6 +175,7 @@ pub fn alphas_cumprod(cfg: &BetaConfig, class: &'static str) -> Result<(Vec<f32>
                 .collect()
         }
         (None, BetaSchedule::SquaredcosCapV2) => betas_for_alpha_bar(n, 0.999),
+        (None, BetaSchedule::Exp) => betas_for_alpha_bar_with(n, 0.999, |t| (t * -12.0).exp()),
     };
     if cfg.rescale_betas_zero_snr {
         betas = rescale_zero_terminal_snr(&betas);

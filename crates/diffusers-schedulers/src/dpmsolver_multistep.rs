@@ -467,6 +467,10 @@ impl<B: Backend> Scheduler<B> for DPMSolverMultistepScheduler<B> {
         &self.timesteps
     }
 
+    fn sigmas(&self) -> Option<Vec<f64>> {
+        Some(self.sigmas.iter().map(|&s| s as f64).collect())
+    }
+
     fn set_begin_index(&mut self, begin_index: usize) {
         self.begin_index = Some(begin_index);
     }

@@ -399,8 +399,8 @@ impl<B: Backend> Scheduler<B> for FlowMatchEulerDiscreteScheduler {
         &self.timesteps
     }
 
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
+    fn sigmas(&self) -> Option<Vec<f64>> {
+        Some(self.sigmas.clone())
     }
 
     fn set_begin_index(&mut self, begin_index: usize) {

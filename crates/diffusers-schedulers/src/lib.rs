@@ -14,6 +14,7 @@ mod error;
 pub mod euler_ancestral_discrete;
 pub mod euler_discrete;
 pub mod flow_match_euler_discrete;
+pub mod heun_discrete;
 pub mod pndm;
 pub mod random;
 pub mod registry;
@@ -32,6 +33,7 @@ pub use euler_discrete::{EulerDiscreteConfig, EulerDiscreteScheduler};
 pub use flow_match_euler_discrete::{
     FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler, TimeShiftType, calculate_shift,
 };
+pub use heun_discrete::{HeunDiscreteConfig, HeunDiscreteScheduler};
 pub use pndm::{PNDMConfig, PNDMScheduler};
 pub use random::{Generators, TorchGenerator, randn_tensor};
 pub use registry::{from_config, from_json, is_compatible};

@@ -17,6 +17,7 @@ pub const SCHEDULERS: &[&str] = &[
     "EulerAncestralDiscreteScheduler",
     "DPMSolverMultistepScheduler",
     "PNDMScheduler",
+    "HeunDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
 ];
 
@@ -82,6 +83,9 @@ pub fn from_config<B: Backend + 'static>(
             serde_json::from_value(value)?,
         )?),
         "DDPMScheduler" => Box::new(crate::DDPMScheduler::new(serde_json::from_value(value)?)?),
+        "HeunDiscreteScheduler" => Box::new(crate::HeunDiscreteScheduler::<B>::new(
+            serde_json::from_value(value)?,
+        )?),
         "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
             value,
         )?)?),

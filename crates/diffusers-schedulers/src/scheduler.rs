@@ -83,7 +83,7 @@ pub trait Scheduler<B: Backend> {
     /// The timesteps of the run (f32 values held as f64).
     fn timesteps(&self) -> &[f64];
     /// The sigmas of the run, with the terminal value appended, where the scheduler has sigmas.
-    fn sigmas(&self) -> Option<&[f64]> {
+    fn sigmas(&self) -> Option<Vec<f64>> {
         None
     }
     /// Standard deviation of the initial noise.

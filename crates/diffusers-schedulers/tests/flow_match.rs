@@ -57,7 +57,7 @@ fn whole_loops_match_diffusers() {
             },
             &format!("{name}.timesteps"),
         );
-        let sig = Scheduler::<Cpu>::sigmas(&s).expect("sigmas").to_vec();
+        let sig = Scheduler::<Cpu>::sigmas(&s).expect("sigmas");
         assert_close(
             host(&sig),
             &fx.values(&format!("{name}.sigmas")),

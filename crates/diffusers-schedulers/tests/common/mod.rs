@@ -49,7 +49,7 @@ pub fn check_loop(
     );
     if let Some(sig) = s.sigmas() {
         assert_close(
-            host(sig),
+            host(&sig),
             &fx.values(&format!("{name}.sigmas")),
             None,
             schedule_tol,
