@@ -490,6 +490,16 @@ def stage_discrete_schedulers(out: Path):
                   {"num_inference_steps": 5})
     c.save(out / "schedulers", "heun")
 
+    from diffusers import LCMScheduler
+
+    c = Cases()
+    run_scheduler(c, "lcm_4", LCMScheduler, {}, {"num_inference_steps": 4}, gen_seed=31)
+    run_scheduler(c, "lcm_img2img_strength", LCMScheduler, {"set_alpha_to_one": False},
+                  {"num_inference_steps": 3, "strength": 0.6}, gen_seed=32)
+    run_scheduler(c, "lcm_custom_vpred", LCMScheduler, {"prediction_type": "v_prediction", "clip_sample": True},
+                  {"timesteps": [999, 759, 499, 259]}, gen_seed=33)
+    c.save(out / "schedulers", "lcm")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 
 

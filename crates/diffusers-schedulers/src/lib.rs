@@ -15,6 +15,7 @@ pub mod euler_ancestral_discrete;
 pub mod euler_discrete;
 pub mod flow_match_euler_discrete;
 pub mod heun_discrete;
+pub mod lcm;
 pub mod pndm;
 pub mod random;
 pub mod registry;
@@ -34,6 +35,7 @@ pub use flow_match_euler_discrete::{
     FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler, TimeShiftType, calculate_shift,
 };
 pub use heun_discrete::{HeunDiscreteConfig, HeunDiscreteScheduler};
+pub use lcm::{LCMConfig, LCMScheduler};
 pub use pndm::{PNDMConfig, PNDMScheduler};
 pub use random::{Generators, TorchGenerator, randn_tensor};
 pub use registry::{from_config, from_json, is_compatible};

@@ -18,6 +18,7 @@ pub const SCHEDULERS: &[&str] = &[
     "DPMSolverMultistepScheduler",
     "PNDMScheduler",
     "HeunDiscreteScheduler",
+    "LCMScheduler",
     "FlowMatchEulerDiscreteScheduler",
 ];
 
@@ -86,6 +87,7 @@ pub fn from_config<B: Backend + 'static>(
         "HeunDiscreteScheduler" => Box::new(crate::HeunDiscreteScheduler::<B>::new(
             serde_json::from_value(value)?,
         )?),
+        "LCMScheduler" => Box::new(crate::LCMScheduler::new(serde_json::from_value(value)?)?),
         "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
             value,
         )?)?),

@@ -17,6 +17,9 @@ pub struct TimestepOptions {
     pub sigmas: Option<Vec<f64>>,
     /// Resolution-dependent shift (flow matching with `use_dynamic_shifting`).
     pub mu: Option<f64>,
+    /// img2img strength for schedulers whose schedule depends on it (LCM, TCD); other
+    /// schedulers leave strength to the pipeline (`set_begin_index`).
+    pub strength: Option<f64>,
 }
 
 impl TimestepOptions {

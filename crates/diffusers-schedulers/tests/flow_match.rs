@@ -1,101 +1,49 @@
 //! `FlowMatchEulerDiscreteScheduler` against diffusers (`fixtures/schedulers/flow_match.*`):
 //! timesteps, sigmas and every step of a whole denoising loop, for each recorded config.
 
+mod common;
+
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
 use diffusers_core::backend::Cpu;
-use diffusers_core::testing::{Fixture, Tol, assert_close};
+use diffusers_core::testing::{Fixture, Tol};
 use diffusers_schedulers::{
-    Error, FlowMatchEulerDiscreteScheduler, Scheduler, TimestepOptions, TorchGenerator,
-    calculate_shift, step_nd,
+    Error, FlowMatchEulerDiscreteScheduler, Scheduler, TimestepOptions, calculate_shift,
 };
 
+const EXACT: Tol = Tol {
+    atol: 0.0,
+    rtol: 0.0,
+};
 const F32: Tol = Tol {
     atol: 1e-6,
     rtol: 1e-5,
 };
-
-fn opts(v: &serde_json::Value) -> TimestepOptions {
-    let list = |k: &str| {
-        v[k].as_array()
-            .map(|a| a.iter().map(|x| x.as_f64().expect("number")).collect())
-    };
-    TimestepOptions {
-        num_inference_steps: v["num_inference_steps"].as_u64().map(|n| n as usize),
-        timesteps: list("timesteps"),
-        sigmas: list("sigmas"),
-        mu: v["mu"].as_f64(),
-    }
-}
-
-fn host(values: &[f64]) -> Tensor<Cpu, 1> {
-    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
-    Tensor::from_data(TensorData::new(v.clone(), [v.len()]), &Default::default())
-}
+/// The stochastic case draws fresh noise each step from the torch-compatible generator.
+const STOCHASTIC: Tol = Tol {
+    atol: 3e-6,
+    rtol: 1e-5,
+};
 
 #[test]
 fn whole_loops_match_diffusers() {
     let fx = Fixture::open("schedulers/flow_match");
-    let dev = Default::default();
     let cases = fx.cases.as_object().expect("cases").clone();
+    let mut n = 0;
     for (name, c) in cases.iter().filter(|(_, c)| c["kind"] == "scheduler") {
         let mut s = FlowMatchEulerDiscreteScheduler::new(
             serde_json::from_value(c["config"].clone()).expect("config"),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-        Scheduler::<Cpu>::set_timesteps(&mut s, &opts(&c["set_timesteps"]))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let ts = Scheduler::<Cpu>::timesteps(&s).to_vec();
         // Schedules are exact (same f32 values).
-        assert_close(
-            host(&ts),
-            &fx.values(&format!("{name}.timesteps")),
-            None,
-            Tol {
-                atol: 0.0,
-                rtol: 0.0,
-            },
-            &format!("{name}.timesteps"),
-        );
-        let sig = Scheduler::<Cpu>::sigmas(&s).expect("sigmas");
-        assert_close(
-            host(&sig),
-            &fx.values(&format!("{name}.sigmas")),
-            None,
-            Tol {
-                atol: 0.0,
-                rtol: 0.0,
-            },
-            &format!("{name}.sigmas"),
-        );
-        let mut sample: Tensor<Cpu, 4> = fx.tensor(&format!("{name}.sample"), &dev, DType::F32);
-        let mut generator = c["gen_seed"].as_u64().map(TorchGenerator::new);
-        for (i, &t) in ts.iter().enumerate() {
-            let mo: Tensor<Cpu, 4> =
-                fx.tensor(&format!("{name}.model_output_{i}"), &dev, DType::F32);
-            let noise = generator
-                .as_mut()
-                .map(|g| g as &mut dyn diffusers_schedulers::NoiseSource);
-            sample = step_nd(&mut s, mo, t, sample, noise)
-                .unwrap_or_else(|e| panic!("{name} step {i}: {e}"));
-            // The stochastic case draws fresh noise each step from the torch-compatible generator.
-            let tol = if generator.is_some() {
-                Tol {
-                    atol: 3e-6,
-                    rtol: 1e-5,
-                }
-            } else {
-                F32
-            };
-            assert_close(
-                sample.clone(),
-                &fx.values(&format!("{name}.prev_{i}")),
-                None,
-                tol,
-                &format!("{name}.prev_{i}"),
-            );
-        }
+        let tol = if c["gen_seed"].is_null() {
+            F32
+        } else {
+            STOCHASTIC
+        };
+        common::check_loop(&fx, name, &mut s, EXACT, tol, &mut |_| {});
+        n += 1;
     }
+    assert_eq!(n, 10);
 }
 
 #[test]

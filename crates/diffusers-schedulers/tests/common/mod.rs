@@ -18,6 +18,7 @@ pub fn opts(v: &serde_json::Value) -> TimestepOptions {
         timesteps: list("timesteps"),
         sigmas: list("sigmas"),
         mu: v["mu"].as_f64(),
+        strength: v["strength"].as_f64(),
     }
 }
 
