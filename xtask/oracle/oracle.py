@@ -500,6 +500,32 @@ def stage_discrete_schedulers(out: Path):
                   {"timesteps": [999, 759, 499, 259]}, gen_seed=33)
     c.save(out / "schedulers", "lcm")
 
+    from diffusers import UniPCMultistepScheduler as UniPC
+
+    c = Cases()
+    n = 8
+    run_scheduler(c, "unipc_sd", UniPC, sd, {"num_inference_steps": n})
+    # bh1 with a zero final sigma gives NaN in diffusers (B_h = -inf times a zero residual);
+    # the fixture uses the valid sigma_min ending.
+    run_scheduler(c, "unipc_order3_bh1_leading", UniPC, {**sd, "solver_order": 3, "solver_type": "bh1",
+                                                          "timestep_spacing": "leading", "steps_offset": 1,
+                                                          "final_sigmas_type": "sigma_min"},
+                  {"num_inference_steps": n})
+    run_scheduler(c, "unipc_order3_20", UniPC, {**sd, "solver_order": 3}, {"num_inference_steps": 20})
+    run_scheduler(c, "unipc_karras_vpred", UniPC, {**sd, "use_karras_sigmas": True, "prediction_type": "v_prediction"},
+                  {"num_inference_steps": n})
+    run_scheduler(c, "unipc_noise_pred_trailing", UniPC, {**sd, "predict_x0": False, "timestep_spacing": "trailing",
+                                                           "final_sigmas_type": "sigma_min"},
+                  {"num_inference_steps": n})
+    run_scheduler(c, "unipc_wan", UniPC, {"prediction_type": "flow_prediction", "use_flow_sigmas": True,
+                                          "flow_shift": 3.0, "solver_order": 2, "predict_x0": True},
+                  {"num_inference_steps": n})
+    run_scheduler(c, "unipc_flow_dynamic_terminal", UniPC,
+                  {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "use_dynamic_shifting": True,
+                   "shift_terminal": 0.05, "disable_corrector": [2]}, {"num_inference_steps": n, "mu": 0.9})
+    run_scheduler(c, "unipc_exponential", UniPC, {**sd, "use_exponential_sigmas": True}, {"num_inference_steps": n})
+    c.save(out / "schedulers", "unipc")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 
 

@@ -21,6 +21,7 @@ pub mod random;
 pub mod registry;
 pub mod scheduler;
 pub mod sigmas;
+pub mod unipc_multistep;
 
 pub use ddim::{DDIMConfig, DDIMScheduler};
 pub use ddpm::{DDPMConfig, DDPMScheduler};
@@ -43,3 +44,4 @@ pub use scheduler::{
     NoiseSource, RecordedNoise, Scheduler, TimestepOptions, index_for_timestep, linspace,
     scale_model_input_nd, step_nd,
 };
+pub use unipc_multistep::{UniPCMultistepConfig, UniPCMultistepScheduler};

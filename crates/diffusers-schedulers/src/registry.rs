@@ -19,6 +19,7 @@ pub const SCHEDULERS: &[&str] = &[
     "PNDMScheduler",
     "HeunDiscreteScheduler",
     "LCMScheduler",
+    "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler",
 ];
 
@@ -88,6 +89,9 @@ pub fn from_config<B: Backend + 'static>(
             serde_json::from_value(value)?,
         )?),
         "LCMScheduler" => Box::new(crate::LCMScheduler::new(serde_json::from_value(value)?)?),
+        "UniPCMultistepScheduler" => Box::new(crate::UniPCMultistepScheduler::<B>::new(
+            serde_json::from_value(value)?,
+        )?),
         "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
             value,
         )?)?),
