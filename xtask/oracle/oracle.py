@@ -333,6 +333,16 @@ def run_scheduler(c, name, cls, config, set_kwargs, steps_seed=0, shape=(1, 4, 4
     if getattr(sched, "sigmas", None) is not None:
         outputs["sigmas"] = torch.as_tensor(sched.sigmas).to(torch.float64)
     inputs = {"sample": sample}
+    g_noise = torch.Generator("cpu").manual_seed(steps_seed + 1000)
+    # add_noise (scale_noise for flow matching) of a clean sample at the second timestep.
+    clean, noise = torch.randn(shape, generator=g_noise), torch.randn(shape, generator=g_noise)
+    t1 = sched.timesteps[min(1, len(sched.timesteps) - 1)]
+    if hasattr(sched, "add_noise"):
+        inputs.update({"clean": clean, "noise": noise})
+        outputs["add_noise"] = sched.add_noise(clean, noise, t1.reshape(1))
+    elif hasattr(sched, "scale_noise"):
+        inputs.update({"clean": clean, "noise": noise})
+        outputs["add_noise"] = sched.scale_noise(clean, t1.reshape(1), noise)
     step_gen = torch.Generator("cpu").manual_seed(gen_seed) if gen_seed is not None else None
     for i, t in enumerate(sched.timesteps):
         model_output = torch.randn(shape, generator=g)

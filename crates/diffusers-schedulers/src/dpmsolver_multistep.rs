@@ -475,6 +475,23 @@ impl<B: Backend> Scheduler<B> for DPMSolverMultistepScheduler<B> {
         self.begin_index = Some(begin_index);
     }
 
+    fn add_noise(
+        &self,
+        original: Tensor<B, 2>,
+        noise: Tensor<B, 2>,
+        timestep: f64,
+    ) -> Result<Tensor<B, 2>> {
+        let i = crate::scheduler::noise_index(
+            &self.timesteps,
+            self.begin_index,
+            self.step_index,
+            timestep,
+            CLASS,
+        )?;
+        let (a, s) = alpha_sigma(self.sigmas[i], self.config.use_flow_sigmas);
+        Ok(original * a + noise * s)
+    }
+
     fn step(
         &mut self,
         model_output: Tensor<B, 2>,

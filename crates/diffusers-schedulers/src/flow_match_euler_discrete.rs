@@ -407,6 +407,15 @@ impl<B: Backend> Scheduler<B> for FlowMatchEulerDiscreteScheduler {
         self.begin_index = Some(begin_index);
     }
 
+    fn add_noise(
+        &self,
+        original: Tensor<B, 2>,
+        noise: Tensor<B, 2>,
+        timestep: f64,
+    ) -> Result<Tensor<B, 2>> {
+        self.scale_noise(original, timestep, noise)
+    }
+
     fn step(
         &mut self,
         model_output: Tensor<B, 2>,

@@ -295,6 +295,22 @@ impl<B: Backend> Scheduler<B> for HeunDiscreteScheduler<B> {
         Ok(sample / (sigma * sigma + 1.0).sqrt())
     }
 
+    fn add_noise(
+        &self,
+        original: Tensor<B, 2>,
+        noise: Tensor<B, 2>,
+        timestep: f64,
+    ) -> Result<Tensor<B, 2>> {
+        let i = crate::scheduler::noise_index(
+            &self.timesteps,
+            self.begin_index,
+            self.step_index,
+            timestep,
+            CLASS,
+        )?;
+        Ok(original + noise * self.sigmas[i])
+    }
+
     fn step(
         &mut self,
         model_output: Tensor<B, 2>,

@@ -234,6 +234,15 @@ impl<B: Backend> Scheduler<B> for PNDMScheduler<B> {
 
     fn set_begin_index(&mut self, _begin_index: usize) {}
 
+    fn add_noise(
+        &self,
+        original: Tensor<B, 2>,
+        noise: Tensor<B, 2>,
+        timestep: f64,
+    ) -> Result<Tensor<B, 2>> {
+        crate::scheduler::add_noise_alphas(&self.alphas_cumprod, original, noise, timestep, CLASS)
+    }
+
     fn step(
         &mut self,
         model_output: Tensor<B, 2>,

@@ -103,6 +103,20 @@ pub trait Scheduler<B: Backend> {
     fn scale_model_input(&mut self, sample: Tensor<B, 2>, _timestep: f64) -> Result<Tensor<B, 2>> {
         Ok(sample)
     }
+    /// Noises clean samples to `timestep` (img2img, inpainting): diffusers' `add_noise`, or
+    /// `scale_noise` for flow matching.
+    fn add_noise(
+        &self,
+        original: Tensor<B, 2>,
+        noise: Tensor<B, 2>,
+        timestep: f64,
+    ) -> Result<Tensor<B, 2>> {
+        let _ = (original, noise, timestep);
+        Err(Error::InvalidStep {
+            class: self.class_name(),
+            reason: "add_noise is not available for this scheduler".into(),
+        })
+    }
     /// One denoising step: the sample at the previous timestep.
     fn step(
         &mut self,
@@ -185,4 +199,41 @@ pub fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     };
     y[num - 1] = stop;
     y
+}
+
+/// The schedule index `add_noise` uses, as diffusers: the timestep's index before the run has a
+/// begin index, the current step during inpainting, else the begin index.
+pub fn noise_index(
+    schedule: &[f64],
+    begin_index: Option<usize>,
+    step_index: Option<usize>,
+    timestep: f64,
+    class: &'static str,
+) -> Result<usize> {
+    match (begin_index, step_index) {
+        (None, _) => index_for_timestep(schedule, timestep).ok_or_else(|| Error::InvalidStep {
+            class,
+            reason: format!("timestep {timestep} is not in the schedule"),
+        }),
+        (Some(_), Some(s)) => Ok(s),
+        (Some(b), None) => Ok(b),
+    }
+}
+
+/// `sqrt(alphas_cumprod[t]) * x + sqrt(1 - alphas_cumprod[t]) * noise` (DDPM-family `add_noise`).
+pub fn add_noise_alphas<B: Backend>(
+    alphas_cumprod: &[f32],
+    original: Tensor<B, 2>,
+    noise: Tensor<B, 2>,
+    timestep: f64,
+    class: &'static str,
+) -> Result<Tensor<B, 2>> {
+    let a = *alphas_cumprod
+        .get(timestep as usize)
+        .filter(|_| timestep >= 0.0)
+        .ok_or_else(|| Error::InvalidStep {
+            class,
+            reason: format!("timestep {timestep} is outside the training schedule"),
+        })?;
+    Ok(original * a.sqrt() + noise * (1.0 - a).sqrt())
 }

@@ -64,6 +64,23 @@ pub fn check_loop(
         s.init_noise_sigma()
     );
     let dev = Default::default();
+    if fx.weights.contains(&format!("{name}.add_noise")) {
+        let clean: Tensor<Cpu, 4> = fx.tensor(&format!("{name}.clean"), &dev, DType::F32);
+        let noise: Tensor<Cpu, 4> = fx.tensor(&format!("{name}.noise"), &dev, DType::F32);
+        let dims = clean.dims();
+        let flat = |t: Tensor<Cpu, 4>| t.reshape([dims[0], dims[1] * dims[2] * dims[3]]);
+        let t1 = ts[1.min(ts.len() - 1)];
+        let noisy = s
+            .add_noise(flat(clean), flat(noise), t1)
+            .unwrap_or_else(|e| panic!("{name}: add_noise: {e}"));
+        assert_close(
+            noisy,
+            &fx.values(&format!("{name}.add_noise")),
+            None,
+            step_tol,
+            &format!("{name}.add_noise"),
+        );
+    }
     let mut sample: Tensor<Cpu, 4> = fx.tensor(&format!("{name}.sample"), &dev, DType::F32);
     let mut generator = c["gen_seed"].as_u64().map(TorchGenerator::new);
     for (i, &t) in ts.iter().enumerate() {
