@@ -510,6 +510,14 @@ def stage_discrete_schedulers(out: Path):
                   {"timesteps": [999, 759, 499, 259]}, gen_seed=33)
     c.save(out / "schedulers", "lcm")
 
+    from diffusers import TCDScheduler
+
+    c = Cases()
+    run_scheduler(c, "tcd_4", TCDScheduler, {}, {"num_inference_steps": 4}, gen_seed=41)
+    run_scheduler(c, "tcd_strength_vpred", TCDScheduler, {"prediction_type": "v_prediction", "set_alpha_to_one": False},
+                  {"num_inference_steps": 3, "strength": 0.7}, gen_seed=42)
+    c.save(out / "schedulers", "tcd")
+
     from diffusers import UniPCMultistepScheduler as UniPC
 
     c = Cases()

@@ -110,14 +110,14 @@ pub struct LCMConfig {
 /// Multistep latent-consistency sampler.
 #[derive(Debug, Clone)]
 pub struct LCMScheduler {
-    config: LCMConfig,
-    alphas_cumprod: Vec<f32>,
-    final_alpha_cumprod: f32,
-    timesteps: Vec<f64>,
-    num_inference_steps: Option<usize>,
-    step_index: Option<usize>,
-    begin_index: Option<usize>,
-    fallback: Option<TorchGenerator>,
+    pub(crate) config: LCMConfig,
+    pub(crate) alphas_cumprod: Vec<f32>,
+    pub(crate) final_alpha_cumprod: f32,
+    pub(crate) timesteps: Vec<f64>,
+    pub(crate) num_inference_steps: Option<usize>,
+    pub(crate) step_index: Option<usize>,
+    pub(crate) begin_index: Option<usize>,
+    pub(crate) fallback: Option<TorchGenerator>,
 }
 
 impl LCMScheduler {

@@ -21,6 +21,7 @@ pub mod random;
 pub mod registry;
 pub mod scheduler;
 pub mod sigmas;
+pub mod tcd;
 pub mod unipc_multistep;
 
 pub use ddim::{DDIMConfig, DDIMScheduler};
@@ -44,4 +45,5 @@ pub use scheduler::{
     NoiseSource, RecordedNoise, Scheduler, TimestepOptions, index_for_timestep, linspace,
     scale_model_input_nd, step_nd,
 };
+pub use tcd::{TCDConfig, TCDScheduler};
 pub use unipc_multistep::{UniPCMultistepConfig, UniPCMultistepScheduler};

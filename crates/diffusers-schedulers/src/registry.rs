@@ -19,6 +19,7 @@ pub const SCHEDULERS: &[&str] = &[
     "PNDMScheduler",
     "HeunDiscreteScheduler",
     "LCMScheduler",
+    "TCDScheduler",
     "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler",
 ];
@@ -92,6 +93,7 @@ pub fn from_config<B: Backend + 'static>(
         "UniPCMultistepScheduler" => Box::new(crate::UniPCMultistepScheduler::<B>::new(
             serde_json::from_value(value)?,
         )?),
+        "TCDScheduler" => Box::new(crate::TCDScheduler::new(serde_json::from_value(value)?)?),
         "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
             value,
         )?)?),
