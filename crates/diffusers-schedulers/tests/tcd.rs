@@ -1,5 +1,5 @@
-//! `LCMScheduler` against diffusers (`fixtures/schedulers/tcd.*`): the distilled schedule,
-//! img2img `strength`, custom timesteps, v-prediction with clipping, noise between steps.
+//! `TCDScheduler` against diffusers (`fixtures/schedulers/tcd.*`): the strategic stochastic
+//! step with the default gamma 0.3, img2img `strength`, v-prediction.
 
 mod common;
 
