@@ -518,6 +518,16 @@ def stage_discrete_schedulers(out: Path):
                   {"num_inference_steps": 3, "strength": 0.7}, gen_seed=42)
     c.save(out / "schedulers", "tcd")
 
+    from diffusers import LMSDiscreteScheduler as LMS
+
+    c = Cases()
+    run_scheduler(c, "lms_sd", LMS, sd, {"num_inference_steps": 8})
+    run_scheduler(c, "lms_karras_vpred", LMS, {**sd, "use_karras_sigmas": True, "prediction_type": "v_prediction"},
+                  {"num_inference_steps": 8})
+    run_scheduler(c, "lms_leading_exponential", LMS, {**sd, "timestep_spacing": "leading", "steps_offset": 1,
+                                                      "use_exponential_sigmas": True}, {"num_inference_steps": 6})
+    c.save(out / "schedulers", "lms")
+
     from diffusers import UniPCMultistepScheduler as UniPC
 
     c = Cases()

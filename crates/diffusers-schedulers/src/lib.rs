@@ -16,6 +16,7 @@ pub mod euler_discrete;
 pub mod flow_match_euler_discrete;
 pub mod heun_discrete;
 pub mod lcm;
+pub mod lms_discrete;
 pub mod pndm;
 pub mod random;
 pub mod registry;
@@ -38,6 +39,7 @@ pub use flow_match_euler_discrete::{
 };
 pub use heun_discrete::{HeunDiscreteConfig, HeunDiscreteScheduler};
 pub use lcm::{LCMConfig, LCMScheduler};
+pub use lms_discrete::{LMSDiscreteConfig, LMSDiscreteScheduler};
 pub use pndm::{PNDMConfig, PNDMScheduler};
 pub use random::{Generators, TorchGenerator, randn_tensor};
 pub use registry::{from_config, from_json, is_compatible};

@@ -19,6 +19,7 @@ pub const SCHEDULERS: &[&str] = &[
     "PNDMScheduler",
     "HeunDiscreteScheduler",
     "LCMScheduler",
+    "LMSDiscreteScheduler",
     "TCDScheduler",
     "UniPCMultistepScheduler",
     "FlowMatchEulerDiscreteScheduler",
@@ -94,6 +95,9 @@ pub fn from_config<B: Backend + 'static>(
             serde_json::from_value(value)?,
         )?),
         "TCDScheduler" => Box::new(crate::TCDScheduler::new(serde_json::from_value(value)?)?),
+        "LMSDiscreteScheduler" => Box::new(crate::LMSDiscreteScheduler::<B>::new(
+            serde_json::from_value(value)?,
+        )?),
         "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
             value,
         )?)?),
