@@ -528,6 +528,20 @@ def stage_discrete_schedulers(out: Path):
                                                       "use_exponential_sigmas": True}, {"num_inference_steps": 6})
     c.save(out / "schedulers", "lms")
 
+    from diffusers import KDPM2AncestralDiscreteScheduler as KA
+    from diffusers import KDPM2DiscreteScheduler as K2
+
+    c = Cases()
+    run_scheduler(c, "kdpm2_sd", K2, sd, {"num_inference_steps": 5})
+    run_scheduler(c, "kdpm2_karras_vpred", K2, {**sd, "use_karras_sigmas": True, "prediction_type": "v_prediction"},
+                  {"num_inference_steps": 5})
+    run_scheduler(c, "kdpm2_leading", K2, {**sd, "timestep_spacing": "leading", "steps_offset": 1},
+                  {"num_inference_steps": 5})
+    run_scheduler(c, "kdpm2a_sd", KA, sd, {"num_inference_steps": 5}, gen_seed=51)
+    run_scheduler(c, "kdpm2a_karras_trailing", KA, {**sd, "use_karras_sigmas": True, "timestep_spacing": "trailing"},
+                  {"num_inference_steps": 5}, gen_seed=52)
+    c.save(out / "schedulers", "kdpm2")
+
     from diffusers import UniPCMultistepScheduler as UniPC
 
     c = Cases()

@@ -15,6 +15,8 @@ pub mod euler_ancestral_discrete;
 pub mod euler_discrete;
 pub mod flow_match_euler_discrete;
 pub mod heun_discrete;
+pub mod k_dpm_2_ancestral_discrete;
+pub mod k_dpm_2_discrete;
 pub mod lcm;
 pub mod lms_discrete;
 pub mod pndm;
@@ -38,6 +40,8 @@ pub use flow_match_euler_discrete::{
     FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler, TimeShiftType, calculate_shift,
 };
 pub use heun_discrete::{HeunDiscreteConfig, HeunDiscreteScheduler};
+pub use k_dpm_2_ancestral_discrete::KDPM2AncestralDiscreteScheduler;
+pub use k_dpm_2_discrete::{KDPM2Config, KDPM2DiscreteScheduler};
 pub use lcm::{LCMConfig, LCMScheduler};
 pub use lms_discrete::{LMSDiscreteConfig, LMSDiscreteScheduler};
 pub use pndm::{PNDMConfig, PNDMScheduler};

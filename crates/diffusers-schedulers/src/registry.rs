@@ -18,6 +18,8 @@ pub const SCHEDULERS: &[&str] = &[
     "DPMSolverMultistepScheduler",
     "PNDMScheduler",
     "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
     "LCMScheduler",
     "LMSDiscreteScheduler",
     "TCDScheduler",
@@ -98,6 +100,12 @@ pub fn from_config<B: Backend + 'static>(
         "LMSDiscreteScheduler" => Box::new(crate::LMSDiscreteScheduler::<B>::new(
             serde_json::from_value(value)?,
         )?),
+        "KDPM2DiscreteScheduler" => Box::new(crate::KDPM2DiscreteScheduler::<B>::new(
+            serde_json::from_value(value)?,
+        )?),
+        "KDPM2AncestralDiscreteScheduler" => Box::new(
+            crate::KDPM2AncestralDiscreteScheduler::<B>::new(serde_json::from_value(value)?)?,
+        ),
         "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
             value,
         )?)?),

@@ -1,0 +1,48 @@
+//! `KDPM2DiscreteScheduler` and `KDPM2AncestralDiscreteScheduler` against diffusers
+//! (`fixtures/schedulers/kdpm2.*`): interpolated sigmas and timesteps, both halves of each step,
+//! karras sigmas, v-prediction, ancestral noise from the torch-compatible generator.
+
+mod common;
+
+use diffusers_core::backend::Cpu;
+use diffusers_core::testing::{Fixture, Tol};
+use diffusers_schedulers::from_config;
+
+const SCHEDULE: Tol = Tol {
+    atol: 1e-6,
+    rtol: 2e-6,
+};
+const STEP: Tol = Tol {
+    atol: 5e-6,
+    rtol: 1e-5,
+};
+const STOCHASTIC: Tol = Tol {
+    atol: 2e-5,
+    rtol: 1e-5,
+};
+
+#[test]
+fn loops_match_diffusers() {
+    let fx = Fixture::open("schedulers/kdpm2");
+    let names: Vec<String> = fx
+        .cases
+        .as_object()
+        .expect("cases")
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(names.len(), 5);
+    for name in names {
+        let c = fx.case(&name).clone();
+        let config = c["config"].as_object().expect("config").clone();
+        let mut s = from_config::<Cpu>(&config, c["class"].as_str())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(s.order(), 2);
+        let tol = if c["gen_seed"].is_null() {
+            STEP
+        } else {
+            STOCHASTIC
+        };
+        common::check_loop(&fx, &name, s.as_mut(), SCHEDULE, tol, &mut |_| {});
+    }
+}
