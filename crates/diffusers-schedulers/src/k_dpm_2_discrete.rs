@@ -264,9 +264,9 @@ impl<B: Backend> Scheduler<B> for KDPM2DiscreteScheduler<B> {
             .map(|&x| sigma_to_t(x as f64, &base.log_sigmas))
             .collect();
         let mut timesteps = vec![base.timesteps[0]];
-        for j in 1..base.timesteps.len() {
-            timesteps.push(t_interpol[j]);
-            timesteps.push(base.timesteps[j]);
+        for (ti, t) in t_interpol.iter().zip(&base.timesteps).skip(1) {
+            timesteps.push(*ti);
+            timesteps.push(*t);
         }
         self.timesteps = timesteps.into_iter().map(|t| t as f32 as f64).collect();
         self.sigmas = repeat_inner(s);
