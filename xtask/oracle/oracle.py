@@ -542,6 +542,7 @@ def stage_discrete_schedulers(out: Path):
                   {"num_inference_steps": 5}, gen_seed=52)
     c.save(out / "schedulers", "kdpm2")
 
+
     from diffusers import UniPCMultistepScheduler as UniPC
 
     c = Cases()
@@ -567,6 +568,18 @@ def stage_discrete_schedulers(out: Path):
                    "shift_terminal": 0.05, "disable_corrector": [2]}, {"num_inference_steps": n, "mu": 0.9})
     run_scheduler(c, "unipc_exponential", UniPC, {**sd, "use_exponential_sigmas": True}, {"num_inference_steps": n})
     c.save(out / "schedulers", "unipc")
+
+    # Dynamic thresholding (sample values large enough for the quantile to exceed 1).
+    c = Cases()
+    thr = {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}
+    run_scheduler(c, "thr_ddim", DDIMScheduler, {**thr, "clip_sample": False}, {"num_inference_steps": 5})
+    run_scheduler(c, "thr_ddpm", DDPMScheduler, thr, {"num_inference_steps": 5}, gen_seed=61)
+    run_scheduler(c, "thr_dpm_pp", DPM, {**thr, "solver_order": 2}, {"num_inference_steps": 6})
+    run_scheduler(c, "thr_dpm_noise", DPM, {**thr, "algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+                  {"num_inference_steps": 6})
+    run_scheduler(c, "thr_unipc", UniPC, thr, {"num_inference_steps": 6})
+    run_scheduler(c, "thr_lcm", LCMScheduler, thr, {"num_inference_steps": 4}, gen_seed=62)
+    c.save(out / "schedulers", "thresholding")
 
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 

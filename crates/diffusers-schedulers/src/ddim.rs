@@ -92,12 +92,6 @@ impl DDIMScheduler {
                 reason: "prediction_type must be epsilon, sample or v_prediction".into(),
             });
         }
-        if config.thresholding {
-            return Err(Error::InvalidConfig {
-                class: CLASS,
-                reason: "`thresholding` is not supported yet".into(),
-            });
-        }
         let (_, ac) = alphas_cumprod(&config.betas, CLASS)?;
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { ac[0] };
         let n = config.betas.num_train_timesteps;
@@ -229,7 +223,13 @@ impl<B: Backend> Scheduler<B> for DDIMScheduler {
                 model_output * sa + sample.clone() * sb,
             ),
         };
-        let x0 = if self.config.clip_sample {
+        let x0 = if self.config.thresholding {
+            crate::discrete::threshold_sample(
+                x0,
+                self.config.dynamic_thresholding_ratio,
+                self.config.sample_max_value,
+            )
+        } else if self.config.clip_sample {
             let r = self.config.clip_sample_range;
             x0.clamp(-r, r)
         } else {

@@ -50,7 +50,7 @@ pub struct DDPMConfig {
     /// What the model predicts.
     #[serde(default = "eps")]
     pub prediction_type: PredictionType,
-    /// Dynamic thresholding (not supported yet).
+    /// Dynamic thresholding (Imagen).
     #[serde(default)]
     pub thresholding: bool,
     /// Quantile for thresholding.
@@ -93,12 +93,6 @@ impl DDPMScheduler {
             return Err(Error::InvalidConfig {
                 class: CLASS,
                 reason: format!("variance_type `{}` is not supported", config.variance_type),
-            });
-        }
-        if config.thresholding {
-            return Err(Error::InvalidConfig {
-                class: CLASS,
-                reason: "`thresholding` is not supported yet".into(),
             });
         }
         if config.prediction_type == PredictionType::FlowPrediction {
@@ -252,7 +246,13 @@ impl<B: Backend> Scheduler<B> for DDPMScheduler {
             PredictionType::Sample => model_output.clone(),
             _ => sample.clone() * a_t.sqrt() - model_output.clone() * b_t.sqrt(),
         };
-        let x0 = if self.config.clip_sample {
+        let x0 = if self.config.thresholding {
+            crate::discrete::threshold_sample(
+                x0,
+                self.config.dynamic_thresholding_ratio,
+                self.config.sample_max_value,
+            )
+        } else if self.config.clip_sample {
             let r = self.config.clip_sample_range;
             x0.clamp(-r, r)
         } else {

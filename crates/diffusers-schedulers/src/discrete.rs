@@ -296,3 +296,46 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
     (1.0 - w) * low as f64 + w * high as f64
 }
+
+/// diffusers' `_threshold_sample` (dynamic thresholding, Imagen): per sample, `s` is the
+/// `ratio` quantile of `|x|` clamped to `[1, max_value]`, and `x` becomes `clamp(x, -s, s) / s`.
+pub fn threshold_sample<B: burn::prelude::Backend>(
+    x: burn::tensor::Tensor<B, 2>,
+    ratio: f64,
+    max_value: f64,
+) -> burn::tensor::Tensor<B, 2> {
+    use burn::tensor::{DType, Tensor, TensorData};
+    let dtype = x.dtype();
+    let [b, n] = x.dims();
+    let device = x.device();
+    let values: Vec<f32> = x
+        .clone()
+        .cast(DType::F32)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .unwrap_or_default();
+    let mut s = Vec::with_capacity(b);
+    for row in values.chunks(n.max(1)) {
+        let mut a: Vec<f32> = row.iter().map(|v| v.abs()).collect();
+        a.sort_by(f32::total_cmp);
+        // torch.quantile, linear interpolation.
+        let pos = ratio * (a.len().saturating_sub(1)) as f64;
+        let lo = pos.floor() as usize;
+        let hi = (pos.ceil() as usize).min(a.len().saturating_sub(1));
+        let w = (pos - lo as f64) as f32;
+        let q = if a.is_empty() {
+            0.0
+        } else {
+            a[lo] + w * (a[hi] - a[lo])
+        };
+        s.push(q.clamp(1.0, max_value as f32));
+    }
+    let s = Tensor::<B, 2>::from_data(TensorData::new(s, [b, 1]), (&device, DType::F32));
+    let x = x.cast(DType::F32);
+    let clamped = x
+        .clone()
+        .max_pair(s.clone().neg().expand([b, n]))
+        .min_pair(s.clone().expand([b, n]));
+    (clamped / s).cast(dtype)
+}

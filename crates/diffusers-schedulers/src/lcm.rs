@@ -84,7 +84,7 @@ pub struct LCMConfig {
     /// What the model predicts.
     #[serde(default = "eps")]
     pub prediction_type: PredictionType,
-    /// Dynamic thresholding (not supported yet).
+    /// Dynamic thresholding (Imagen).
     #[serde(default)]
     pub thresholding: bool,
     /// Quantile for thresholding.
@@ -123,12 +123,6 @@ pub struct LCMScheduler {
 impl LCMScheduler {
     /// Builds the scheduler.
     pub fn new(config: LCMConfig) -> Result<Self> {
-        if config.thresholding {
-            return Err(Error::InvalidConfig {
-                class: CLASS,
-                reason: "`thresholding` is not supported yet".into(),
-            });
-        }
         if config.prediction_type == PredictionType::FlowPrediction {
             return Err(Error::InvalidConfig {
                 class: CLASS,
@@ -328,7 +322,13 @@ impl<B: Backend> Scheduler<B> for LCMScheduler {
             PredictionType::VPrediction => sample.clone() * a_t.sqrt() - model_output * b_t.sqrt(),
             _ => (sample.clone() - model_output * b_t.sqrt()) / a_t.sqrt(),
         };
-        let x0 = if self.config.clip_sample {
+        let x0 = if self.config.thresholding {
+            crate::discrete::threshold_sample(
+                x0,
+                self.config.dynamic_thresholding_ratio,
+                self.config.sample_max_value,
+            )
+        } else if self.config.clip_sample {
             let r = self.config.clip_sample_range;
             x0.clamp(-r, r)
         } else {

@@ -56,7 +56,7 @@ pub struct UniPCMultistepConfig {
     /// What the model predicts.
     #[serde(default = "eps")]
     pub prediction_type: PredictionType,
-    /// Dynamic thresholding (not supported yet).
+    /// Dynamic thresholding (Imagen).
     #[serde(default)]
     pub thresholding: bool,
     /// Quantile for thresholding.
@@ -186,9 +186,6 @@ impl<B: Backend> UniPCMultistepScheduler<B> {
         }
         if config.use_beta_sigmas {
             return Err(bad("`use_beta_sigmas` is not supported yet"));
-        }
-        if config.thresholding {
-            return Err(bad("`thresholding` is not supported yet"));
         }
         if !(1..=3).contains(&config.solver_order) {
             return Err(bad("`solver_order` must be 1, 2 or 3"));
@@ -370,11 +367,20 @@ impl<B: Backend> UniPCMultistepScheduler<B> {
         let sigma = self.sigmas[i];
         let (a, s) = self.alpha_sigma(sigma);
         if self.config.predict_x0 {
-            match self.config.prediction_type {
+            let x0 = match self.config.prediction_type {
                 PredictionType::Epsilon => (sample - model_output * s) / a,
                 PredictionType::Sample => model_output,
                 PredictionType::VPrediction => sample * a - model_output * s,
                 PredictionType::FlowPrediction => sample - model_output * sigma,
+            };
+            if self.config.thresholding {
+                crate::discrete::threshold_sample(
+                    x0,
+                    self.config.dynamic_thresholding_ratio,
+                    self.config.sample_max_value,
+                )
+            } else {
+                x0
             }
         } else {
             match self.config.prediction_type {
