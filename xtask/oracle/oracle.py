@@ -398,6 +398,7 @@ def stage_schedulers(out: Path):
 def stage_discrete_schedulers(out: Path):
     """DDPM-family schedulers over SD-style configs (beta schedules, spacings, predictions)."""
     from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler as FM
 
     c = Cases()
     sd = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
@@ -580,6 +581,17 @@ def stage_discrete_schedulers(out: Path):
     run_scheduler(c, "thr_unipc", UniPC, thr, {"num_inference_steps": 6})
     run_scheduler(c, "thr_lcm", LCMScheduler, thr, {"num_inference_steps": 4}, gen_seed=62)
     c.save(out / "schedulers", "thresholding")
+
+    # Beta sigmas (scipy.stats.beta.ppf) in every scheduler that offers them.
+    c = Cases()
+    run_scheduler(c, "beta_flow_match", FM, {"use_beta_sigmas": True, "shift": 3.0}, {"num_inference_steps": 6})
+    run_scheduler(c, "beta_euler", EulerDiscreteScheduler, {**sd, "use_beta_sigmas": True}, {"num_inference_steps": 6})
+    run_scheduler(c, "beta_dpm", DPM, {**sd, "use_beta_sigmas": True}, {"num_inference_steps": 6})
+    run_scheduler(c, "beta_heun", HeunDiscreteScheduler, {**sd, "use_beta_sigmas": True}, {"num_inference_steps": 4})
+    run_scheduler(c, "beta_lms", LMS, {**sd, "use_beta_sigmas": True}, {"num_inference_steps": 6})
+    run_scheduler(c, "beta_kdpm2", K2, {**sd, "use_beta_sigmas": True}, {"num_inference_steps": 4})
+    run_scheduler(c, "beta_unipc", UniPC, {**sd, "use_beta_sigmas": True}, {"num_inference_steps": 6})
+    c.save(out / "schedulers", "beta_sigmas")
 
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 

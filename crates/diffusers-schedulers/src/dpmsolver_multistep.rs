@@ -119,7 +119,7 @@ pub struct DPMSolverMultistepConfig {
     /// Exponential sigmas.
     #[serde(default)]
     pub use_exponential_sigmas: bool,
-    /// Beta sigmas (not supported yet).
+    /// Beta sigmas (alpha = beta = 0.6).
     #[serde(default)]
     pub use_beta_sigmas: bool,
     /// Uniform steps in log-SNR (Lu et al.).
@@ -209,9 +209,6 @@ impl<B: Backend> DPMSolverMultistepScheduler<B> {
                 class: CLASS,
                 reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into(),
             });
-        }
-        if config.use_beta_sigmas {
-            return Err(bad("`use_beta_sigmas` is not supported yet"));
         }
         if config.variance_type.is_some() {
             return Err(bad(
@@ -438,6 +435,10 @@ impl<B: Backend> Scheduler<B> for DPMSolverMultistepScheduler<B> {
                 .map(|&x| sigma_to_t(x, &log_sigmas))
                 .map(|t| if round_ts { round_half_even(t) } else { t })
                 .collect();
+            s
+        } else if cfg.use_beta_sigmas {
+            let s = crate::sigmas::beta_sigmas(&flipped, n, None, None);
+            ts = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
             s
         } else if cfg.use_exponential_sigmas {
             let s = exponential_sigmas(&flipped, n, None, None);

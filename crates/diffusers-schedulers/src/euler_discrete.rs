@@ -50,7 +50,7 @@ pub struct EulerDiscreteConfig {
     /// Exponential sigmas.
     #[serde(default)]
     pub use_exponential_sigmas: Option<bool>,
-    /// Beta sigmas (not supported yet).
+    /// Beta sigmas (alpha = beta = 0.6).
     #[serde(default)]
     pub use_beta_sigmas: Option<bool>,
     /// Lower bound for karras/exponential sigmas.
@@ -108,9 +108,6 @@ impl EulerDiscreteScheduler {
             class: CLASS,
             reason: format!("{what} is not supported yet"),
         };
-        if config.use_beta_sigmas.unwrap_or(false) {
-            return Err(unsupported("`use_beta_sigmas`"));
-        }
         if config.interpolation_type != "linear" {
             return Err(unsupported("`interpolation_type` other than linear"));
         }
@@ -245,6 +242,9 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
             let mut ts = ts;
             if karras {
                 sig = karras_sigmas(&sig, n, cfg.sigma_min, cfg.sigma_max, 7.0);
+                ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+            } else if cfg.use_beta_sigmas.unwrap_or(false) {
+                sig = crate::sigmas::beta_sigmas(&sig, n, cfg.sigma_min, cfg.sigma_max);
                 ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
             } else if exponential {
                 sig = exponential_sigmas(&sig, n, cfg.sigma_min, cfg.sigma_max);

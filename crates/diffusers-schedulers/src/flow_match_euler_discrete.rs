@@ -86,7 +86,7 @@ pub struct FlowMatchEulerDiscreteConfig {
     /// Exponential sigmas.
     #[serde(default)]
     pub use_exponential_sigmas: bool,
-    /// Beta sigmas (not implemented yet: a typed error).
+    /// Beta sigmas (alpha = beta = 0.6).
     #[serde(default)]
     pub use_beta_sigmas: bool,
     /// Kind of dynamic shift.
@@ -187,12 +187,6 @@ impl FlowMatchEulerDiscreteScheduler {
             return Err(Error::ConflictingOptions {
                 class: CLASS,
                 reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into(),
-            });
-        }
-        if config.use_beta_sigmas {
-            return Err(Error::InvalidConfig {
-                class: CLASS,
-                reason: "`use_beta_sigmas` is not supported yet".into(),
             });
         }
         if config.num_train_timesteps == 0 {
@@ -312,6 +306,8 @@ impl FlowMatchEulerDiscreteScheduler {
         // Step 4: karras / exponential schedules (numpy f64).
         let shifted = if cfg.use_karras_sigmas {
             karras_sigmas(&shifted, n, None, None, 7.0)
+        } else if cfg.use_beta_sigmas {
+            crate::sigmas::beta_sigmas(&shifted, n, None, None)
         } else if cfg.use_exponential_sigmas {
             exponential_sigmas(&shifted, n, None, None)
         } else {

@@ -60,7 +60,7 @@ pub struct KDPM2Config {
     /// Exponential sigmas.
     #[serde(default)]
     pub use_exponential_sigmas: bool,
-    /// Beta sigmas (not supported yet).
+    /// Beta sigmas (alpha = beta = 0.6).
     #[serde(default)]
     pub use_beta_sigmas: bool,
     /// `epsilon` or `v_prediction`.
@@ -96,12 +96,6 @@ pub(crate) fn validate(config: &KDPM2Config, class: &'static str) -> Result<Vec<
     .count();
     if flags > 1 {
         return Err(Error::ConflictingOptions { class, reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into() });
-    }
-    if config.use_beta_sigmas {
-        return Err(Error::InvalidConfig {
-            class,
-            reason: "`use_beta_sigmas` is not supported yet".into(),
-        });
     }
     if !matches!(
         config.prediction_type,
@@ -157,6 +151,9 @@ pub(crate) fn base_schedule(
             .iter()
             .map(|&s| round_half_even(sigma_to_t(s, &log_sigmas)))
             .collect();
+    } else if config.use_beta_sigmas {
+        sig = crate::sigmas::beta_sigmas(&sig, n, None, None);
+        ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
     } else if config.use_exponential_sigmas {
         sig = exponential_sigmas(&sig, n, None, None);
         ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();

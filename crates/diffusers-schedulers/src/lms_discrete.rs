@@ -35,7 +35,7 @@ pub struct LMSDiscreteConfig {
     /// Exponential sigmas.
     #[serde(default)]
     pub use_exponential_sigmas: bool,
-    /// Beta sigmas (not supported yet).
+    /// Beta sigmas (alpha = beta = 0.6).
     #[serde(default)]
     pub use_beta_sigmas: bool,
     /// What the model predicts.
@@ -98,12 +98,6 @@ impl<B: Backend> LMSDiscreteScheduler<B> {
         .count();
         if flags > 1 {
             return Err(Error::ConflictingOptions { class: CLASS, reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into() });
-        }
-        if config.use_beta_sigmas {
-            return Err(Error::InvalidConfig {
-                class: CLASS,
-                reason: "`use_beta_sigmas` is not supported yet".into(),
-            });
         }
         if config.prediction_type == PredictionType::FlowPrediction {
             return Err(Error::InvalidConfig {
@@ -208,6 +202,9 @@ impl<B: Backend> Scheduler<B> for LMSDiscreteScheduler<B> {
             .collect();
         if cfg.use_karras_sigmas {
             sig = karras_sigmas(&sig, n, None, None, 7.0);
+            ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+        } else if cfg.use_beta_sigmas {
+            sig = crate::sigmas::beta_sigmas(&sig, n, None, None);
             ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
         } else if cfg.use_exponential_sigmas {
             sig = exponential_sigmas(&sig, n, None, None);

@@ -83,7 +83,7 @@ pub struct UniPCMultistepConfig {
     /// Exponential sigmas.
     #[serde(default)]
     pub use_exponential_sigmas: bool,
-    /// Beta sigmas (not supported yet).
+    /// Beta sigmas (alpha = beta = 0.6).
     #[serde(default)]
     pub use_beta_sigmas: bool,
     /// Flow-matching sigmas.
@@ -183,9 +183,6 @@ impl<B: Backend> UniPCMultistepScheduler<B> {
         .count();
         if flags > 1 {
             return Err(Error::ConflictingOptions { class: CLASS, reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into() });
-        }
-        if config.use_beta_sigmas {
-            return Err(bad("`use_beta_sigmas` is not supported yet"));
         }
         if !(1..=3).contains(&config.solver_order) {
             return Err(bad("`solver_order` must be 1, 2 or 3"));
@@ -460,6 +457,12 @@ impl<B: Backend> Scheduler<B> for UniPCMultistepScheduler<B> {
                     .map(|&x| round_half_even(sigma_to_t(x, &log_sigmas)))
                     .collect();
             }
+            let last = if sigma_min_last { s[s.len() - 1] } else { 0.0 };
+            s.push(last);
+            s
+        } else if cfg.use_beta_sigmas {
+            let mut s = crate::sigmas::beta_sigmas(&flipped, n, cfg.sigma_min, cfg.sigma_max);
+            ts = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
             let last = if sigma_min_last { s[s.len() - 1] } else { 0.0 };
             s.push(last);
             s
