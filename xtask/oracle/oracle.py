@@ -593,6 +593,36 @@ def stage_discrete_schedulers(out: Path):
     run_scheduler(c, "beta_unipc", UniPC, {**sd, "use_beta_sigmas": True}, {"num_inference_steps": 6})
     c.save(out / "schedulers", "beta_sigmas")
 
+    from diffusers import DEISMultistepScheduler as DEIS
+
+    c = Cases()
+    run_scheduler(c, "deis_sd", DEIS, sd, {"num_inference_steps": 8})
+    run_scheduler(c, "deis_order3_20", DEIS, {**sd, "solver_order": 3}, {"num_inference_steps": 20})
+    run_scheduler(c, "deis_order3_vpred_leading", DEIS, {**sd, "solver_order": 3, "prediction_type": "v_prediction",
+                                                         "timestep_spacing": "leading", "steps_offset": 1},
+                  {"num_inference_steps": 8})
+    run_scheduler(c, "deis_karras", DEIS, {**sd, "use_karras_sigmas": True}, {"num_inference_steps": 8})
+    run_scheduler(c, "deis_flow", DEIS, {"use_flow_sigmas": True, "flow_shift": 3.0,
+                                         "prediction_type": "flow_prediction"}, {"num_inference_steps": 8})
+    # The same 20-step third-order run with correctly rounded float32 logs in place of numpy's
+    # SIMD float32 log: DEIS's third-order coefficients cancel, so the log's last bit shows.
+    import diffusers.schedulers.scheduling_deis_multistep as deis_module
+
+    class ExactLogNumpy:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def log(x):
+            return np.float32(np.log(np.float64(x)))
+
+    deis_module.np = ExactLogNumpy()
+    try:
+        run_scheduler(c, "deis_order3_20_exact_log", DEIS, {**sd, "solver_order": 3}, {"num_inference_steps": 20})
+    finally:
+        deis_module.np = np
+    c.save(out / "schedulers", "deis")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 
 

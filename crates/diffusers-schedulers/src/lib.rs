@@ -8,6 +8,7 @@
 
 pub mod ddim;
 pub mod ddpm;
+pub mod deis_multistep;
 pub mod discrete;
 pub mod dpmsolver_multistep;
 mod error;
@@ -29,6 +30,7 @@ pub mod unipc_multistep;
 
 pub use ddim::{DDIMConfig, DDIMScheduler};
 pub use ddpm::{DDPMConfig, DDPMScheduler};
+pub use deis_multistep::{DEISMultistepConfig, DEISMultistepScheduler};
 pub use discrete::{BetaConfig, BetaSchedule, PredictionType, TimestepSpacing};
 pub use dpmsolver_multistep::{
     AlgorithmType, DPMSolverMultistepConfig, DPMSolverMultistepScheduler, SolverType,

@@ -16,6 +16,7 @@ pub const SCHEDULERS: &[&str] = &[
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
     "DPMSolverMultistepScheduler",
+    "DEISMultistepScheduler",
     "PNDMScheduler",
     "HeunDiscreteScheduler",
     "KDPM2DiscreteScheduler",
@@ -106,6 +107,9 @@ pub fn from_config<B: Backend + 'static>(
         "KDPM2AncestralDiscreteScheduler" => Box::new(
             crate::KDPM2AncestralDiscreteScheduler::<B>::new(serde_json::from_value(value)?)?,
         ),
+        "DEISMultistepScheduler" => Box::new(crate::DEISMultistepScheduler::<B>::new(
+            serde_json::from_value(value)?,
+        )?),
         "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
             value,
         )?)?),
