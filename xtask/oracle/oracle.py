@@ -623,6 +623,23 @@ def stage_discrete_schedulers(out: Path):
         deis_module.np = np
     c.save(out / "schedulers", "deis")
 
+    from diffusers import DPMSolverSinglestepScheduler as DPMS
+
+    c = Cases()
+    run_scheduler(c, "dpms_2", DPMS, sd, {"num_inference_steps": 8})
+    run_scheduler(c, "dpms_3_sigma_min", DPMS, {**sd, "solver_order": 3, "final_sigmas_type": "sigma_min"},
+                  {"num_inference_steps": 9})
+    run_scheduler(c, "dpms_3_heun_karras", DPMS, {**sd, "solver_order": 3, "solver_type": "heun",
+                                                  "use_karras_sigmas": True}, {"num_inference_steps": 8})
+    run_scheduler(c, "dpms_dpmsolver_vpred", DPMS, {**sd, "algorithm_type": "dpmsolver",
+                                                    "final_sigmas_type": "sigma_min", "prediction_type": "v_prediction"},
+                  {"num_inference_steps": 7})
+    run_scheduler(c, "dpms_sde_2", DPMS, {**sd, "algorithm_type": "sde-dpmsolver++"}, {"num_inference_steps": 6},
+                  gen_seed=71)
+    run_scheduler(c, "dpms_flow", DPMS, {"use_flow_sigmas": True, "flow_shift": 3.0,
+                                         "prediction_type": "flow_prediction"}, {"num_inference_steps": 6})
+    c.save(out / "schedulers", "dpmsolver_singlestep")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
 
 

@@ -180,7 +180,7 @@ fn missing_noise() -> Error {
     }
 }
 
-fn alpha_sigma(sigma: f32, flow: bool) -> (f32, f32) {
+pub(crate) fn alpha_sigma(sigma: f32, flow: bool) -> (f32, f32) {
     if flow {
         (1.0 - sigma, sigma)
     } else {
@@ -273,39 +273,65 @@ impl<B: Backend> DPMSolverMultistepScheduler<B> {
     }
 
     fn convert(&self, model_output: Tensor<B, 2>, sample: Tensor<B, 2>, i: usize) -> Tensor<B, 2> {
-        let flow = self.config.use_flow_sigmas;
-        let sigma = self.sigmas[i];
-        let (a, s) = alpha_sigma(sigma, flow);
-        let cfg = &self.config;
-        let threshold = |x: Tensor<B, 2>| {
-            crate::discrete::threshold_sample(
-                x,
-                cfg.dynamic_thresholding_ratio,
-                cfg.sample_max_value,
-            )
-        };
-        match cfg.algorithm_type {
-            AlgorithmType::DpmSolverPlusPlus | AlgorithmType::SdeDpmSolverPlusPlus => {
-                let x0 = match cfg.prediction_type {
-                    PredictionType::Epsilon => (sample - model_output * s) / a,
-                    PredictionType::Sample => model_output,
-                    PredictionType::VPrediction => sample * a - model_output * s,
-                    PredictionType::FlowPrediction => sample - model_output * sigma,
-                };
-                if cfg.thresholding { threshold(x0) } else { x0 }
-            }
-            _ => {
-                let eps = match cfg.prediction_type {
-                    PredictionType::Sample => (sample.clone() - model_output * a) / s,
-                    PredictionType::VPrediction => model_output * a + sample.clone() * s,
-                    _ => model_output,
-                };
-                if cfg.thresholding {
-                    let x0 = threshold((sample.clone() - eps * s) / a);
-                    (sample - x0 * a) / s
-                } else {
-                    eps
-                }
+        let c = &self.config;
+        convert_model_output(
+            ConvertOptions {
+                algorithm: c.algorithm_type,
+                prediction: c.prediction_type,
+                thresholding: c
+                    .thresholding
+                    .then_some((c.dynamic_thresholding_ratio, c.sample_max_value)),
+                flow: c.use_flow_sigmas,
+            },
+            self.sigmas[i],
+            model_output,
+            sample,
+        )
+    }
+}
+
+/// What [`convert_model_output`] needs from a DPM-Solver config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvertOptions {
+    pub algorithm: AlgorithmType,
+    pub prediction: PredictionType,
+    pub thresholding: Option<(f64, f64)>,
+    pub flow: bool,
+}
+
+/// DPM-Solver's `convert_model_output`: the data prediction (`++` algorithms) or the noise
+/// prediction, thresholded when configured.
+pub(crate) fn convert_model_output<B: Backend>(
+    o: ConvertOptions,
+    sigma: f32,
+    model_output: Tensor<B, 2>,
+    sample: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let (a, s) = alpha_sigma(sigma, o.flow);
+    let threshold = |x: Tensor<B, 2>| match o.thresholding {
+        Some((ratio, max)) => crate::discrete::threshold_sample(x, ratio, max),
+        None => x,
+    };
+    match o.algorithm {
+        AlgorithmType::DpmSolverPlusPlus | AlgorithmType::SdeDpmSolverPlusPlus => {
+            threshold(match o.prediction {
+                PredictionType::Epsilon => (sample - model_output * s) / a,
+                PredictionType::Sample => model_output,
+                PredictionType::VPrediction => sample * a - model_output * s,
+                PredictionType::FlowPrediction => sample - model_output * sigma,
+            })
+        }
+        _ => {
+            let eps = match o.prediction {
+                PredictionType::Sample => (sample.clone() - model_output * a) / s,
+                PredictionType::VPrediction => model_output * a + sample.clone() * s,
+                _ => model_output,
+            };
+            if o.thresholding.is_some() {
+                let x0 = threshold((sample.clone() - eps * s) / a);
+                (sample - x0 * a) / s
+            } else {
+                eps
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod ddpm;
 pub mod deis_multistep;
 pub mod discrete;
 pub mod dpmsolver_multistep;
+pub mod dpmsolver_singlestep;
 mod error;
 pub mod euler_ancestral_discrete;
 pub mod euler_discrete;
@@ -35,6 +36,7 @@ pub use discrete::{BetaConfig, BetaSchedule, PredictionType, TimestepSpacing};
 pub use dpmsolver_multistep::{
     AlgorithmType, DPMSolverMultistepConfig, DPMSolverMultistepScheduler, SolverType,
 };
+pub use dpmsolver_singlestep::{DPMSolverSinglestepConfig, DPMSolverSinglestepScheduler};
 pub use error::{Error, Result};
 pub use euler_ancestral_discrete::{EulerAncestralDiscreteConfig, EulerAncestralDiscreteScheduler};
 pub use euler_discrete::{EulerDiscreteConfig, EulerDiscreteScheduler};

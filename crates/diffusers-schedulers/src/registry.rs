@@ -16,6 +16,7 @@ pub const SCHEDULERS: &[&str] = &[
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
     "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
     "DEISMultistepScheduler",
     "PNDMScheduler",
     "HeunDiscreteScheduler",
@@ -108,6 +109,9 @@ pub fn from_config<B: Backend + 'static>(
             crate::KDPM2AncestralDiscreteScheduler::<B>::new(serde_json::from_value(value)?)?,
         ),
         "DEISMultistepScheduler" => Box::new(crate::DEISMultistepScheduler::<B>::new(
+            serde_json::from_value(value)?,
+        )?),
+        "DPMSolverSinglestepScheduler" => Box::new(crate::DPMSolverSinglestepScheduler::<B>::new(
             serde_json::from_value(value)?,
         )?),
         "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
