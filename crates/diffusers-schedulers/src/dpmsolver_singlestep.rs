@@ -225,7 +225,7 @@ impl<B: Backend> DPMSolverSinglestepScheduler<B> {
                     _ => [rep(&[1, 2, 3], steps / 3), vec![1, 2]].concat(),
                 },
                 2 => {
-                    if steps % 2 == 0 {
+                    if steps.is_multiple_of(2) {
                         [rep(&[1, 2], (steps / 2).saturating_sub(1)), vec![1, 1]].concat()
                     } else {
                         [rep(&[1, 2], steps / 2), vec![1]].concat()
@@ -368,7 +368,7 @@ impl<B: Backend> Scheduler<B> for DPMSolverSinglestepScheduler<B> {
         // diffusers switches lower_order_final on (in the config) for uneven step counts and
         // a zero final sigma.
         if !self.config.lower_order_final
-            && (n % cfg.solver_order != 0 || cfg.final_sigmas_type == "zero")
+            && (!n.is_multiple_of(cfg.solver_order) || cfg.final_sigmas_type == "zero")
         {
             tracing::warn!(
                 "{CLASS}: setting `lower_order_final` to true for this schedule, as diffusers does"
