@@ -344,6 +344,33 @@ def run_scheduler(c, name, cls, config, set_kwargs, steps_seed=0, shape=(1, 4, 4
         inputs.update({"clean": clean, "noise": noise})
         outputs["add_noise"] = sched.scale_noise(clean, t1.reshape(1), noise)
     step_gen = torch.Generator("cpu").manual_seed(gen_seed) if gen_seed is not None else None
+    # Record every noise draw a stochastic step makes (diffusers' randn_tensor in the module).
+    module = sys.modules[cls.__module__]
+    draws = []
+    original_randn = getattr(module, "randn_tensor", None)
+    if original_randn is not None:
+        def recording_randn(*args, **kwargs):
+            out = original_randn(*args, **kwargs)
+            draws.append(out.detach().clone())
+            return out
+        module.randn_tensor = recording_randn
+    try:
+        run_loop(sched, sample, g, shape, inputs, outputs, step_kwargs, step_gen)
+    finally:
+        if original_randn is not None:
+            module.randn_tensor = original_randn
+    for k, d in enumerate(draws):
+        inputs[f"noise_draw_{k}"] = d
+    cfg = {"class": cls.__name__, "config": dict(sched.config), "set_timesteps": set_kwargs,
+           "init_noise_sigma": init_sigma, "order": getattr(sched, "order", 1), "gen_seed": gen_seed,
+           "steps": len(sched.timesteps), "noise_draws": len(draws)}
+    # JSON has no infinities: an infinite default (e.g. lambda_min_clipped) is written as null.
+    cfg["config"] = {k: (None if isinstance(v, float) and math.isinf(v) else v)
+                     for k, v in cfg["config"].items() if not k.startswith("_")}
+    c.add(name, "scheduler", json.loads(json.dumps(cfg, default=float)), inputs, outputs)
+
+
+def run_loop(sched, sample, g, shape, inputs, outputs, step_kwargs, step_gen):
     for i, t in enumerate(sched.timesteps):
         model_output = torch.randn(shape, generator=g)
         inputs[f"model_output_{i}"] = model_output
@@ -354,13 +381,6 @@ def run_scheduler(c, name, cls, config, set_kwargs, steps_seed=0, shape=(1, 4, 4
             kw["generator"] = step_gen
         sample = sched.step(model_output, t, sample, **kw).prev_sample
         outputs[f"prev_{i}"] = sample
-    cfg = {"class": cls.__name__, "config": dict(sched.config), "set_timesteps": set_kwargs,
-           "init_noise_sigma": init_sigma, "order": getattr(sched, "order", 1), "gen_seed": gen_seed,
-           "steps": len(sched.timesteps)}
-    # JSON has no infinities: an infinite default (e.g. lambda_min_clipped) is written as null.
-    cfg["config"] = {k: (None if isinstance(v, float) and math.isinf(v) else v)
-                     for k, v in cfg["config"].items() if not k.startswith("_")}
-    c.add(name, "scheduler", json.loads(json.dumps(cfg, default=float)), inputs, outputs)
 
 
 @torch.no_grad()

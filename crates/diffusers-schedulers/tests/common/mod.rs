@@ -5,7 +5,8 @@ use burn::tensor::{DType, TensorData};
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol, assert_close};
 use diffusers_schedulers::{
-    NoiseSource, Scheduler, TimestepOptions, TorchGenerator, scale_model_input_nd, step_nd,
+    NoiseSource, RecordedNoise, Scheduler, TimestepOptions, TorchGenerator, scale_model_input_nd,
+    step_nd,
 };
 
 pub fn opts(v: &serde_json::Value) -> TimestepOptions {
@@ -81,8 +82,58 @@ pub fn check_loop(
             &format!("{name}.add_noise"),
         );
     }
+    run_steps(
+        fx,
+        name,
+        s,
+        &ts,
+        step_tol,
+        c["gen_seed"]
+            .as_u64()
+            .map(|seed| Noise::Generator(TorchGenerator::new(seed))),
+        per_step,
+    );
+    // Stochastic schedulers again, with the noise diffusers drew, recorded by the oracle: this
+    // isolates the scheduler arithmetic from the generator's last-bit differences.
+    let draws = c["noise_draws"].as_u64().unwrap_or(0) as usize;
+    if draws > 0 {
+        let recorded = (0..draws)
+            .map(|k| fx.values(&format!("{name}.noise_draw_{k}")))
+            .collect();
+        s.set_timesteps(&opts(&c["set_timesteps"]))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let tol = Tol {
+            atol: 5e-6,
+            rtol: 2e-5,
+        };
+        run_steps(
+            fx,
+            name,
+            s,
+            &ts,
+            tol,
+            Some(Noise::Recorded(RecordedNoise(recorded))),
+            per_step,
+        );
+    }
+}
+
+enum Noise {
+    Generator(TorchGenerator),
+    Recorded(RecordedNoise),
+}
+
+fn run_steps(
+    fx: &Fixture,
+    name: &str,
+    s: &mut dyn Scheduler<Cpu>,
+    ts: &[f64],
+    step_tol: Tol,
+    mut noise: Option<Noise>,
+    per_step: &mut dyn FnMut(&mut dyn Scheduler<Cpu>),
+) {
+    let dev = Default::default();
     let mut sample: Tensor<Cpu, 4> = fx.tensor(&format!("{name}.sample"), &dev, DType::F32);
-    let mut generator = c["gen_seed"].as_u64().map(TorchGenerator::new);
     for (i, &t) in ts.iter().enumerate() {
         per_step(s);
         let scaled_key = format!("{name}.scaled_{i}");
@@ -92,7 +143,10 @@ pub fn check_loop(
             assert_close(scaled, &fx.values(&scaled_key), None, step_tol, &scaled_key);
         }
         let mo: Tensor<Cpu, 4> = fx.tensor(&format!("{name}.model_output_{i}"), &dev, DType::F32);
-        let noise = generator.as_mut().map(|g| g as &mut dyn NoiseSource);
+        let noise = noise.as_mut().map(|n| match n {
+            Noise::Generator(g) => g as &mut dyn NoiseSource,
+            Noise::Recorded(r) => r as &mut dyn NoiseSource,
+        });
         sample =
             step_nd(s, mo, t, sample, noise).unwrap_or_else(|e| panic!("{name} step {i}: {e}"));
         assert_close(
