@@ -90,7 +90,7 @@ pub fn check_loop(
         step_tol,
         c["gen_seed"]
             .as_u64()
-            .map(|seed| Noise::Generator(TorchGenerator::new(seed))),
+            .map(|seed| Noise::Generator(Box::new(TorchGenerator::new(seed)))),
         per_step,
     );
     // Stochastic schedulers again, with the noise diffusers drew, recorded by the oracle: this
@@ -119,7 +119,7 @@ pub fn check_loop(
 }
 
 enum Noise {
-    Generator(TorchGenerator),
+    Generator(Box<TorchGenerator>),
     Recorded(RecordedNoise),
 }
 
@@ -144,7 +144,7 @@ fn run_steps(
         }
         let mo: Tensor<Cpu, 4> = fx.tensor(&format!("{name}.model_output_{i}"), &dev, DType::F32);
         let noise = noise.as_mut().map(|n| match n {
-            Noise::Generator(g) => g as &mut dyn NoiseSource,
+            Noise::Generator(g) => g.as_mut() as &mut dyn NoiseSource,
             Noise::Recorded(r) => r as &mut dyn NoiseSource,
         });
         sample =
