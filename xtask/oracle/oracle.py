@@ -443,6 +443,9 @@ def stage_discrete_schedulers(out: Path):
                   {"num_inference_steps": n})
     run_scheduler(c, "euler_exponential_sigma_min", EulerDiscreteScheduler,
                   {**sd, "use_exponential_sigmas": True, "final_sigmas_type": "sigma_min"}, {"num_inference_steps": n})
+    run_scheduler(c, "euler_continuous_vpred", EulerDiscreteScheduler,
+                  {**sd, "timestep_type": "continuous", "prediction_type": "v_prediction", "use_karras_sigmas": True},
+                  {"num_inference_steps": n})
     run_scheduler(c, "euler_a_sd", EulerAncestralDiscreteScheduler, {**sd, "steps_offset": 1,
                                                                       "timestep_spacing": "leading"},
                   {"num_inference_steps": n}, gen_seed=4)

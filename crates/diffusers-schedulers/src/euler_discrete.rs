@@ -62,7 +62,7 @@ pub struct EulerDiscreteConfig {
     /// Spacing of the timesteps.
     #[serde(default = "linspace")]
     pub timestep_spacing: TimestepSpacing,
-    /// `discrete` (only this is supported).
+    /// `discrete`, or `continuous` (`0.25 * log(sigma)` timesteps with v-prediction).
     #[serde(default = "discrete")]
     pub timestep_type: String,
     /// Added to `leading` timesteps.
@@ -111,8 +111,11 @@ impl EulerDiscreteScheduler {
         if config.interpolation_type != "linear" {
             return Err(unsupported("`interpolation_type` other than linear"));
         }
-        if config.timestep_type != "discrete" {
-            return Err(unsupported("`timestep_type` other than discrete"));
+        if !matches!(config.timestep_type.as_str(), "discrete" | "continuous") {
+            return Err(Error::InvalidConfig {
+                class: CLASS,
+                reason: "`timestep_type` must be discrete or continuous".into(),
+            });
         }
         if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
             return Err(Error::InvalidConfig {
@@ -136,10 +139,20 @@ impl EulerDiscreteScheduler {
         let n = config.betas.num_train_timesteps;
         let mut sigmas: Vec<f32> = train_sigmas.iter().rev().copied().collect();
         sigmas.push(0.0);
+        let continuous_v = config.timestep_type == "continuous"
+            && config.prediction_type == PredictionType::VPrediction;
+        let timesteps = if continuous_v {
+            sigmas[..sigmas.len() - 1]
+                .iter()
+                .map(|s| (0.25f32 * s.ln()) as f64)
+                .collect()
+        } else {
+            (0..n).rev().map(|t| t as f64).collect()
+        };
         Ok(Self {
             config,
             train_sigmas,
-            timesteps: (0..n).rev().map(|t| t as f64).collect(),
+            timesteps,
             sigmas,
             step_index: None,
             begin_index: None,
@@ -149,6 +162,11 @@ impl EulerDiscreteScheduler {
     /// From `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
         Self::new(serde_json::from_str(json)?)
+    }
+
+    fn continuous_v(&self) -> bool {
+        self.config.timestep_type == "continuous"
+            && self.config.prediction_type == PredictionType::VPrediction
     }
 
     fn index(&mut self, timestep: f64) -> Result<usize> {
@@ -206,6 +224,12 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
                 reason: "cannot set `timesteps` with karras or exponential sigmas".into(),
             });
         }
+        if opts.timesteps.is_some() && self.continuous_v() {
+            return Err(Error::ConflictingOptions {
+                class: CLASS,
+                reason: "cannot set `timesteps` with continuous timesteps and v_prediction".into(),
+            });
+        }
         let log_sigmas: Vec<f32> = self.train_sigmas.iter().map(|s| s.ln()).collect();
         let (timesteps, sigmas): (Vec<f64>, Vec<f32>) = if let Some(s) = &opts.sigmas {
             if s.len() < 2 {
@@ -258,7 +282,15 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
             sig.push(last);
             (ts, sig.into_iter().map(|v| v as f32).collect())
         };
-        self.timesteps = timesteps.into_iter().map(|t| t as f32 as f64).collect();
+        self.timesteps = if self.continuous_v() {
+            // `0.25 * log(sigma)` (EDM-style continuous timesteps for v-prediction models).
+            sigmas[..sigmas.len() - 1]
+                .iter()
+                .map(|s| (0.25f32 * s.ln()) as f64)
+                .collect()
+        } else {
+            timesteps.into_iter().map(|t| t as f32 as f64).collect()
+        };
         self.sigmas = sigmas;
         self.step_index = None;
         self.begin_index = None;

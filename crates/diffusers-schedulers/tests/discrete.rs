@@ -34,7 +34,7 @@ fn loops_match_diffusers() {
         .keys()
         .cloned()
         .collect();
-    assert_eq!(names.len(), 12);
+    assert_eq!(names.len(), 13);
     for name in names {
         let c = fx.case(&name).clone();
         let config = c["config"].as_object().expect("config").clone();
