@@ -314,9 +314,21 @@ def stage_random(out: Path):
                 second = torch.randn((3,), generator=g, dtype=dtype)
                 c.add(name, "randn", {"seed": seed, "shape": list(shape), "dtype": str(dtype).split(".")[-1]},
                       {}, {"first": first, "second": second})
+    for seed in [0, 42]:
+        for shape in [(5,), (16,), (37,), (1, 4, 8, 8)]:
+            for dtype in [torch.bfloat16, torch.float16]:
+                g = torch.Generator("cpu").manual_seed(seed)
+                name = f"randn_{seed}_{'x'.join(map(str, shape))}_{str(dtype).split('.')[-1]}"
+                first = torch.randn(shape, generator=g, dtype=dtype)
+                second = torch.randn((3,), generator=g, dtype=dtype)
+                c.add(name, "randn", {"seed": seed, "shape": list(shape), "dtype": str(dtype).split(".")[-1]},
+                      {}, {"first": first, "second": second})
     gens = [torch.Generator("cpu").manual_seed(s) for s in (7, 8)]
     c.add("randn_tensor_per_sample", "randn_tensor", {"seeds": [7, 8], "shape": [2, 4, 3, 3]}, {},
           {"output": randn_tensor((2, 4, 3, 3), generator=gens, dtype=torch.float32)})
+    gens = [torch.Generator("cpu").manual_seed(s) for s in (7, 8)]
+    c.add("randn_tensor_per_sample_bf16", "randn_tensor", {"seeds": [7, 8], "shape": [2, 4, 3, 3]}, {},
+          {"output": randn_tensor((2, 4, 3, 3), generator=gens, dtype=torch.bfloat16)})
     c.add("randn_tensor_single", "randn_tensor", {"seeds": [9], "shape": [2, 4, 3, 3]}, {},
           {"output": randn_tensor((2, 4, 3, 3), generator=torch.Generator("cpu").manual_seed(9), dtype=torch.float32)})
     c.save(out / "schedulers", "random")

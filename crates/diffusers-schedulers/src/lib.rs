@@ -49,7 +49,7 @@ pub use k_dpm_2_discrete::{KDPM2Config, KDPM2DiscreteScheduler};
 pub use lcm::{LCMConfig, LCMScheduler};
 pub use lms_discrete::{LMSDiscreteConfig, LMSDiscreteScheduler};
 pub use pndm::{PNDMConfig, PNDMScheduler};
-pub use random::{Generators, TorchGenerator, randn_tensor};
+pub use random::{Generators, HalfType, TorchGenerator, randn_tensor};
 pub use registry::{from_config, from_json, is_compatible};
 pub use scheduler::{
     NoiseSource, RecordedNoise, Scheduler, TimestepOptions, index_for_timestep, linspace,

@@ -166,6 +166,50 @@ impl TorchGenerator {
     }
 }
 
+/// A 16-bit float type torch can draw normals in directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfType {
+    /// `torch.bfloat16` (8 significant bits).
+    BF16,
+    /// `torch.float16` (11 significant bits).
+    F16,
+}
+
+impl HalfType {
+    /// Rounds an f32 to this type (round to nearest even, as c10 does) and back.
+    fn round(self, x: f32) -> f32 {
+        match self {
+            HalfType::BF16 => half::bf16::from_f32(x).to_f32(),
+            HalfType::F16 => half::f16::from_f32(x).to_f32(),
+        }
+    }
+}
+
+impl TorchGenerator {
+    /// `torch.randn(n, generator=g, dtype=torch.bfloat16 / torch.float16)`, as f32 values that are
+    /// exactly representable in the type: torch samples half types in f32 groups of 16 (or through
+    /// f64 below 16 elements), then rounds to the type.
+    pub fn randn_half(&mut self, n: usize, t: HalfType) -> Vec<f32> {
+        if n < 16 {
+            return (0..n).map(|_| t.round(self.normal_f64() as f32)).collect();
+        }
+        // Unlike the f32 path, only whole groups of 16 are pre-drawn; a remainder is covered by
+        // 16 fresh uniforms written over the last 16 values (measured against torch 2.15).
+        let whole = n / 16 * 16;
+        let mut data: Vec<f32> = (0..whole).map(|_| self.uniform_f32()).collect();
+        for group in data.chunks_mut(16) {
+            Self::fill16(group);
+        }
+        data.resize(n, 0.0);
+        if !n.is_multiple_of(16) {
+            let mut tail: Vec<f32> = (0..16).map(|_| self.uniform_f32()).collect();
+            Self::fill16(&mut tail);
+            data[n - 16..].copy_from_slice(&tail);
+        }
+        data.into_iter().map(|v| t.round(v)).collect()
+    }
+}
+
 /// The generators diffusers' `randn_tensor` accepts: one for the whole batch, or one per sample.
 #[derive(Debug)]
 pub enum Generators<'a> {
@@ -175,8 +219,9 @@ pub enum Generators<'a> {
     PerSample(&'a mut [TorchGenerator]),
 }
 
-/// diffusers' `randn_tensor(shape, generator, dtype=float32)` on the CPU, moved to `device` in
-/// `dtype`. With one generator per sample, each sample is drawn with its own generator.
+/// diffusers' `randn_tensor(shape, generator, dtype)` on the CPU, moved to `device`: f32 (and
+/// f64) draws for float types, torch's own bf16/f16 sampling for half types. With one generator
+/// per sample, each sample is drawn with its own generator.
 pub fn randn_tensor<B: Backend, const D: usize>(
     shape: [usize; D],
     generators: Generators<'_>,
@@ -184,8 +229,14 @@ pub fn randn_tensor<B: Backend, const D: usize>(
     dtype: DType,
 ) -> Result<Tensor<B, D>, crate::Error> {
     let numel: usize = shape.iter().product();
+    // diffusers draws directly in the latents' dtype: half types have their own sampling path.
+    let draw = |g: &mut TorchGenerator, n: usize| match dtype {
+        DType::BF16 => g.randn_half(n, HalfType::BF16),
+        DType::F16 => g.randn_half(n, HalfType::F16),
+        _ => g.randn(n),
+    };
     let values = match generators {
-        Generators::One(g) => g.randn(numel),
+        Generators::One(g) => draw(g, numel),
         Generators::PerSample(gs) => {
             let batch = shape.first().copied().unwrap_or(1);
             if gs.len() != batch {
@@ -195,7 +246,7 @@ pub fn randn_tensor<B: Backend, const D: usize>(
                 });
             }
             let per = numel / batch.max(1);
-            gs.iter_mut().flat_map(|g| g.randn(per)).collect()
+            gs.iter_mut().flat_map(|g| draw(g, per)).collect()
         }
     };
     Ok(Tensor::from_data(

@@ -4,7 +4,7 @@
 use burn::tensor::DType;
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol, assert_close};
-use diffusers_schedulers::{Generators, TorchGenerator, randn_tensor};
+use diffusers_schedulers::{Generators, HalfType, TorchGenerator, randn_tensor};
 
 /// Small tensors (under 16 elements) are drawn through f64 exactly as torch does: bit-equal.
 /// Larger f32 tensors: torch's AVX2 kernel approximates log/sin/cos (`avx_mathfun`), the host
@@ -36,7 +36,14 @@ fn randn_matches_torch() {
             .collect();
         let n: usize = shape.iter().product();
         let mut g = TorchGenerator::new(seed_of(c));
-        let (first, second): (Vec<f32>, Vec<f32>) = if c["dtype"] == "float64" {
+        let half = match c["dtype"].as_str() {
+            Some("bfloat16") => Some(HalfType::BF16),
+            Some("float16") => Some(HalfType::F16),
+            _ => None,
+        };
+        let (first, second): (Vec<f32>, Vec<f32>) = if let Some(h) = half {
+            (g.randn_half(n, h), g.randn_half(3, h))
+        } else if c["dtype"] == "float64" {
             let a = g.randn_f64(n).into_iter().map(|v| v as f32).collect();
             let b = g.randn_f64(3).into_iter().map(|v| v as f32).collect();
             (a, b)
@@ -73,7 +80,8 @@ fn randn_matches_torch() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 80);
+    // bf16/f16 draws go through the same path as torch (scalar libm), so they are exact too.
+    assert_eq!(checked, 96);
 }
 
 #[test]
@@ -94,6 +102,22 @@ fn randn_tensor_matches_diffusers() {
         None,
         LARGE_F32,
         "per-sample",
+    );
+    let mut gens = [TorchGenerator::new(7), TorchGenerator::new(8)];
+    let t = randn_tensor::<Cpu, 4>(
+        [2, 4, 3, 3],
+        Generators::PerSample(&mut gens),
+        &dev,
+        DType::BF16,
+    )
+    .expect("randn");
+    assert_eq!(t.dtype(), DType::BF16);
+    assert_close(
+        t,
+        &fx.values("randn_tensor_per_sample_bf16.output"),
+        None,
+        EXACT,
+        "per-sample bf16",
     );
     let mut g = TorchGenerator::new(9);
     let t = randn_tensor::<Cpu, 4>([2, 4, 3, 3], Generators::One(&mut g), &dev, DType::F32)
