@@ -9,7 +9,6 @@ use serde_json::{Map, Value};
 use crate::discrete::{
     BetaConfig, PredictionType, TimestepSpacing, alphas_cumprod, check_steps, round_half_even,
 };
-use crate::flow_match_euler_discrete::entropy_seed;
 use crate::random::TorchGenerator;
 use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions};
 use crate::{Error, Result};
@@ -123,10 +122,7 @@ impl<B: Backend> Scheduler<B> for DDIMScheduler {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
@@ -243,13 +239,7 @@ impl<B: Backend> Scheduler<B> for DDIMScheduler {
         if self.eta > 0.0 {
             let dims = prev.dims();
             let count = dims[0] * dims[1];
-            let values = match noise {
-                Some(src) => src.noise(count),
-                None => self
-                    .fallback
-                    .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
-                    .randn(count),
-            };
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
             let device = prev.device();
             let z = Tensor::<B, 2>::from_data(TensorData::new(values, dims), (&device, DType::F32))
                 .cast(prev.dtype());

@@ -9,7 +9,6 @@ use serde_json::{Map, Value};
 use crate::discrete::{
     BetaConfig, PredictionType, TimestepSpacing, alphas_cumprod, check_steps, round_half_even,
 };
-use crate::flow_match_euler_discrete::entropy_seed;
 use crate::random::TorchGenerator;
 use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, linspace};
 use crate::{Error, Result};
@@ -135,10 +134,7 @@ impl<B: Backend> Scheduler<B> for DDPMScheduler {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
@@ -264,13 +260,7 @@ impl<B: Backend> Scheduler<B> for DDPMScheduler {
         if t > 0 {
             let dims = prev.dims();
             let count = dims[0] * dims[1];
-            let values = match noise {
-                Some(src) => src.noise(count),
-                None => self
-                    .fallback
-                    .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
-                    .randn(count),
-            };
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
             let z = Tensor::<B, 2>::from_data(
                 TensorData::new(values, dims),
                 (&prev.device(), DType::F32),

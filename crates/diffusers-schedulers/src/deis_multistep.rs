@@ -129,17 +129,12 @@ impl<B: Backend> DEISMultistepScheduler<B> {
             class: CLASS,
             reason: r.to_string(),
         };
-        let flags = [
-            config.use_beta_sigmas,
-            config.use_exponential_sigmas,
+        crate::discrete::check_sigma_flags(
             config.use_karras_sigmas,
-        ]
-        .iter()
-        .filter(|f| **f)
-        .count();
-        if flags > 1 {
-            return Err(Error::ConflictingOptions { class: CLASS, reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into() });
-        }
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+            CLASS,
+        )?;
         if !(1..=3).contains(&config.solver_order) {
             return Err(bad("`solver_order` must be 1, 2 or 3"));
         }
@@ -215,10 +210,7 @@ impl<B: Backend> Scheduler<B> for DEISMultistepScheduler<B> {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {

@@ -339,3 +339,45 @@ pub fn threshold_sample<B: burn::prelude::Backend>(
         .min_pair(s.clone().expand([b, n]));
     (clamped / s).cast(dtype)
 }
+
+/// `init_noise_sigma` of the Karras-sigma schedulers: the largest sigma, or `sqrt(max^2 + 1)`
+/// for `leading` spacing.
+pub(crate) fn sigma_init_noise(sigmas: &[f32], spacing: TimestepSpacing) -> f64 {
+    let max = sigmas.iter().copied().fold(0f32, f32::max);
+    match spacing {
+        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
+        TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
+    }
+}
+
+/// Rejects more than one of the karras/exponential/beta sigma schedules.
+pub(crate) fn check_sigma_flags(
+    karras: bool,
+    exponential: bool,
+    beta: bool,
+    class: &'static str,
+) -> Result<()> {
+    if [karras, exponential, beta].iter().filter(|f| **f).count() > 1 {
+        return Err(Error::ConflictingOptions {
+            class,
+            reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The denoised sample of the Karras-sigma schedulers (`pred_original_sample`) at `sigma`.
+pub(crate) fn x0_at_sigma<B: burn::prelude::Backend>(
+    prediction: PredictionType,
+    model_output: burn::tensor::Tensor<B, 2>,
+    sample: burn::tensor::Tensor<B, 2>,
+    sigma: f32,
+) -> burn::tensor::Tensor<B, 2> {
+    match prediction {
+        PredictionType::Sample => model_output,
+        PredictionType::VPrediction => {
+            model_output * (-sigma / (sigma * sigma + 1.0).sqrt()) + sample / (sigma * sigma + 1.0)
+        }
+        _ => sample - model_output * sigma,
+    }
+}

@@ -10,7 +10,6 @@ use crate::discrete::{
     BetaConfig, BetaSchedule, PredictionType, TimestepSpacing, alphas_cumprod, check_steps,
     round_half_even, sigma_to_t,
 };
-use crate::flow_match_euler_discrete::entropy_seed;
 use crate::random::TorchGenerator;
 use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, index_for_timestep, linspace};
 use crate::sigmas::{exponential_sigmas, karras_sigmas};
@@ -196,20 +195,12 @@ impl<B: Backend> DPMSolverMultistepScheduler<B> {
             class: CLASS,
             reason: r.to_string(),
         };
-        let n_sched = [
-            config.use_beta_sigmas,
-            config.use_exponential_sigmas,
+        crate::discrete::check_sigma_flags(
             config.use_karras_sigmas,
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if n_sched > 1 {
-            return Err(Error::ConflictingOptions {
-                class: CLASS,
-                reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into(),
-            });
-        }
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+            CLASS,
+        )?;
         if config.variance_type.is_some() {
             return Err(bad(
                 "`variance_type` learned/learned_range is not supported yet",
@@ -343,10 +334,7 @@ impl<B: Backend> Scheduler<B> for DPMSolverMultistepScheduler<B> {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
@@ -578,13 +566,7 @@ impl<B: Backend> Scheduler<B> for DPMSolverMultistepScheduler<B> {
         let noise: Option<Tensor<B, 2>> = if sde {
             let dims = sample.dims();
             let count = dims[0] * dims[1];
-            let values = match noise {
-                Some(src) => src.noise(count),
-                None => self
-                    .fallback
-                    .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
-                    .randn(count),
-            };
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
             Some(Tensor::from_data(
                 TensorData::new(values, dims),
                 (&sample.device(), DType::F32),

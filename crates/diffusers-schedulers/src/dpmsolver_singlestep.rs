@@ -13,7 +13,6 @@ use crate::discrete::{
 use crate::dpmsolver_multistep::{
     AlgorithmType, ConvertOptions, SolverType, alpha_sigma, convert_model_output,
 };
-use crate::flow_match_euler_discrete::entropy_seed;
 use crate::random::TorchGenerator;
 use crate::scheduler::{
     NoiseSource, Scheduler, TimestepOptions, index_for_timestep, linspace, noise_index,
@@ -137,17 +136,12 @@ impl<B: Backend> DPMSolverSinglestepScheduler<B> {
             class: CLASS,
             reason: r.to_string(),
         };
-        let flags = [
-            config.use_beta_sigmas,
-            config.use_exponential_sigmas,
+        crate::discrete::check_sigma_flags(
             config.use_karras_sigmas,
-        ]
-        .iter()
-        .filter(|f| **f)
-        .count();
-        if flags > 1 {
-            return Err(Error::ConflictingOptions { class: CLASS, reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into() });
-        }
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+            CLASS,
+        )?;
         if !(1..=3).contains(&config.solver_order) {
             return Err(bad("`solver_order` must be 1, 2 or 3"));
         }
@@ -255,10 +249,7 @@ impl<B: Backend> Scheduler<B> for DPMSolverSinglestepScheduler<B> {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
@@ -452,13 +443,7 @@ impl<B: Backend> Scheduler<B> for DPMSolverSinglestepScheduler<B> {
         let z: Option<Tensor<B, 2>> = if cfg.algorithm_type == AlgorithmType::SdeDpmSolverPlusPlus {
             let dims = sample.dims();
             let count = dims[0] * dims[1];
-            let values = match noise {
-                Some(src) => src.noise(count),
-                None => self
-                    .fallback
-                    .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
-                    .randn(count),
-            };
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
             Some(Tensor::from_data(
                 TensorData::new(values, dims),
                 (&sample.device(), DType::F32),

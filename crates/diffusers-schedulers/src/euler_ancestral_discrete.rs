@@ -10,9 +10,8 @@ use crate::discrete::{
     BetaConfig, PredictionType, TimestepSpacing, alphas_cumprod, check_steps, interp_index,
     spaced_timesteps,
 };
-use crate::flow_match_euler_discrete::entropy_seed;
 use crate::random::TorchGenerator;
-use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, index_for_timestep};
+use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions};
 use crate::{Error, Result};
 
 const CLASS: &str = "EulerAncestralDiscreteScheduler";
@@ -95,20 +94,13 @@ impl EulerAncestralDiscreteScheduler {
     }
 
     fn index(&mut self, timestep: f64) -> Result<usize> {
-        if let Some(i) = self.step_index {
-            return Ok(i);
-        }
-        let i = match self.begin_index {
-            Some(b) => b,
-            None => {
-                index_for_timestep(&self.timesteps, timestep).ok_or_else(|| Error::InvalidStep {
-                    class: CLASS,
-                    reason: format!("timestep {timestep} is not in the schedule"),
-                })?
-            }
-        };
-        self.step_index = Some(i);
-        Ok(i)
+        crate::scheduler::resolve_step_index(
+            &mut self.step_index,
+            self.begin_index,
+            &self.timesteps,
+            timestep,
+            CLASS,
+        )
     }
 }
 
@@ -118,10 +110,7 @@ impl<B: Backend> Scheduler<B> for EulerAncestralDiscreteScheduler {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
@@ -166,11 +155,7 @@ impl<B: Backend> Scheduler<B> for EulerAncestralDiscreteScheduler {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        let max = self.sigmas.iter().copied().fold(0f32, f32::max);
-        match self.config.timestep_spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
-            TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
-        }
+        crate::discrete::sigma_init_noise(&self.sigmas, self.config.timestep_spacing)
     }
 
     fn sigmas(&self) -> Option<Vec<f64>> {
@@ -221,13 +206,12 @@ impl<B: Backend> Scheduler<B> for EulerAncestralDiscreteScheduler {
         let sample = sample.cast(DType::F32);
         let model_output = model_output.cast(DType::F32);
         let sigma = self.sigmas[i];
-        let x0 = match self.config.prediction_type {
-            PredictionType::VPrediction => {
-                model_output * (-sigma / (sigma * sigma + 1.0).sqrt())
-                    + sample.clone() / (sigma * sigma + 1.0)
-            }
-            _ => sample.clone() - model_output * sigma,
-        };
+        let x0 = crate::discrete::x0_at_sigma(
+            self.config.prediction_type,
+            model_output,
+            sample.clone(),
+            sigma,
+        );
         let (from, to) = (sigma, self.sigmas[i + 1]);
         let up = (to * to * (from * from - to * to) / (from * from)).sqrt();
         let down = (to * to - up * up).sqrt();
@@ -235,13 +219,7 @@ impl<B: Backend> Scheduler<B> for EulerAncestralDiscreteScheduler {
         let prev = sample + derivative * (down - sigma);
         let dims = prev.dims();
         let count = dims[0] * dims[1];
-        let values = match noise {
-            Some(src) => src.noise(count),
-            None => self
-                .fallback
-                .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
-                .randn(count),
-        };
+        let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
         let z =
             Tensor::<B, 2>::from_data(TensorData::new(values, dims), (&prev.device(), DType::F32));
         let prev = prev + z * up;

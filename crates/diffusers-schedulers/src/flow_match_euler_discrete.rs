@@ -175,20 +175,12 @@ fn shift_and_stretch<T: Float>(
 impl FlowMatchEulerDiscreteScheduler {
     /// Builds the scheduler from its config.
     pub fn new(config: FlowMatchEulerDiscreteConfig) -> Result<Self> {
-        let n_sched = [
-            config.use_beta_sigmas,
-            config.use_exponential_sigmas,
+        crate::discrete::check_sigma_flags(
             config.use_karras_sigmas,
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if n_sched > 1 {
-            return Err(Error::ConflictingOptions {
-                class: CLASS,
-                reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into(),
-            });
-        }
+            config.use_exponential_sigmas,
+            config.use_beta_sigmas,
+            CLASS,
+        )?;
         if config.num_train_timesteps == 0 {
             return Err(Error::InvalidConfig {
                 class: CLASS,
@@ -381,10 +373,7 @@ impl<B: Backend> Scheduler<B> for FlowMatchEulerDiscreteScheduler {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
@@ -438,13 +427,7 @@ impl<B: Backend> Scheduler<B> for FlowMatchEulerDiscreteScheduler {
             let x0 = sample.clone() - model_output * sigma;
             let dims = sample.dims();
             let n = dims[0] * dims[1];
-            let values = match noise {
-                Some(src) => src.noise(n),
-                None => self
-                    .fallback_generator
-                    .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
-                    .randn(n),
-            };
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback_generator, n);
             let noise = Tensor::<B, 2>::from_data(
                 TensorData::new(values, dims),
                 (&sample.device(), DType::F32),
@@ -457,13 +440,4 @@ impl<B: Backend> Scheduler<B> for FlowMatchEulerDiscreteScheduler {
         self.step_index = Some(idx + 1);
         Ok(prev.cast(out_dtype))
     }
-}
-
-/// A seed for stochastic steps when the caller gives no generator (as torch's default generator).
-pub(crate) fn entropy_seed() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }

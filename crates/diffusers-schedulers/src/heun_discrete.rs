@@ -10,7 +10,7 @@ use crate::discrete::{
     BetaConfig, BetaSchedule, PredictionType, TimestepSpacing, alphas_cumprod, check_steps,
     interp_index, sigma_to_t, spaced_timesteps,
 };
-use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, index_for_timestep};
+use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions};
 use crate::sigmas::{exponential_sigmas, karras_sigmas};
 use crate::{Error, Result};
 
@@ -102,17 +102,12 @@ pub struct HeunDiscreteScheduler<B: Backend> {
 impl<B: Backend> HeunDiscreteScheduler<B> {
     /// Builds the scheduler.
     pub fn new(config: HeunDiscreteConfig) -> Result<Self> {
-        let flags = [
+        crate::discrete::check_sigma_flags(
             config.use_karras_sigmas,
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
-        ]
-        .iter()
-        .filter(|f| **f)
-        .count();
-        if flags > 1 {
-            return Err(Error::ConflictingOptions { class: CLASS, reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into() });
-        }
+            CLASS,
+        )?;
         if config.prediction_type == PredictionType::FlowPrediction {
             return Err(Error::InvalidConfig {
                 class: CLASS,
@@ -209,20 +204,13 @@ impl<B: Backend> HeunDiscreteScheduler<B> {
     }
 
     fn index(&mut self, timestep: f64) -> Result<usize> {
-        if let Some(i) = self.step_index {
-            return Ok(i);
-        }
-        let i = match self.begin_index {
-            Some(b) => b,
-            None => {
-                index_for_timestep(&self.timesteps, timestep).ok_or_else(|| Error::InvalidStep {
-                    class: CLASS,
-                    reason: format!("timestep {timestep} is not in the schedule"),
-                })?
-            }
-        };
-        self.step_index = Some(i);
-        Ok(i)
+        crate::scheduler::resolve_step_index(
+            &mut self.step_index,
+            self.begin_index,
+            &self.timesteps,
+            timestep,
+            CLASS,
+        )
     }
 }
 
@@ -232,10 +220,7 @@ impl<B: Backend> Scheduler<B> for HeunDiscreteScheduler<B> {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
@@ -271,11 +256,7 @@ impl<B: Backend> Scheduler<B> for HeunDiscreteScheduler<B> {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        let max = self.sigmas.iter().copied().fold(0f32, f32::max);
-        match self.config.timestep_spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
-            TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
-        }
+        crate::discrete::sigma_init_noise(&self.sigmas, self.config.timestep_spacing)
     }
 
     fn order(&self) -> usize {
@@ -332,14 +313,12 @@ impl<B: Backend> Scheduler<B> for HeunDiscreteScheduler<B> {
             (self.sigmas[i - 1], self.sigmas[i])
         };
         let sigma_input = if first { sigma } else { sigma_next };
-        let x0 = match self.config.prediction_type {
-            PredictionType::Sample => model_output,
-            PredictionType::VPrediction => {
-                model_output * (-sigma_input / (sigma_input * sigma_input + 1.0).sqrt())
-                    + sample.clone() / (sigma_input * sigma_input + 1.0)
-            }
-            _ => sample.clone() - model_output * sigma_input,
-        };
+        let x0 = crate::discrete::x0_at_sigma(
+            self.config.prediction_type,
+            model_output,
+            sample.clone(),
+            sigma_input,
+        );
         let x0 = if self.config.clip_sample {
             let r = self.config.clip_sample_range;
             x0.clamp(-r, r)

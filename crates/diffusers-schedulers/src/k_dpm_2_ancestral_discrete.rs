@@ -4,11 +4,10 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use serde_json::{Map, Value};
 
-use crate::discrete::{PredictionType, TimestepSpacing, sigma_to_t};
-use crate::flow_match_euler_discrete::entropy_seed;
+use crate::discrete::sigma_to_t;
 use crate::k_dpm_2_discrete::{KDPM2Config, base_schedule, lerp_half, repeat_inner, validate};
 use crate::random::TorchGenerator;
-use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, index_for_timestep, noise_index};
+use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, noise_index};
 use crate::{Error, Result};
 
 const CLASS: &str = "KDPM2AncestralDiscreteScheduler";
@@ -57,20 +56,13 @@ impl<B: Backend> KDPM2AncestralDiscreteScheduler<B> {
     }
 
     fn index(&mut self, timestep: f64) -> Result<usize> {
-        if let Some(i) = self.step_index {
-            return Ok(i);
-        }
-        let i = match self.begin_index {
-            Some(b) => b,
-            None => {
-                index_for_timestep(&self.timesteps, timestep).ok_or_else(|| Error::InvalidStep {
-                    class: CLASS,
-                    reason: format!("timestep {timestep} is not in the schedule"),
-                })?
-            }
-        };
-        self.step_index = Some(i);
-        Ok(i)
+        crate::scheduler::resolve_step_index(
+            &mut self.step_index,
+            self.begin_index,
+            &self.timesteps,
+            timestep,
+            CLASS,
+        )
     }
 }
 
@@ -80,10 +72,7 @@ impl<B: Backend> Scheduler<B> for KDPM2AncestralDiscreteScheduler<B> {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
@@ -134,11 +123,7 @@ impl<B: Backend> Scheduler<B> for KDPM2AncestralDiscreteScheduler<B> {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        let max = self.sigmas.iter().copied().fold(0f32, f32::max);
-        match self.config.timestep_spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
-            TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
-        }
+        crate::discrete::sigma_init_noise(&self.sigmas, self.config.timestep_spacing)
     }
 
     fn order(&self) -> usize {
@@ -198,13 +183,12 @@ impl<B: Backend> Scheduler<B> for KDPM2AncestralDiscreteScheduler<B> {
         let up = self.sigmas_up[j];
         let down = self.sigmas_down[if first { i.saturating_sub(1) } else { i - 1 }];
         let sigma_input = if first { sigma } else { interpol };
-        let x0 = match self.config.prediction_type {
-            PredictionType::VPrediction => {
-                model_output * (-sigma_input / (sigma_input * sigma_input + 1.0).sqrt())
-                    + sample.clone() / (sigma_input * sigma_input + 1.0)
-            }
-            _ => sample.clone() - model_output * sigma_input,
-        };
+        let x0 = crate::discrete::x0_at_sigma(
+            self.config.prediction_type,
+            model_output,
+            sample.clone(),
+            sigma_input,
+        );
         let prev = if first {
             let derivative = (sample.clone() - x0) / sigma;
             self.first_sample = Some(sample.clone());
@@ -215,13 +199,7 @@ impl<B: Backend> Scheduler<B> for KDPM2AncestralDiscreteScheduler<B> {
             let prev = base + derivative * (down - sigma);
             let dims = prev.dims();
             let count = dims[0] * dims[1];
-            let values = match noise {
-                Some(src) => src.noise(count),
-                None => self
-                    .fallback
-                    .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
-                    .randn(count),
-            };
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
             let z = Tensor::<B, 2>::from_data(
                 TensorData::new(values, dims),
                 (&prev.device(), DType::F32),

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::discrete::{BetaConfig, BetaSchedule, PredictionType, alphas_cumprod};
-use crate::flow_match_euler_discrete::entropy_seed;
 use crate::random::TorchGenerator;
 use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, index_for_timestep};
 use crate::{Error, Result};
@@ -164,10 +163,7 @@ impl<B: Backend> Scheduler<B> for LCMScheduler {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
@@ -338,13 +334,7 @@ impl<B: Backend> Scheduler<B> for LCMScheduler {
         let prev = if i + 1 != n {
             let dims = denoised.dims();
             let count = dims[0] * dims[1];
-            let values = match noise {
-                Some(src) => src.noise(count),
-                None => self
-                    .fallback
-                    .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
-                    .randn(count),
-            };
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
             let z = Tensor::<B, 2>::from_data(
                 TensorData::new(values, dims),
                 (&denoised.device(), DType::F32),

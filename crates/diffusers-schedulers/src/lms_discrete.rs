@@ -10,7 +10,7 @@ use crate::discrete::{
     BetaConfig, PredictionType, TimestepSpacing, alphas_cumprod, check_steps, interp_index,
     sigma_to_t, spaced_timesteps,
 };
-use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, index_for_timestep, noise_index};
+use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, noise_index};
 use crate::sigmas::{exponential_sigmas, karras_sigmas};
 use crate::{Error, Result};
 
@@ -88,17 +88,12 @@ fn integrate(f: impl Fn(f64) -> f64, a: f64, b: f64) -> f64 {
 impl<B: Backend> LMSDiscreteScheduler<B> {
     /// Builds the scheduler.
     pub fn new(config: LMSDiscreteConfig) -> Result<Self> {
-        let flags = [
+        crate::discrete::check_sigma_flags(
             config.use_karras_sigmas,
             config.use_exponential_sigmas,
             config.use_beta_sigmas,
-        ]
-        .iter()
-        .filter(|f| **f)
-        .count();
-        if flags > 1 {
-            return Err(Error::ConflictingOptions { class: CLASS, reason: "only one of `use_beta_sigmas`, `use_exponential_sigmas`, `use_karras_sigmas` can be used".into() });
-        }
+            CLASS,
+        )?;
         if config.prediction_type == PredictionType::FlowPrediction {
             return Err(Error::InvalidConfig {
                 class: CLASS,
@@ -145,20 +140,13 @@ impl<B: Backend> LMSDiscreteScheduler<B> {
     }
 
     fn index(&mut self, timestep: f64) -> Result<usize> {
-        if let Some(i) = self.step_index {
-            return Ok(i);
-        }
-        let i = match self.begin_index {
-            Some(b) => b,
-            None => {
-                index_for_timestep(&self.timesteps, timestep).ok_or_else(|| Error::InvalidStep {
-                    class: CLASS,
-                    reason: format!("timestep {timestep} is not in the schedule"),
-                })?
-            }
-        };
-        self.step_index = Some(i);
-        Ok(i)
+        crate::scheduler::resolve_step_index(
+            &mut self.step_index,
+            self.begin_index,
+            &self.timesteps,
+            timestep,
+            CLASS,
+        )
     }
 }
 
@@ -168,10 +156,7 @@ impl<B: Backend> Scheduler<B> for LMSDiscreteScheduler<B> {
     }
 
     fn config(&self) -> Map<String, Value> {
-        match serde_json::to_value(&self.config) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        }
+        crate::scheduler::config_map(&self.config)
     }
 
     fn set_timesteps(&mut self, opts: &TimestepOptions) -> Result<()> {
@@ -228,11 +213,7 @@ impl<B: Backend> Scheduler<B> for LMSDiscreteScheduler<B> {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        let max = self.sigmas.iter().copied().fold(0f32, f32::max);
-        match self.config.timestep_spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
-            TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
-        }
+        crate::discrete::sigma_init_noise(&self.sigmas, self.config.timestep_spacing)
     }
 
     fn set_begin_index(&mut self, begin_index: usize) {
@@ -278,14 +259,12 @@ impl<B: Backend> Scheduler<B> for LMSDiscreteScheduler<B> {
         let model_output = model_output.cast(DType::F32);
         let sample = sample.cast(DType::F32);
         let sigma = self.sigmas[i];
-        let x0 = match self.config.prediction_type {
-            PredictionType::Sample => model_output,
-            PredictionType::VPrediction => {
-                model_output * (-sigma / (sigma * sigma + 1.0).sqrt())
-                    + sample.clone() / (sigma * sigma + 1.0)
-            }
-            _ => sample.clone() - model_output * sigma,
-        };
+        let x0 = crate::discrete::x0_at_sigma(
+            self.config.prediction_type,
+            model_output,
+            sample.clone(),
+            sigma,
+        );
         let derivative = (sample.clone() - x0) / sigma;
         self.derivatives.push(derivative);
         if self.derivatives.len() > self.order {

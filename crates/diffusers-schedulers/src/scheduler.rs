@@ -237,3 +237,60 @@ pub fn add_noise_alphas<B: Backend>(
         })?;
     Ok(original * a.sqrt() + noise * (1.0 - a).sqrt())
 }
+
+/// A config struct as the JSON map diffusers would save.
+pub(crate) fn config_map<T: serde::Serialize>(config: &T) -> Map<String, Value> {
+    match serde_json::to_value(config) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// The step index on the first call of a run: the begin index if set, else the timestep's
+/// index (`_init_step_index`). Later calls keep the stored index.
+pub(crate) fn resolve_step_index(
+    step_index: &mut Option<usize>,
+    begin_index: Option<usize>,
+    schedule: &[f64],
+    timestep: f64,
+    class: &'static str,
+) -> Result<usize> {
+    if let Some(i) = *step_index {
+        return Ok(i);
+    }
+    let i = match begin_index {
+        Some(b) => b,
+        None => index_for_timestep(schedule, timestep).ok_or_else(|| Error::InvalidStep {
+            class,
+            reason: format!(
+                "timestep {timestep} is not in the schedule (call set_timesteps first)"
+            ),
+        })?,
+    };
+    *step_index = Some(i);
+    Ok(i)
+}
+
+/// `count` standard normals (f32): from the caller's source, else from a generator seeded from
+/// the clock, as torch's default generator would be.
+pub(crate) fn noise_values(
+    noise: Option<&mut dyn NoiseSource>,
+    fallback: &mut Option<TorchGenerator>,
+    count: usize,
+) -> Vec<f32> {
+    match noise {
+        Some(src) => src.noise(count),
+        None => fallback
+            .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
+            .randn(count),
+    }
+}
+
+/// A seed for stochastic steps when the caller gives no generator.
+pub(crate) fn entropy_seed() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

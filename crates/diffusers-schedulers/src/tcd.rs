@@ -6,9 +6,7 @@ use burn::tensor::{DType, TensorData};
 use serde_json::{Map, Value};
 
 use crate::discrete::PredictionType;
-use crate::flow_match_euler_discrete::entropy_seed;
 use crate::lcm::{LCMConfig, LCMScheduler};
-use crate::random::TorchGenerator;
 use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, index_for_timestep};
 use crate::{Error, Result};
 
@@ -136,13 +134,7 @@ impl<B: Backend> Scheduler<B> for TCDScheduler {
         let prev = if self.eta > 0.0 && i + 1 != n {
             let dims = noised.dims();
             let count = dims[0] * dims[1];
-            let values = match noise {
-                Some(src) => src.noise(count),
-                None => s
-                    .fallback
-                    .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
-                    .randn(count),
-            };
+            let values = crate::scheduler::noise_values(noise, &mut s.fallback, count);
             let z = Tensor::<B, 2>::from_data(
                 TensorData::new(values, dims),
                 (&noised.device(), DType::F32),
