@@ -675,7 +675,58 @@ def stage_discrete_schedulers(out: Path):
                                          "prediction_type": "flow_prediction"}, {"num_inference_steps": 6})
     c.save(out / "schedulers", "dpmsolver_singlestep")
 
-STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers}
+
+@torch.no_grad()
+def stage_text_encoders(out: Path):
+    """Tiny CLIP text encoders saved in the hub layout, with their outputs for fixed token ids."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    c = Cases()
+    root = out / "text_encoders"
+    variants = {
+        # SD 1.x style: quick_gelu, eos id at the end of the vocabulary (first-eos pooling).
+        "clip_quick_gelu": dict(hidden_act="quick_gelu", eos_token_id=99, with_projection=False),
+        # SD 2.x / SDXL OpenCLIP style: gelu, projection, legacy eos id 2 (argmax pooling).
+        "clip_gelu_projection": dict(hidden_act="gelu", eos_token_id=2, with_projection=True),
+    }
+    for name, v in variants.items():
+        torch.manual_seed(3)
+        cfg = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=37, projection_dim=24,
+                             num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
+                             hidden_act=v["hidden_act"], layer_norm_eps=1e-5, bos_token_id=98,
+                             eos_token_id=v["eos_token_id"], pad_token_id=1)
+        cls = CLIPTextModelWithProjection if v["with_projection"] else CLIPTextModel
+        model = cls(cfg).eval()
+        folder = root / name
+        model.save_pretrained(folder)
+        model = cls.from_pretrained(folder).eval()
+        ids = torch.tensor([[98, 5, 17, 42, 99, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+                            [98, 63, 2, 8, 23, 77, 11, 99, 99, 1, 1, 1, 1, 1, 1, 1]])
+        if v["eos_token_id"] == 2:
+            ids = torch.tensor([[98, 5, 17, 42, 97, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                                [98, 63, 3, 8, 23, 77, 11, 97, 0, 0, 0, 0, 0, 0, 0, 0]])
+        if not v["with_projection"]:
+            # The layout transformers 4.x wrote (and real SD repositories have): keys under `text_model.`.
+            legacy = root / f"{name}_text_model_prefix"
+            legacy.mkdir(parents=True, exist_ok=True)
+            save_file({f"text_model.{k}": t.contiguous() for k, t in model.state_dict().items()},
+                      str(legacy / "model.safetensors"), metadata={"format": "pt"})
+            (legacy / "config.json").write_text((folder / "config.json").read_text())
+        res = model(input_ids=ids, output_hidden_states=True)
+        outputs = {"last_hidden_state": res.last_hidden_state}
+        for i, h in enumerate(res.hidden_states):
+            outputs[f"hidden_states_{i}"] = h
+        if v["with_projection"]:
+            outputs["text_embeds"] = res.text_embeds
+        else:
+            outputs["pooler_output"] = res.pooler_output
+        c.add(name, "clip_text", {"class": cls.__name__, "folder": f"text_encoders/{name}",
+                                  "with_projection": v["with_projection"]},
+              {"input_ids": ids.float()}, outputs)
+    c.save(root, "clip")
+
+STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
+          "text_encoders": stage_text_encoders}
 
 
 def main():

@@ -3,7 +3,7 @@
 //! The layers every diffusers-rs model is built from, each numerically equal to the PyTorch
 //! layer it mirrors (tested against oracle fixtures):
 //!
-//! - [`linear::Linear`] (with a slot for LoRA deltas and quantized weights),
+//! - [`linear::Linear`] (with a slot for LoRA deltas and quantized weights), [`embedding::Embedding`],
 //! - [`conv::Conv2d`], [`conv::Conv3d`] (causal and replicate padding),
 //! - [`norm::GroupNorm`], [`norm::LayerNorm`], [`norm::RmsNorm`],
 //! - [`activation`]: SiLU, GELU (exact, tanh), quick-GELU, `GELU` and `GEGLU` modules,
@@ -28,6 +28,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod embedding;
 pub mod embeddings;
 pub mod linear;
 pub mod norm;

@@ -1,0 +1,13 @@
+//! # diffusers-text-encoders
+//!
+//! The text encoders diffusers pipelines use, loading the real transformers checkpoint keys:
+//!
+//! - [`clip::CLIPTextModel`] and [`clip::CLIPTextModelWithProjection`] (SD 1.x/2.x, SDXL, Flux),
+//!   with every layer's hidden state for `clip_skip`.
+//!
+//! Tokenizers, T5 and Llama-style encoders come with the pipelines that need them (issue 4).
+
+pub mod clip;
+mod error;
+
+pub use error::{Error, Result};
