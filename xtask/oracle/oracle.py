@@ -725,6 +725,26 @@ def stage_text_encoders(out: Path):
               {"input_ids": ids.float()}, outputs)
     c.save(root, "clip")
 
+    from transformers import T5Config, T5EncoderModel
+
+    c = Cases()
+    for name, ff in {"t5_gated_gelu": "gated-gelu", "t5_relu": "relu"}.items():
+        torch.manual_seed(4)
+        cfg = T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4,
+                       relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                       feed_forward_proj=ff, layer_norm_epsilon=1e-6)
+        model = T5EncoderModel(cfg).eval()
+        folder = root / name
+        model.save_pretrained(folder)
+        model = T5EncoderModel.from_pretrained(folder).eval()
+        ids = torch.tensor([[5, 17, 42, 9, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                            [63, 2, 8, 23, 77, 11, 31, 64, 3, 88, 12, 6, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                             0, 0, 0, 0]])
+        out = model(input_ids=ids).last_hidden_state
+        c.add(name, "t5_encoder", {"folder": f"text_encoders/{name}", "feed_forward_proj": ff},
+              {"input_ids": ids.float()}, {"last_hidden_state": out})
+    c.save(root, "t5")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders}
 

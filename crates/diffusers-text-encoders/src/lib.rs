@@ -5,9 +5,12 @@
 //! - [`clip::CLIPTextModel`] and [`clip::CLIPTextModelWithProjection`] (SD 1.x/2.x, SDXL, Flux),
 //!   with every layer's hidden state for `clip_skip`.
 //!
-//! Tokenizers, T5 and Llama-style encoders come with the pipelines that need them (issue 4).
+//! - [`t5::T5EncoderModel`] (Flux, SD3): relative position bias, gated-GELU or ReLU feed-forward.
+//!
+//! Tokenizers and Llama-style encoders come with the pipelines that need them (issue 4).
 
 pub mod clip;
 mod error;
+pub mod t5;
 
 pub use error::{Error, Result};

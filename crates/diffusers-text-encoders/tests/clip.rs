@@ -105,7 +105,7 @@ fn clip_with_projection_matches_transformers() {
 
 #[test]
 fn bf16_runs_close_to_f32() {
-    // bf16 weights and activations (norms in f32): measured max abs error 2e-2 on outputs of
+    // bf16 weights and activations (norms in f32): measured max abs error 2.4e-2 on outputs of
     // magnitude ~3.
     let fx = Fixture::open("text_encoders/clip");
     let dev = Default::default();
