@@ -745,8 +745,40 @@ def stage_text_encoders(out: Path):
               {"input_ids": ids.float()}, {"last_hidden_state": out})
     c.save(root, "t5")
 
+
+@torch.no_grad()
+def stage_vae(out: Path):
+    """A tiny AutoencoderKL (two blocks, mid attention, quant convs) and a Flux-style one
+    (no quant convs, shift factor), saved in the hub layout, with encode and decode outputs."""
+    from diffusers import AutoencoderKL
+
+    c = Cases()
+    root = out / "vae"
+    variants = {
+        "sd_style": dict(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
+        "flux_style": dict(block_out_channels=(8, 16, 16), layers_per_block=2, latent_channels=16, norm_num_groups=4,
+                           down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                           use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+                           scaling_factor=0.3611),
+    }
+    for name, kw in variants.items():
+        torch.manual_seed(5)
+        vae = AutoencoderKL(**kw).eval()
+        folder = root / name
+        vae.save_pretrained(folder)
+        vae = AutoencoderKL.from_pretrained(folder).eval()
+        factor = 2 ** (len(kw["block_out_channels"]) - 1)
+        image = torch.rand(1, 3, 4 * factor, 6 * factor) * 2 - 1
+        posterior = vae.encode(image).latent_dist
+        latents = torch.randn(1, kw["latent_channels"], 4, 6)
+        decoded = vae.decode(latents).sample
+        c.add(name, "autoencoder_kl", {"folder": f"vae/{name}"}, {"image": image, "latents": latents},
+              {"mean": posterior.mean, "logvar": posterior.logvar, "decoded": decoded})
+    c.save(root, "autoencoder_kl")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
-          "text_encoders": stage_text_encoders}
+          "text_encoders": stage_text_encoders, "vae": stage_vae}
 
 
 def main():

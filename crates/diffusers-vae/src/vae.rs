@@ -1,0 +1,364 @@
+//! The building blocks of diffusers' `autoencoders/vae.py` and `resnet.py`: `ResnetBlock2D`
+//! (without time embedding), `Downsample2D`, `Upsample2D`, the spatial self-attention of the
+//! mid block, `UNetMidBlock2D`, `Encoder` and `Decoder`.
+
+use burn::module::Module;
+use burn::prelude::*;
+use diffusers_nn::activation::silu;
+use diffusers_nn::attention::scaled_dot_product_attention;
+use diffusers_nn::conv::{Conv2d, Conv2dConfig};
+use diffusers_nn::linear::{Linear, LinearConfig};
+use diffusers_nn::norm::{GroupNorm, GroupNormConfig};
+use diffusers_nn::pad::{PadMode, pad_dim};
+
+fn conv<B: Backend>(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
+    Conv2dConfig::new(cin, cout, [k, k])
+        .with_stride([stride, stride])
+        .with_padding([pad, pad])
+        .init(device)
+}
+
+fn group_norm<B: Backend>(groups: usize, channels: usize, device: &B::Device) -> GroupNorm<B> {
+    GroupNormConfig::new(groups, channels)
+        .with_eps(1e-6)
+        .init(device)
+}
+
+/// `ResnetBlock2D` as the VAE uses it (no time embedding, output scale 1).
+#[derive(Module, Debug)]
+pub struct ResnetBlock2D<B: Backend> {
+    /// First norm.
+    pub norm1: GroupNorm<B>,
+    /// First convolution.
+    pub conv1: Conv2d<B>,
+    /// Second norm.
+    pub norm2: GroupNorm<B>,
+    /// Second convolution.
+    pub conv2: Conv2d<B>,
+    /// 1x1 projection of the input when the channel count changes.
+    pub conv_shortcut: Option<Conv2d<B>>,
+}
+
+impl<B: Backend> ResnetBlock2D<B> {
+    /// Builds the block.
+    pub fn new(cin: usize, cout: usize, groups: usize, device: &B::Device) -> Self {
+        Self {
+            norm1: group_norm(groups, cin, device),
+            conv1: conv(cin, cout, 3, 1, 1, device),
+            norm2: group_norm(groups, cout, device),
+            conv2: conv(cout, cout, 3, 1, 1, device),
+            conv_shortcut: (cin != cout).then(|| conv(cin, cout, 1, 1, 0, device)),
+        }
+    }
+
+    /// Applies the block.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let skip = match &self.conv_shortcut {
+            Some(c) => c.forward(x),
+            None => x,
+        };
+        skip + h
+    }
+}
+
+/// `Downsample2D(use_conv=True, padding=0)`: pad right and bottom by one, then a stride-2 conv.
+#[derive(Module, Debug)]
+pub struct Downsample2D<B: Backend> {
+    /// The stride-2 convolution.
+    pub conv: Conv2d<B>,
+}
+
+impl<B: Backend> Downsample2D<B> {
+    /// Halves height and width.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let x = pad_dim(x, 2, 0, 1, PadMode::Zeros);
+        self.conv.forward(pad_dim(x, 3, 0, 1, PadMode::Zeros))
+    }
+}
+
+/// `Upsample2D(use_conv=True)`: nearest-neighbour 2x, then a 3x3 conv.
+#[derive(Module, Debug)]
+pub struct Upsample2D<B: Backend> {
+    /// The convolution after upsampling.
+    pub conv: Conv2d<B>,
+}
+
+impl<B: Backend> Upsample2D<B> {
+    /// Doubles height and width.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, c, h, w] = x.dims();
+        let up: Tensor<B, 4> = x
+            .reshape([b, c, h, 1, w, 1])
+            .expand([b, c, h, 2, w, 2])
+            .reshape([b, c, 2 * h, 2 * w]);
+        self.conv.forward(up)
+    }
+}
+
+/// The single-head spatial self-attention of the VAE mid block (diffusers' `Attention` with a
+/// group norm, residual connection and `to_out.0`).
+#[derive(Module, Debug)]
+pub struct SpatialAttention<B: Backend> {
+    /// Norm over channels.
+    pub group_norm: GroupNorm<B>,
+    /// Query.
+    pub to_q: Linear<B>,
+    /// Key.
+    pub to_k: Linear<B>,
+    /// Value.
+    pub to_v: Linear<B>,
+    /// Output projection (`to_out.0`).
+    pub to_out: Vec<Linear<B>>,
+    heads: usize,
+}
+
+impl<B: Backend> SpatialAttention<B> {
+    /// Builds the attention with `heads` heads over `channels`.
+    pub fn new(channels: usize, heads: usize, groups: usize, device: &B::Device) -> Self {
+        let lin = || LinearConfig::new(channels, channels).init(device);
+        Self {
+            group_norm: group_norm(groups, channels, device),
+            to_q: lin(),
+            to_k: lin(),
+            to_v: lin(),
+            to_out: vec![lin()],
+            heads,
+        }
+    }
+
+    /// Attends over all `h * w` positions and adds the input back.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, c, h, w] = x.dims();
+        let n = self.group_norm.forward(x.clone());
+        let seq = n.reshape([b, c, h * w]).swap_dims(1, 2);
+        let d = c / self.heads;
+        let split = |t: Tensor<B, 3>| t.reshape([b, h * w, self.heads, d]).swap_dims(1, 2);
+        let q = split(self.to_q.forward(seq.clone()));
+        let k = split(self.to_k.forward(seq.clone()));
+        let v = split(self.to_v.forward(seq));
+        let o = scaled_dot_product_attention(q, k, v, None, None, false)
+            .swap_dims(1, 2)
+            .reshape([b, h * w, c]);
+        let o = match self.to_out.first() {
+            Some(l) => l.forward(o),
+            None => o,
+        };
+        o.swap_dims(1, 2).reshape([b, c, h, w]) + x
+    }
+}
+
+/// `UNetMidBlock2D` without time embedding: resnet, attention, resnet.
+#[derive(Module, Debug)]
+pub struct UNetMidBlock2D<B: Backend> {
+    /// Two resnets.
+    pub resnets: Vec<ResnetBlock2D<B>>,
+    /// One attention (absent with `mid_block_add_attention=False`).
+    pub attentions: Vec<SpatialAttention<B>>,
+}
+
+impl<B: Backend> UNetMidBlock2D<B> {
+    /// Builds the block.
+    pub fn new(channels: usize, groups: usize, attention: bool, device: &B::Device) -> Self {
+        Self {
+            resnets: (0..2)
+                .map(|_| ResnetBlock2D::new(channels, channels, groups, device))
+                .collect(),
+            attentions: if attention {
+                vec![SpatialAttention::new(channels, 1, groups, device)]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Applies the block.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut x = x;
+        for (i, r) in self.resnets.iter().enumerate() {
+            if i == 1
+                && let Some(a) = self.attentions.first()
+            {
+                x = a.forward(x);
+            }
+            x = r.forward(x);
+        }
+        x
+    }
+}
+
+/// `DownEncoderBlock2D`.
+#[derive(Module, Debug)]
+pub struct DownEncoderBlock2D<B: Backend> {
+    /// Resnets.
+    pub resnets: Vec<ResnetBlock2D<B>>,
+    /// The downsampler (all blocks but the last).
+    pub downsamplers: Vec<Downsample2D<B>>,
+}
+
+/// `UpDecoderBlock2D`.
+#[derive(Module, Debug)]
+pub struct UpDecoderBlock2D<B: Backend> {
+    /// Resnets.
+    pub resnets: Vec<ResnetBlock2D<B>>,
+    /// The upsampler (all blocks but the last).
+    pub upsamplers: Vec<Upsample2D<B>>,
+}
+
+/// The VAE encoder (`vae.py`'s `Encoder`).
+#[derive(Module, Debug)]
+pub struct Encoder<B: Backend> {
+    /// Input convolution.
+    pub conv_in: Conv2d<B>,
+    /// Down blocks.
+    pub down_blocks: Vec<DownEncoderBlock2D<B>>,
+    /// Mid block.
+    pub mid_block: UNetMidBlock2D<B>,
+    /// Output norm.
+    pub conv_norm_out: GroupNorm<B>,
+    /// Output convolution (`2 * latent_channels` for the Gaussian's mean and log-variance).
+    pub conv_out: Conv2d<B>,
+}
+
+/// The VAE decoder (`vae.py`'s `Decoder`).
+#[derive(Module, Debug)]
+pub struct Decoder<B: Backend> {
+    /// Input convolution.
+    pub conv_in: Conv2d<B>,
+    /// Mid block.
+    pub mid_block: UNetMidBlock2D<B>,
+    /// Up blocks.
+    pub up_blocks: Vec<UpDecoderBlock2D<B>>,
+    /// Output norm.
+    pub conv_norm_out: GroupNorm<B>,
+    /// Output convolution.
+    pub conv_out: Conv2d<B>,
+}
+
+/// Shapes of an encoder/decoder pair.
+#[derive(Debug, Clone)]
+pub struct VaeShape {
+    /// Image channels in.
+    pub in_channels: usize,
+    /// Image channels out.
+    pub out_channels: usize,
+    /// Latent channels.
+    pub latent_channels: usize,
+    /// Channels per block.
+    pub block_out_channels: Vec<usize>,
+    /// Resnets per encoder block (decoder blocks have one more).
+    pub layers_per_block: usize,
+    /// Group-norm groups.
+    pub norm_num_groups: usize,
+    /// Attention in the mid blocks.
+    pub mid_block_add_attention: bool,
+}
+
+impl<B: Backend> Encoder<B> {
+    /// Builds the encoder.
+    pub fn new(s: &VaeShape, device: &B::Device) -> Self {
+        let ch = &s.block_out_channels;
+        let g = s.norm_num_groups;
+        let last = ch.len() - 1;
+        Self {
+            conv_in: conv(s.in_channels, ch[0], 3, 1, 1, device),
+            down_blocks: ch
+                .iter()
+                .enumerate()
+                .map(|(i, &out)| {
+                    let cin = if i == 0 { ch[0] } else { ch[i - 1] };
+                    DownEncoderBlock2D {
+                        resnets: (0..s.layers_per_block)
+                            .map(|j| {
+                                ResnetBlock2D::new(if j == 0 { cin } else { out }, out, g, device)
+                            })
+                            .collect(),
+                        downsamplers: if i < last {
+                            vec![Downsample2D {
+                                conv: conv(out, out, 3, 2, 0, device),
+                            }]
+                        } else {
+                            Vec::new()
+                        },
+                    }
+                })
+                .collect(),
+            mid_block: UNetMidBlock2D::new(ch[last], g, s.mid_block_add_attention, device),
+            conv_norm_out: group_norm(g, ch[last], device),
+            conv_out: conv(ch[last], 2 * s.latent_channels, 3, 1, 1, device),
+        }
+    }
+
+    /// Encodes an image `[b, c, h, w]` to the Gaussian's moments `[b, 2 * latent, h / f, w / f]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut x = self.conv_in.forward(x);
+        for block in &self.down_blocks {
+            for r in &block.resnets {
+                x = r.forward(x);
+            }
+            for d in &block.downsamplers {
+                x = d.forward(x);
+            }
+        }
+        let x = self.mid_block.forward(x);
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}
+
+impl<B: Backend> Decoder<B> {
+    /// Builds the decoder.
+    pub fn new(s: &VaeShape, device: &B::Device) -> Self {
+        let rev: Vec<usize> = s.block_out_channels.iter().rev().copied().collect();
+        let g = s.norm_num_groups;
+        let last = rev.len() - 1;
+        Self {
+            conv_in: conv(s.latent_channels, rev[0], 3, 1, 1, device),
+            mid_block: UNetMidBlock2D::new(rev[0], g, s.mid_block_add_attention, device),
+            up_blocks: rev
+                .iter()
+                .enumerate()
+                .map(|(i, &out)| {
+                    let cin = if i == 0 { rev[0] } else { rev[i - 1] };
+                    UpDecoderBlock2D {
+                        resnets: (0..s.layers_per_block + 1)
+                            .map(|j| {
+                                ResnetBlock2D::new(if j == 0 { cin } else { out }, out, g, device)
+                            })
+                            .collect(),
+                        upsamplers: if i < last {
+                            vec![Upsample2D {
+                                conv: conv(out, out, 3, 1, 1, device),
+                            }]
+                        } else {
+                            Vec::new()
+                        },
+                    }
+                })
+                .collect(),
+            conv_norm_out: group_norm(g, rev[last], device),
+            conv_out: conv(rev[last], s.out_channels, 3, 1, 1, device),
+        }
+    }
+
+    /// Decodes latents `[b, latent, h, w]` to an image in `[-1, 1]` (before clamping).
+    pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut x = self.mid_block.forward(self.conv_in.forward(z));
+        for block in &self.up_blocks {
+            for r in &block.resnets {
+                x = r.forward(x);
+            }
+            for u in &block.upsamplers {
+                x = u.forward(x);
+            }
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}
