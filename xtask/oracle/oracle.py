@@ -777,8 +777,49 @@ def stage_vae(out: Path):
               {"mean": posterior.mean, "logvar": posterior.logvar, "decoded": decoded})
     c.save(root, "autoencoder_kl")
 
+
+@torch.no_grad()
+def stage_transformers(out: Path):
+    """Tiny FluxTransformer2DModels (FLUX.1-dev style with guidance, schnell style without),
+    saved in the hub layout, and one denoiser call each."""
+    from diffusers import FluxTransformer2DModel
+
+    c = Cases()
+    root = out / "transformers"
+    for name, guidance in {"flux_dev": True, "flux_schnell": False}.items():
+        torch.manual_seed(6)
+        model = FluxTransformer2DModel(patch_size=1, in_channels=8, num_layers=2, num_single_layers=2,
+                                       attention_head_dim=16, num_attention_heads=2, joint_attention_dim=12,
+                                       pooled_projection_dim=10, guidance_embeds=guidance,
+                                       axes_dims_rope=(4, 6, 6)).eval()
+        folder = root / name
+        model.save_pretrained(folder)
+        model = FluxTransformer2DModel.from_pretrained(folder).eval()
+        h, w = 2, 3
+        img_ids = torch.zeros(h, w, 3)
+        img_ids[..., 1] = torch.arange(h)[:, None]
+        img_ids[..., 2] = torch.arange(w)[None, :]
+        img_ids = img_ids.reshape(h * w, 3)
+        txt_ids = torch.zeros(5, 3)
+        inputs = {
+            "hidden_states": torch.randn(2, h * w, 8),
+            "encoder_hidden_states": torch.randn(2, 5, 12),
+            "pooled_projections": torch.randn(2, 10),
+            "timestep": torch.tensor([0.6, 0.25]),
+        }
+        kwargs = dict(inputs)
+        if guidance:
+            kwargs["guidance"] = torch.tensor([3.5, 3.5])
+            inputs["guidance"] = kwargs["guidance"]
+        output = model(**kwargs, img_ids=img_ids, txt_ids=txt_ids).sample
+        inputs.update({"img_ids": img_ids, "txt_ids": txt_ids})
+        c.add(name, "flux_transformer", {"folder": f"transformers/{name}", "guidance": guidance}, inputs,
+              {"output": output})
+    c.save(root, "flux")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
-          "text_encoders": stage_text_encoders, "vae": stage_vae}
+          "text_encoders": stage_text_encoders, "vae": stage_vae,
+          "transformers": stage_transformers}
 
 
 def main():

@@ -1,0 +1,96 @@
+//! `FluxTransformer2DModel` against diffusers (`fixtures/transformers/*`): one denoiser call of a
+//! FLUX.1-dev-style model (guidance embedding) and a schnell-style one, two double-stream and two
+//! single-stream blocks, multi-axis RoPE over text and image ids.
+
+use burn::tensor::DType;
+use diffusers_core::backend::Cpu;
+use diffusers_core::testing::{Fixture, Tol, assert_close, fixtures_dir};
+use diffusers_transformers::Error;
+use diffusers_transformers::transformer_flux::{FluxInputs, FluxTransformer2DModel};
+
+const F32: Tol = Tol {
+    atol: 1e-5,
+    rtol: 1e-5,
+};
+
+fn ids(fx: &Fixture, key: &str) -> Vec<Vec<f64>> {
+    fx.values(key)
+        .chunks(3)
+        .map(|r| r.iter().map(|&v| v as f64).collect())
+        .collect()
+}
+
+fn inputs(fx: &Fixture, case: &str, dtype: DType) -> FluxInputs<Cpu> {
+    let dev = Default::default();
+    let guidance = fx.case(case)["guidance"].as_bool().unwrap_or(false);
+    FluxInputs {
+        hidden_states: fx.tensor(&format!("{case}.hidden_states"), &dev, dtype),
+        encoder_hidden_states: fx.tensor(&format!("{case}.encoder_hidden_states"), &dev, dtype),
+        pooled_projections: fx.tensor(&format!("{case}.pooled_projections"), &dev, dtype),
+        timestep: fx.tensor(&format!("{case}.timestep"), &dev, DType::F32),
+        guidance: guidance.then(|| fx.tensor(&format!("{case}.guidance"), &dev, DType::F32)),
+        txt_ids: ids(fx, &format!("{case}.txt_ids")),
+        img_ids: ids(fx, &format!("{case}.img_ids")),
+    }
+}
+
+#[test]
+fn one_call_matches_diffusers() {
+    let fx = Fixture::open("transformers/flux");
+    let dev = Default::default();
+    for case in ["flux_dev", "flux_schnell"] {
+        let (m, _) = FluxTransformer2DModel::<Cpu>::from_folder(
+            fixtures_dir().join("transformers").join(case),
+            None,
+            &dev,
+        )
+        .expect("load");
+        let out = m.forward(inputs(&fx, case, DType::F32)).expect("forward");
+        assert_close(out, &fx.values(&format!("{case}.output")), None, F32, case);
+    }
+}
+
+#[test]
+fn bf16_call_runs_close_to_f32() {
+    // bf16 weights and activations: measured max abs error 7.3e-2 on outputs of magnitude ~3.
+    let fx = Fixture::open("transformers/flux");
+    let dev = Default::default();
+    let (m, _) = FluxTransformer2DModel::<Cpu>::from_folder(
+        fixtures_dir().join("transformers/flux_dev"),
+        Some(DType::BF16),
+        &dev,
+    )
+    .expect("load");
+    let out = m
+        .forward(inputs(&fx, "flux_dev", DType::BF16))
+        .expect("forward");
+    assert_eq!(out.dtype(), DType::BF16);
+    assert_close(
+        out,
+        &fx.values("flux_dev.output"),
+        None,
+        Tol {
+            atol: 1e-1,
+            rtol: 5e-2,
+        },
+        "bf16",
+    );
+}
+
+#[test]
+fn invalid_inputs() {
+    let fx = Fixture::open("transformers/flux");
+    let dev = Default::default();
+    let (m, _) = FluxTransformer2DModel::<Cpu>::from_folder(
+        fixtures_dir().join("transformers/flux_dev"),
+        None,
+        &dev,
+    )
+    .expect("load");
+    let mut i = inputs(&fx, "flux_dev", DType::F32);
+    i.guidance = None;
+    assert!(matches!(m.forward(i), Err(Error::InvalidInput { .. })));
+    let mut i = inputs(&fx, "flux_dev", DType::F32);
+    i.img_ids.pop();
+    assert!(matches!(m.forward(i), Err(Error::InvalidInput { .. })));
+}
