@@ -817,9 +817,29 @@ def stage_transformers(out: Path):
               {"output": output})
     c.save(root, "flux")
 
+
+@torch.no_grad()
+def stage_real_configs(out: Path):
+    """Parameter names and shapes of diffusers models built from real repositories' configs
+    (fixtures/real_configs), with fewer blocks, on the meta device (no memory)."""
+    from diffusers import FluxTransformer2DModel
+
+    root = out / "real_configs"
+    result = {}
+    for repo in ["flux1-dev", "flux1-schnell"]:
+        cfg = json.loads((root / repo / "transformer_config.json").read_text())
+        kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
+        kwargs.update(num_layers=1, num_single_layers=1)
+        with torch.device("meta"):
+            model = FluxTransformer2DModel(**kwargs)
+        result[repo] = {"reduced": {"num_layers": 1, "num_single_layers": 1},
+                        "params": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    write_json(root / "flux_params.json", result)
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders, "vae": stage_vae,
-          "transformers": stage_transformers}
+          "transformers": stage_transformers,
+          "real_configs": stage_real_configs}
 
 
 def main():

@@ -94,3 +94,40 @@ fn invalid_inputs() {
     i.img_ids.pop();
     assert!(matches!(m.forward(i), Err(Error::InvalidInput { .. })));
 }
+
+#[test]
+fn real_flux_configs_give_the_real_parameter_layout() {
+    // The real FLUX.1-dev and -schnell transformer configs parse, and a model built from them
+    // with one block of each kind has exactly diffusers' parameter names and shapes (recorded by
+    // the oracle on the meta device). No parameter is allocated: shapes are read lazily.
+    use diffusers_core::weights::module_shapes;
+    use diffusers_transformers::transformer_flux::{FluxTransformer2DModelConfig, checkpoint_key};
+    let dir = fixtures_dir().join("real_configs");
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("flux_params.json")).expect("params"),
+    )
+    .expect("json");
+    for repo in ["flux1-dev", "flux1-schnell"] {
+        let mut config: FluxTransformer2DModelConfig =
+            diffusers_core::config::load_config(dir.join(repo).join("transformer_config.json"))
+                .expect("real config parses");
+        assert_eq!(
+            (
+                config.num_layers,
+                config.num_single_layers,
+                config.attention_head_dim
+            ),
+            (19, 38, 128)
+        );
+        assert_eq!(config.guidance_embeds, repo == "flux1-dev");
+        config.num_layers = 1;
+        config.num_single_layers = 1;
+        let model =
+            FluxTransformer2DModel::<Cpu>::new(&config, &Default::default()).expect("build");
+        let key_map = |p: &str| checkpoint_key(p);
+        let ours = module_shapes(&model, Some(&key_map));
+        let theirs: std::collections::BTreeMap<String, Vec<usize>> =
+            serde_json::from_value(expected[repo]["params"].clone()).expect("params map");
+        assert_eq!(ours, theirs, "{repo}");
+    }
+}

@@ -168,3 +168,43 @@ pub fn load_into<B: Backend, M: Module<B>>(
         },
     ))
 }
+
+struct ShapeCollector<'a> {
+    path: Vec<String>,
+    key_map: Option<&'a dyn Fn(&str) -> String>,
+    out: std::collections::BTreeMap<String, Vec<usize>>,
+}
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for ShapeCollector<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let p = self.path.join(".");
+        let key = match self.key_map {
+            Some(f) => f(&p),
+            None => p,
+        };
+        self.out.insert(key, param.lazy_shape().to_vec());
+    }
+}
+
+/// Every float parameter of a module by checkpoint key, with its shape, without materialising
+/// any parameter (for comparing a model's layout with a real checkpoint's).
+pub fn module_shapes<B: Backend, M: Module<B>>(
+    module: &M,
+    key_map: Option<&dyn Fn(&str) -> String>,
+) -> std::collections::BTreeMap<String, Vec<usize>> {
+    let mut c = ShapeCollector {
+        path: Vec::new(),
+        key_map,
+        out: Default::default(),
+    };
+    module.visit(&mut c);
+    c.out
+}

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::TensorData;
 use serde::Deserialize;
 
-pub use self::apply::{LoadOptions, LoadReport, load_into};
+pub use self::apply::{LoadOptions, LoadReport, load_into, module_shapes};
 pub use self::files::{WeightFormat, resolve_weight_files, variant_name};
 pub use self::pickle::PickleFile;
 pub use self::safetensors::SafetensorsFile;
