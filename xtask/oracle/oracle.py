@@ -824,10 +824,13 @@ def stage_real_configs(out: Path):
     (fixtures/real_configs), with fewer blocks, on the meta device (no memory)."""
     from diffusers import FluxTransformer2DModel
 
+    # The real configs are committed inputs; the parameter layouts are outputs.
+    inputs = Path(__file__).resolve().parents[2] / "fixtures" / "real_configs"
     root = out / "real_configs"
+    root.mkdir(parents=True, exist_ok=True)
     result = {}
     for repo in ["flux1-dev", "flux1-schnell"]:
-        cfg = json.loads((root / repo / "transformer_config.json").read_text())
+        cfg = json.loads((inputs / repo / "transformer_config.json").read_text())
         kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
         kwargs.update(num_layers=1, num_single_layers=1)
         with torch.device("meta"):
