@@ -839,10 +839,51 @@ def stage_real_configs(out: Path):
                         "params": {k: list(v.shape) for k, v in model.state_dict().items()}}
     write_json(root / "flux_params.json", result)
 
+
+@torch.no_grad()
+def stage_pipelines(out: Path):
+    """A tiny FLUX.1-dev-style pipeline saved with save_pretrained (hub layout, text encoders and
+    tokenizers null), run from prompt embeddings with explicit latents and with a seed."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(7)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=12,
+                                         pooled_projection_dim=10, guidance_embeds=True,
+                                         axes_dims_rope=(4, 6, 6)).eval()
+    vae = AutoencoderKL(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+                        scaling_factor=0.3611).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                        tokenizer_2=None, transformer=transformer)
+    folder = out / "pipelines" / "tiny_flux"
+    pipe.save_pretrained(folder)
+    pipe = FluxPipeline.from_pretrained(folder, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                                        tokenizer_2=None)
+    c = Cases()
+    prompt_embeds, pooled = torch.randn(1, 5, 12), torch.randn(1, 10)
+    common = dict(prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled, height=16, width=24,
+                  num_inference_steps=3, guidance_scale=3.5)
+    latents = torch.randn(1, 24, 16)
+    image = pipe(**common, latents=latents.clone(), output_type="np").images
+    out_latents = pipe(**common, latents=latents.clone(), output_type="latent").images
+    seeded = pipe(**common, generator=torch.Generator("cpu").manual_seed(42), output_type="np").images
+    cfg = {"folder": "pipelines/tiny_flux", "height": 16, "width": 24, "num_inference_steps": 3,
+           "guidance_scale": 3.5, "seed": 42}
+    c.add("flux_latents", "flux_pipeline", cfg,
+          {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled, "latents": latents},
+          {"images": torch.from_numpy(image), "output_latents": out_latents})
+    c.add("flux_seed", "flux_pipeline", cfg, {}, {"images": torch.from_numpy(seeded)})
+    c.save(out / "pipelines", "flux")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders, "vae": stage_vae,
           "transformers": stage_transformers,
-          "real_configs": stage_real_configs}
+          "real_configs": stage_real_configs,
+          "pipelines": stage_pipelines}
 
 
 def main():

@@ -1,0 +1,38 @@
+//! The error type of diffusers-pipelines.
+
+/// What can go wrong building or running a pipeline.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A call argument is invalid (size, shapes, step count).
+    #[error("{pipeline}: {reason}")]
+    InvalidArgument {
+        /// The pipeline class.
+        pipeline: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `model_index.json` names a pipeline or component this crate cannot build.
+    #[error("{path}: {reason}")]
+    Unsupported {
+        /// The repository or file.
+        path: String,
+        /// What is unsupported.
+        reason: String,
+    },
+    /// Reading files failed.
+    #[error(transparent)]
+    Core(#[from] diffusers_core::Error),
+    /// A scheduler failed.
+    #[error(transparent)]
+    Scheduler(#[from] diffusers_schedulers::Error),
+    /// A transformer failed.
+    #[error(transparent)]
+    Transformer(#[from] diffusers_transformers::Error),
+    /// A VAE failed.
+    #[error(transparent)]
+    Vae(#[from] diffusers_vae::Error),
+}
+
+/// The result type of diffusers-pipelines.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

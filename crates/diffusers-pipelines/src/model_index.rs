@@ -1,0 +1,87 @@
+//! `model_index.json`: the pipeline class and its components.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// One component entry: `["diffusers", "AutoencoderKL"]`, or `[null, null]` for an optional
+/// component the repository leaves out (a safety checker, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    /// The library (`diffusers`, `transformers`).
+    pub library: String,
+    /// The class.
+    pub class: String,
+}
+
+/// A parsed `model_index.json`.
+#[derive(Debug, Clone)]
+pub struct ModelIndex {
+    /// `_class_name`: the pipeline class.
+    pub class_name: String,
+    /// Components by name; `None` for `[null, null]`.
+    pub components: BTreeMap<String, Option<Component>>,
+}
+
+impl ModelIndex {
+    /// Reads `model_index.json`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Core(if e.kind() == std::io::ErrorKind::NotFound {
+                diffusers_core::Error::FileNotFound {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                diffusers_core::Error::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
+            })
+        })?;
+        let json: serde_json::Map<String, Value> = serde_json::from_str(&text).map_err(|e| {
+            Error::Core(diffusers_core::Error::Json {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        })?;
+        let class_name = json
+            .get("_class_name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::Unsupported {
+                path: path.display().to_string(),
+                reason: "no `_class_name`".into(),
+            })?
+            .to_string();
+        let mut components = BTreeMap::new();
+        for (k, v) in json.iter().filter(|(k, _)| !k.starts_with('_')) {
+            let entry = match v.as_array().map(Vec::as_slice) {
+                Some([Value::Null, Value::Null]) => {
+                    tracing::info!("{}: component `{k}` is null, skipped", path.display());
+                    None
+                }
+                Some([Value::String(lib), Value::String(cls)]) => Some(Component {
+                    library: lib.clone(),
+                    class: cls.clone(),
+                }),
+                _ => continue,
+            };
+            components.insert(k.clone(), entry);
+        }
+        Ok(Self {
+            class_name,
+            components,
+        })
+    }
+
+    /// The component's class, if present and not null.
+    pub fn class_of(&self, name: &str) -> Option<&str> {
+        self.components
+            .get(name)
+            .and_then(|c| c.as_ref())
+            .map(|c| c.class.as_str())
+    }
+}
