@@ -136,7 +136,11 @@ impl<B: Backend> FluxPipeline<B> {
             reason,
         };
         let f = self.vae_scale_factor() * 2;
-        if call.height == 0 || call.width == 0 || !call.height.is_multiple_of(f) || !call.width.is_multiple_of(f) {
+        if call.height == 0
+            || call.width == 0
+            || !call.height.is_multiple_of(f)
+            || !call.width.is_multiple_of(f)
+        {
             return Err(bad(format!(
                 "height and width must be positive multiples of {f}, got {}x{}",
                 call.height, call.width
