@@ -5,9 +5,10 @@
 //!   use); `--check` writes them to a temporary folder and fails if any byte differs from the
 //!   committed ones.
 //! - `cargo xtask oracle-env`: create or update the pinned Python environment only.
-//! - `cargo xtask cuda-bundle`: build the test binaries with the `cuda` feature (as CI does) into
-//!   `.device/` together with a script that runs them (`--ignored` CUDA tests included) on a
-//!   machine with an NVIDIA GPU and no Rust toolchain.
+//! - `cargo xtask cuda-bundle [TEST...]`: build the test binaries with the `cuda` feature (as CI
+//!   does) into `.device/` (only the named test targets, e.g. `layers flux`, when given) together
+//!   with a script that runs them (`--ignored` CUDA tests included) on a machine with an NVIDIA
+//!   GPU and no Rust toolchain.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -102,7 +103,7 @@ fn fixtures(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn cuda_bundle() -> Result<()> {
+fn cuda_bundle(only: &[String]) -> Result<()> {
     let root = root();
     let bundle = root.join(".device");
     std::fs::create_dir_all(bundle.join("bin"))?;
@@ -130,7 +131,9 @@ fn cuda_bundle() -> Result<()> {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if let Some(exe) = v["executable"].as_str().filter(|e| !e.contains("xtask")) {
+        let target = v["target"]["name"].as_str().unwrap_or_default();
+        let wanted = only.is_empty() || only.iter().any(|o| o == target);
+        if let Some(exe) = v["executable"].as_str().filter(|e| !e.contains("xtask") && wanted) {
             let name = Path::new(exe).file_name().context("exe name")?.to_owned();
             std::fs::copy(exe, bundle.join("bin").join(&name))?;
             run(Command::new("strip").arg(bundle.join("bin").join(&name)))?;
@@ -148,7 +151,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("fixtures") => fixtures(&args[1..]),
         Some("oracle-env") => python().map(|_| ()),
-        Some("cuda-bundle") => cuda_bundle(),
-        _ => bail!("usage: cargo xtask <fixtures [--check] [STAGE...] | oracle-env | cuda-bundle>"),
+        Some("cuda-bundle") => cuda_bundle(&args[1..]),
+        _ => bail!("usage: cargo xtask <fixtures [--check] [STAGE...] | oracle-env | cuda-bundle [TEST...]>"),
     }
 }
