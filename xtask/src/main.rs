@@ -133,7 +133,10 @@ fn cuda_bundle(only: &[String]) -> Result<()> {
         };
         let target = v["target"]["name"].as_str().unwrap_or_default();
         let wanted = only.is_empty() || only.iter().any(|o| o == target);
-        if let Some(exe) = v["executable"].as_str().filter(|e| !e.contains("xtask") && wanted) {
+        if let Some(exe) = v["executable"]
+            .as_str()
+            .filter(|e| !e.contains("xtask") && wanted)
+        {
             let name = Path::new(exe).file_name().context("exe name")?.to_owned();
             std::fs::copy(exe, bundle.join("bin").join(&name))?;
             run(Command::new("strip").arg(bundle.join("bin").join(&name)))?;
@@ -152,6 +155,8 @@ fn main() -> Result<()> {
         Some("fixtures") => fixtures(&args[1..]),
         Some("oracle-env") => python().map(|_| ()),
         Some("cuda-bundle") => cuda_bundle(&args[1..]),
-        _ => bail!("usage: cargo xtask <fixtures [--check] [STAGE...] | oracle-env | cuda-bundle [TEST...]>"),
+        _ => bail!(
+            "usage: cargo xtask <fixtures [--check] [STAGE...] | oracle-env | cuda-bundle [TEST...]>"
+        ),
     }
 }
