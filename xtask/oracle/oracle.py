@@ -879,11 +879,52 @@ def stage_pipelines(out: Path):
     c.add("flux_seed", "flux_pipeline", cfg, {}, {"images": torch.from_numpy(seeded)})
     c.save(out / "pipelines", "flux")
 
+
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(2**8):
+        if b not in bs:
+            bs.append(b); cs.append(2**8 + n); n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+@torch.no_grad()
+def stage_tokenizers(out: Path):
+    """A tiny CLIP BPE tokenizer (byte-level vocabulary, a few merges) saved as real repositories
+    ship it (vocab.json, merges.txt) and as transformers 5 saves it (tokenizer.json), with the
+    ids diffusers' pipelines get (padding="max_length", truncation) for several prompts."""
+    from transformers import CLIPTokenizer
+
+    folder = out / "text_encoders" / "clip_tokenizer"
+    folder.mkdir(parents=True, exist_ok=True)
+    bu = bytes_to_unicode()
+    chars = [bu[b] for b in range(256)]
+    merges = ["t h", "th e</w>", "c a", "ca t</w>", "d o", "do g</w>", "o n</w>", "r e", "e d</w>", "s i",
+              "p h", "ph o", "pho t", "phot o</w>", "o f</w>"]
+    vocab_list = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    write_json(folder / "vocab.json", {t: i for i, t in enumerate(vocab_list)})
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    prompts = ["a photo of the cat", "A  Photo of THE dog!", "red cat, 42 dogs; café ☕",
+               "the cat on the red dog on the cat of the photo of the dog", ""]
+    cases = {}
+    for i, p in enumerate(prompts):
+        ids = tok(p, padding="max_length", max_length=16, truncation=True).input_ids
+        full = tok(p, padding="longest").input_ids
+        cases[f"prompt_{i}"] = {"prompt": p, "ids": ids, "untruncated_len": len(full)}
+    tok.save_pretrained(folder)
+    write_json(out / "text_encoders" / "clip_tokenizer.json",
+               {"cases": cases, "max_length": 16, "versions": versions()})
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders, "vae": stage_vae,
           "transformers": stage_transformers,
           "real_configs": stage_real_configs,
-          "pipelines": stage_pipelines}
+          "pipelines": stage_pipelines,
+          "tokenizers": stage_tokenizers}
 
 
 def main():

@@ -12,5 +12,6 @@
 pub mod clip;
 mod error;
 pub mod t5;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
