@@ -8,12 +8,12 @@ use serde_json::{Map, Value};
 
 use crate::discrete::{
     BetaConfig, PredictionType, TimestepSpacing, alphas_cumprod, check_steps, interp_index,
-    round_half_even, sigma_to_t, spaced_timesteps, threshold_sample,
+    round_half_even, spaced_timesteps, threshold_sample,
 };
 use crate::scheduler::{
     NoiseSource, Scheduler, TimestepOptions, index_for_timestep, linspace, noise_index,
 };
-use crate::sigmas::{beta_sigmas, exponential_sigmas, karras_sigmas};
+use crate::sigmas::{SigmaSchedule, converted_sigmas, flow_sigmas};
 use crate::{Error, Result};
 
 const CLASS: &str = "DEISMultistepScheduler";
@@ -265,32 +265,18 @@ impl<B: Backend> Scheduler<B> for DEISMultistepScheduler<B> {
             s.push(last);
             s
         };
-        let sigmas: Vec<f64> = if cfg.use_karras_sigmas {
-            let s = karras_sigmas(&flipped, n, None, None, 7.0);
-            ts = s
-                .iter()
-                .map(|&x| round_half_even(sigma_to_t(x, &log_sigmas)))
-                .collect();
-            repeat_last(s)
-        } else if cfg.use_exponential_sigmas {
-            let s = exponential_sigmas(&flipped, n, None, None);
-            ts = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
-            repeat_last(s)
-        } else if cfg.use_beta_sigmas {
-            let s = beta_sigmas(&flipped, n, None, None);
-            ts = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
+        let kind = SigmaSchedule::from_flags(
+            cfg.use_karras_sigmas,
+            cfg.use_exponential_sigmas,
+            cfg.use_beta_sigmas,
+        );
+        let sigmas: Vec<f64> = if let Some(kind) = kind {
+            let (s, t) = converted_sigmas(kind, &flipped, n, (None, None), &log_sigmas, true);
+            ts = t;
             repeat_last(s)
         } else if cfg.use_flow_sigmas {
-            let shift = self.flow_shift;
-            let alphas = linspace(1.0, 1.0 / train as f64, n + 1);
-            let mut s: Vec<f64> = alphas
-                .iter()
-                .map(|a| 1.0 - a)
-                .map(|x| shift * x / (1.0 + (shift - 1.0) * x))
-                .collect();
-            s.reverse();
-            s.truncate(n);
-            ts = s.iter().map(|&x| x * train as f64).collect();
+            let (s, t) = flow_sigmas(self.flow_shift, train, n);
+            ts = t;
             repeat_last(s)
         } else {
             let mut s: Vec<f64> = ts

@@ -12,7 +12,7 @@ use crate::discrete::{
 };
 use crate::random::TorchGenerator;
 use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, index_for_timestep, linspace};
-use crate::sigmas::{exponential_sigmas, karras_sigmas};
+use crate::sigmas::{SigmaSchedule, converted_sigmas, flow_sigmas};
 use crate::{Error, Result};
 
 const CLASS: &str = "DPMSolverMultistepScheduler";
@@ -429,13 +429,15 @@ impl<B: Backend> Scheduler<B> for DPMSolverMultistepScheduler<B> {
         let n = ts.len();
         let flipped: Vec<f64> = self.train_sigmas.iter().rev().map(|&s| s as f64).collect();
         let round_ts = cfg.betas.beta_schedule != BetaSchedule::SquaredcosCapV2;
-        let mut sigmas: Vec<f64> = if cfg.use_karras_sigmas {
-            let s = karras_sigmas(&flipped, n, None, None, 7.0);
-            ts = s
-                .iter()
-                .map(|&x| sigma_to_t(x, &log_sigmas))
-                .map(|t| if round_ts { round_half_even(t) } else { t })
-                .collect();
+        // diffusers checks karras, then Lu lambdas, then exponential and beta.
+        let kind = SigmaSchedule::from_flags(
+            cfg.use_karras_sigmas,
+            cfg.use_exponential_sigmas && !cfg.use_lu_lambdas,
+            cfg.use_beta_sigmas && !cfg.use_lu_lambdas,
+        );
+        let mut sigmas: Vec<f64> = if let Some(kind) = kind {
+            let (s, t) = converted_sigmas(kind, &flipped, n, (None, None), &log_sigmas, round_ts);
+            ts = t;
             s
         } else if cfg.use_lu_lambdas {
             let lambdas: Vec<f64> = log_sigmas.iter().rev().map(|&l| l as f64).collect();
@@ -450,25 +452,9 @@ impl<B: Backend> Scheduler<B> for DPMSolverMultistepScheduler<B> {
                 .map(|t| if round_ts { round_half_even(t) } else { t })
                 .collect();
             s
-        } else if cfg.use_beta_sigmas {
-            let s = crate::sigmas::beta_sigmas(&flipped, n, None, None);
-            ts = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
-            s
-        } else if cfg.use_exponential_sigmas {
-            let s = exponential_sigmas(&flipped, n, None, None);
-            ts = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
-            s
         } else if cfg.use_flow_sigmas {
-            let shift = self.flow_shift;
-            let alphas = linspace(1.0, 1.0 / train as f64, n + 1);
-            let mut s: Vec<f64> = alphas
-                .iter()
-                .map(|a| 1.0 - a)
-                .map(|x| shift * x / (1.0 + (shift - 1.0) * x))
-                .collect();
-            s.reverse();
-            s.truncate(n);
-            ts = s.iter().map(|&x| x * train as f64).collect();
+            let (s, t) = flow_sigmas(self.flow_shift, train, n);
+            ts = t;
             s
         } else {
             ts.iter()

@@ -8,7 +8,6 @@ use serde_json::{Map, Value};
 
 use crate::discrete::{
     BetaConfig, PredictionType, alphas_cumprod, check_steps, interp_index, round_half_even,
-    sigma_to_t,
 };
 use crate::dpmsolver_multistep::{
     AlgorithmType, ConvertOptions, SolverType, alpha_sigma, convert_model_output,
@@ -17,7 +16,7 @@ use crate::random::TorchGenerator;
 use crate::scheduler::{
     NoiseSource, Scheduler, TimestepOptions, index_for_timestep, linspace, noise_index,
 };
-use crate::sigmas::{beta_sigmas, exponential_sigmas, karras_sigmas};
+use crate::sigmas::{SigmaSchedule, converted_sigmas, flow_sigmas};
 use crate::{Error, Result};
 
 const CLASS: &str = "DPMSolverSinglestepScheduler";
@@ -315,32 +314,18 @@ impl<B: Backend> Scheduler<B> for DPMSolverSinglestepScheduler<B> {
         let n = ts.len();
         let log_sigmas: Vec<f32> = self.train_sigmas.iter().map(|s| s.ln()).collect();
         let flipped: Vec<f64> = self.train_sigmas.iter().rev().map(|&s| s as f64).collect();
-        let mut sigmas: Vec<f64> = if cfg.use_karras_sigmas {
-            let s = karras_sigmas(&flipped, n, None, None, 7.0);
-            ts = s
-                .iter()
-                .map(|&x| round_half_even(sigma_to_t(x, &log_sigmas)))
-                .collect();
-            s
-        } else if cfg.use_exponential_sigmas {
-            let s = exponential_sigmas(&flipped, n, None, None);
-            ts = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
-            s
-        } else if cfg.use_beta_sigmas {
-            let s = beta_sigmas(&flipped, n, None, None);
-            ts = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
+        let kind = SigmaSchedule::from_flags(
+            cfg.use_karras_sigmas,
+            cfg.use_exponential_sigmas,
+            cfg.use_beta_sigmas,
+        );
+        let mut sigmas: Vec<f64> = if let Some(kind) = kind {
+            let (s, t) = converted_sigmas(kind, &flipped, n, (None, None), &log_sigmas, true);
+            ts = t;
             s
         } else if cfg.use_flow_sigmas {
-            let shift = self.flow_shift;
-            let alphas = linspace(1.0, 1.0 / train as f64, n + 1);
-            let mut s: Vec<f64> = alphas
-                .iter()
-                .map(|a| 1.0 - a)
-                .map(|x| shift * x / (1.0 + (shift - 1.0) * x))
-                .collect();
-            s.reverse();
-            s.truncate(n);
-            ts = s.iter().map(|&x| x * train as f64).collect();
+            let (s, t) = flow_sigmas(self.flow_shift, train, n);
+            ts = t;
             s
         } else {
             ts.iter()

@@ -11,7 +11,7 @@ use crate::discrete::{
     sigma_to_t, spaced_timesteps,
 };
 use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions};
-use crate::sigmas::{exponential_sigmas, karras_sigmas};
+use crate::sigmas::{SigmaSchedule, converted_sigmas};
 use crate::{Error, Result};
 
 const CLASS: &str = "EulerDiscreteScheduler";
@@ -246,15 +246,19 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
                 .map(|&t| interp_index(t, &self.train_sigmas))
                 .collect();
             let mut ts = ts;
-            if karras {
-                sig = karras_sigmas(&sig, n, cfg.sigma_min, cfg.sigma_max, 7.0);
-                ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
-            } else if cfg.use_beta_sigmas.unwrap_or(false) {
-                sig = crate::sigmas::beta_sigmas(&sig, n, cfg.sigma_min, cfg.sigma_max);
-                ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
-            } else if exponential {
-                sig = exponential_sigmas(&sig, n, cfg.sigma_min, cfg.sigma_max);
-                ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+            if let Some(kind) =
+                SigmaSchedule::from_flags(karras, exponential, cfg.use_beta_sigmas.unwrap_or(false))
+            {
+                let (s, t) = converted_sigmas(
+                    kind,
+                    &sig,
+                    n,
+                    (cfg.sigma_min, cfg.sigma_max),
+                    &log_sigmas,
+                    false,
+                );
+                sig = s;
+                ts = t;
             }
             let last = if cfg.final_sigmas_type == "sigma_min" {
                 self.train_sigmas[0] as f64

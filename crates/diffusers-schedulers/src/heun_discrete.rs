@@ -8,10 +8,10 @@ use serde_json::{Map, Value};
 
 use crate::discrete::{
     BetaConfig, BetaSchedule, PredictionType, TimestepSpacing, alphas_cumprod, check_steps,
-    interp_index, sigma_to_t, spaced_timesteps,
+    interp_index, spaced_timesteps,
 };
 use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions};
-use crate::sigmas::{exponential_sigmas, karras_sigmas};
+use crate::sigmas::{SigmaSchedule, converted_sigmas};
 use crate::{Error, Result};
 
 const CLASS: &str = "HeunDiscreteScheduler";
@@ -171,15 +171,14 @@ impl<B: Backend> HeunDiscreteScheduler<B> {
             .iter()
             .map(|&t| interp_index(t, &self.train_sigmas))
             .collect();
-        if cfg.use_karras_sigmas {
-            sig = karras_sigmas(&sig, n, None, None, 7.0);
-            ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
-        } else if cfg.use_beta_sigmas {
-            sig = crate::sigmas::beta_sigmas(&sig, n, None, None);
-            ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
-        } else if cfg.use_exponential_sigmas {
-            sig = exponential_sigmas(&sig, n, None, None);
-            ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+        if let Some(kind) = SigmaSchedule::from_flags(
+            cfg.use_karras_sigmas,
+            cfg.use_exponential_sigmas,
+            cfg.use_beta_sigmas,
+        ) {
+            let (s, t) = converted_sigmas(kind, &sig, n, (None, None), &log_sigmas, false);
+            sig = s;
+            ts = t;
         }
         sig.push(0.0);
         let sig: Vec<f32> = sig.into_iter().map(|v| v as f32).collect();

@@ -8,10 +8,10 @@ use serde_json::{Map, Value};
 
 use crate::discrete::{
     BetaConfig, BetaSchedule, PredictionType, TimestepSpacing, alphas_cumprod, check_steps,
-    interp_index, round_half_even, sigma_to_t, spaced_timesteps,
+    interp_index, sigma_to_t, spaced_timesteps,
 };
 use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, noise_index};
-use crate::sigmas::{exponential_sigmas, karras_sigmas};
+use crate::sigmas::{SigmaSchedule, converted_sigmas};
 use crate::{Error, Result};
 
 const CLASS: &str = "KDPM2DiscreteScheduler";
@@ -140,18 +140,14 @@ pub(crate) fn base_schedule(
         .collect();
     let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
     let mut sig: Vec<f64> = ts.iter().map(|&t| interp_index(t, train_sigmas)).collect();
-    if config.use_karras_sigmas {
-        sig = karras_sigmas(&sig, n, None, None, 7.0);
-        ts = sig
-            .iter()
-            .map(|&s| round_half_even(sigma_to_t(s, &log_sigmas)))
-            .collect();
-    } else if config.use_beta_sigmas {
-        sig = crate::sigmas::beta_sigmas(&sig, n, None, None);
-        ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
-    } else if config.use_exponential_sigmas {
-        sig = exponential_sigmas(&sig, n, None, None);
-        ts = sig.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+    if let Some(kind) = SigmaSchedule::from_flags(
+        config.use_karras_sigmas,
+        config.use_exponential_sigmas,
+        config.use_beta_sigmas,
+    ) {
+        let (s, t) = converted_sigmas(kind, &sig, n, (None, None), &log_sigmas, true);
+        sig = s;
+        ts = t;
     }
     sig.push(0.0);
     Ok(BaseSchedule {

@@ -166,3 +166,73 @@ mod tests {
         assert!((super::beta_ppf(0.5, 0.6, 0.6) - 0.5).abs() < 1e-14);
     }
 }
+
+/// Which schedule replaces the interpolated sigmas (`use_karras_sigmas`, `use_exponential_sigmas`,
+/// `use_beta_sigmas`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SigmaSchedule {
+    Karras,
+    Exponential,
+    Beta,
+}
+
+impl SigmaSchedule {
+    /// The schedule the config flags select (karras first, as diffusers checks them).
+    pub(crate) fn from_flags(karras: bool, exponential: bool, beta: bool) -> Option<Self> {
+        if karras {
+            Some(Self::Karras)
+        } else if exponential {
+            Some(Self::Exponential)
+        } else if beta {
+            Some(Self::Beta)
+        } else {
+            None
+        }
+    }
+}
+
+/// A karras/exponential/beta schedule over `in_sigmas`' range (or the given bounds), with each
+/// sigma's timestep by `_sigma_to_t`, rounded for karras when `round_karras` (as the KDPM2,
+/// DPM-Solver, DEIS and UniPC schedulers do).
+pub(crate) fn converted_sigmas(
+    kind: SigmaSchedule,
+    in_sigmas: &[f64],
+    n: usize,
+    bounds: (Option<f64>, Option<f64>),
+    log_sigmas: &[f32],
+    round_karras: bool,
+) -> (Vec<f64>, Vec<f64>) {
+    let (lo, hi) = bounds;
+    let sigmas = match kind {
+        SigmaSchedule::Karras => karras_sigmas(in_sigmas, n, lo, hi, 7.0),
+        SigmaSchedule::Exponential => exponential_sigmas(in_sigmas, n, lo, hi),
+        SigmaSchedule::Beta => beta_sigmas(in_sigmas, n, lo, hi),
+    };
+    let round = round_karras && kind == SigmaSchedule::Karras;
+    let ts = sigmas
+        .iter()
+        .map(|&s| crate::discrete::sigma_to_t(s, log_sigmas))
+        .map(|t| {
+            if round {
+                crate::discrete::round_half_even(t)
+            } else {
+                t
+            }
+        })
+        .collect();
+    (sigmas, ts)
+}
+
+/// The flow sigmas of the DPM-Solver family: `shift * s / (1 + (shift - 1) * s)` over
+/// `1 - linspace(1, 1/N, n + 1)`, reversed, without the last; timesteps `sigma * N`.
+pub(crate) fn flow_sigmas(shift: f64, train: usize, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut s: Vec<f64> = linspace(1.0, 1.0 / train as f64, n + 1)
+        .iter()
+        .map(|a| 1.0 - a)
+        .map(|x| shift * x / (1.0 + (shift - 1.0) * x))
+        .collect();
+    s.reverse();
+    s.truncate(n);
+    let ts = s.iter().map(|&x| x * train as f64).collect();
+    (s, ts)
+}

@@ -11,7 +11,7 @@ use crate::discrete::{
     round_half_even, sigma_to_t, spaced_timesteps,
 };
 use crate::scheduler::{NoiseSource, Scheduler, TimestepOptions, linspace};
-use crate::sigmas::{exponential_sigmas, karras_sigmas};
+use crate::sigmas::{SigmaSchedule, converted_sigmas, karras_sigmas};
 use crate::{Error, Result};
 
 const CLASS: &str = "UniPCMultistepScheduler";
@@ -452,15 +452,18 @@ impl<B: Backend> Scheduler<B> for UniPCMultistepScheduler<B> {
             let last = if sigma_min_last { s[s.len() - 1] } else { 0.0 };
             s.push(last);
             s
-        } else if cfg.use_beta_sigmas {
-            let mut s = crate::sigmas::beta_sigmas(&flipped, n, cfg.sigma_min, cfg.sigma_max);
-            ts = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
-            let last = if sigma_min_last { s[s.len() - 1] } else { 0.0 };
-            s.push(last);
-            s
-        } else if cfg.use_exponential_sigmas {
-            let mut s = exponential_sigmas(&flipped, n, cfg.sigma_min, cfg.sigma_max);
-            ts = s.iter().map(|&x| sigma_to_t(x, &log_sigmas)).collect();
+        } else if let Some(kind) =
+            SigmaSchedule::from_flags(false, cfg.use_exponential_sigmas, cfg.use_beta_sigmas)
+        {
+            let (mut s, t) = converted_sigmas(
+                kind,
+                &flipped,
+                n,
+                (cfg.sigma_min, cfg.sigma_max),
+                &log_sigmas,
+                false,
+            );
+            ts = t;
             let last = if sigma_min_last { s[s.len() - 1] } else { 0.0 };
             s.push(last);
             s
