@@ -919,12 +919,110 @@ def stage_tokenizers(out: Path):
     write_json(out / "text_encoders" / "clip_tokenizer.json",
                {"cases": cases, "max_length": 16, "versions": versions()})
 
+
+T5_CORPUS = [
+    "a photo of a cat sitting on a red chair",
+    "a painting of a dog running in the park at sunset",
+    "the quick brown fox jumps over the lazy dog",
+    "an astronaut riding a horse on the moon, digital art",
+    "a bowl of fruit on a wooden table, still life",
+    "portrait of an old man with a long white beard",
+    "a small house in the mountains covered with snow",
+    "the city skyline at night with bright lights",
+    "a cup of coffee and a croissant in a cafe",
+    "two cats playing with a ball of yarn",
+    "a watercolor painting of flowers in a vase",
+    "a robot reading a book in a library",
+    "a beautiful landscape with a river and green hills",
+    "a photograph of the ocean with waves and rocks",
+    "children playing football in the street",
+    "a futuristic car driving through a neon city",
+    "a castle on a hill under a cloudy sky",
+    "a plate of pasta with tomato sauce and basil",
+    "a close up photo of a butterfly on a leaf",
+    "an oil painting of a ship in a storm",
+    "Photo, 4k, highly detailed, sharp focus, 35mm film",
+    "The year 2024: 3 cats, 12 dogs and 100 birds!",
+    "A Photo Of The Quick Brown Fox. (Yes) 50% OFF - Hello World",
+    "NEW YORK, PARIS; TOKYO & LONDON: 3.14 [draft] #1 @home",
+]
+
+
+def make_t5_tokenizer(folder: Path):
+    """Trains a tiny SentencePiece unigram model as T5's (pad=0, eos=1, unk=2, no bos, NFKC
+    charsmap) on T5_CORPUS, deterministically, and writes a complete T5 tokenizer folder as real
+    repositories ship it: spiece.model and the tokenizer_config.json that T5Tokenizer writes
+    (model_max_length 512), without tokenizer.json."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spm.set_random_generator_seed(0)
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(T5_CORPUS), model_writer=buf, vocab_size=160, model_type="unigram",
+        normalization_rule_name="nmt_nfkc", num_threads=1, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    (folder / "spiece.model").write_bytes(buf.getvalue())
+    tok = T5Tokenizer.from_pretrained(folder, model_max_length=512)
+    tok.save_pretrained(folder)
+    for extra in ["tokenizer.json", "special_tokens_map.json"]:
+        (folder / extra).unlink(missing_ok=True)
+
+
+def stage_t5_tokenizer(out: Path):
+    """A tiny T5 tokenizer from spiece.model alone (as FLUX.1/T5 repositories ship it) and as
+    transformers saves it (tokenizer.json), with the ids FluxPipeline's tokenizer_2 gives
+    (padding="max_length", max_length=16, truncation) for prompts NFKC and whitespace handling
+    change."""
+    import shutil
+
+    from transformers import T5Tokenizer
+
+    base = out / "text_encoders"
+    spiece = base / "t5_tokenizer"
+    if spiece.exists():
+        shutil.rmtree(spiece)
+    make_t5_tokenizer(spiece)
+    tok = T5Tokenizer.from_pretrained(spiece)
+    saved = base / "t5_tokenizer_json"
+    if saved.exists():
+        shutil.rmtree(saved)
+    tok.save_pretrained(saved)
+    assert (saved / "tokenizer.json").exists()
+    tok_json = T5Tokenizer.from_pretrained(saved)
+    prompts = [
+        "a photo of a cat",
+        "A Photo Of THE Quick Brown FOX",
+        "café naïve ﬁne ＦＵＬＬ ｗｉｄｔｈ ① ™",
+        "two  spaces   and\ttab\nnewline\u00a0nbsp\u3000ideographic",
+        "  leading and trailing  ",
+        "hello, world! (yes) 42 cats; 3.14 - 100%",
+        "a snowman ☃ and 漢字",
+        "",
+        "a cat </s> a dog <pad>",
+        "an astronaut riding a horse on the moon, digital art, a castle on a hill under a cloudy sky",
+    ]
+    cases = {}
+    for i, p in enumerate(prompts):
+        ids = tok(p, padding="max_length", max_length=16, truncation=True).input_ids
+        assert ids == tok_json(p, padding="max_length", max_length=16, truncation=True).input_ids
+        full = tok(p).input_ids
+        cases[f"prompt_{i}"] = {"prompt": p, "ids": ids, "untruncated_len": len(full),
+                                "tokens": tok.convert_ids_to_tokens(full)}
+    write_json(base / "t5_tokenizer.json",
+               {"cases": cases, "max_length": 16, "pad_token": str(tok.pad_token), "vocab_size": len(tok),
+                "versions": versions()})
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders, "vae": stage_vae,
           "transformers": stage_transformers,
           "real_configs": stage_real_configs,
           "pipelines": stage_pipelines,
-          "tokenizers": stage_tokenizers}
+          "tokenizers": stage_tokenizers,
+          "t5_tokenizer": stage_t5_tokenizer}
 
 
 def main():

@@ -11,6 +11,7 @@
 
 pub mod clip;
 mod error;
+pub mod sentencepiece;
 pub mod t5;
 pub mod tokenizer;
 

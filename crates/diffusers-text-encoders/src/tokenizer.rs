@@ -62,6 +62,8 @@ impl PromptTokenizer {
         let json = folder.join("tokenizer.json");
         let tokenizer = if json.exists() {
             Tokenizer::from_file(&json).map_err(|e| err(format!("{}: {e}", json.display())))?
+        } else if folder.join("spiece.model").exists() {
+            crate::sentencepiece::t5_tokenizer_from_folder(folder)?
         } else {
             Self::clip_from_vocab(&folder.join("vocab.json"), &folder.join("merges.txt"))?
         };
