@@ -10,6 +10,7 @@ Usage: python oracle.py OUT_DIR [stage ...]   (stages: nn, loading; default all)
 import json
 import math
 import os
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -840,11 +841,28 @@ def stage_real_configs(out: Path):
     write_json(root / "flux_params.json", result)
 
 
-@torch.no_grad()
-def stage_pipelines(out: Path):
-    """A tiny FLUX.1-dev-style pipeline saved with save_pretrained (hub layout, text encoders and
-    tokenizers null), run from prompt embeddings with explicit latents and with a seed."""
+T5_WORDS = ["a", "photo", "of", "the", "cat", "dog", "red", "on", "in", "snow", "with", "hat"]
+
+
+def make_small_t5_tokenizer(folder: Path):
+    """A tiny T5 unigram tokenizer built from a vocabulary list (T5's layout: <pad>, </s>, <unk>
+    first) and saved by transformers (tokenizer.json + tokenizer_config.json)."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [("▁" + w, -3.0 - 0.1 * i) for i, w in enumerate(T5_WORDS)]
+    vocab += [(ch, -6.0) for ch in "abcdefghijklmnopqrstuvwxyz0123456789,.!?"]
+    vocab += [("▁" + ch, -7.0) for ch in "abcdefghijklmnopqrstuvwxyz"]
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def tiny_flux_pipeline(folder: Path):
+    """A tiny FLUX.1-dev-style pipeline with every component (CLIP and T5 text encoders and their
+    tokenizers as real FLUX.1 repositories ship them), saved by save_pretrained and reloaded."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(7)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
@@ -857,12 +875,42 @@ def stage_pipelines(out: Path):
                         scaling_factor=0.3611).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                        tokenizer_2=None, transformer=transformer)
-    folder = out / "pipelines" / "tiny_flux"
+    tmp = folder.parent / (folder.name + "_tok")
+    tokenizer = make_clip_tokenizer(tmp / "tokenizer", model_max_length=77)
+    tokenizer_2 = make_small_t5_tokenizer(tmp / "tokenizer_2")
+    torch.manual_seed(8)
+    # As openai/clip-vit-large-patch14: legacy eos id 2 (pooling at the highest id, <|endoftext|>).
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=10, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0,
+        eos_token_id=2, pad_token_id=1, projection_dim=10)).eval()
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=12, d_kv=6, d_ff=20, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20,
+        feed_forward_proj="gated-gelu")).eval()
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
     pipe.save_pretrained(folder)
-    pipe = FluxPipeline.from_pretrained(folder, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                                        tokenizer_2=None)
+    # Real FLUX.1 repositories ship CLIP's tokenizer as vocab.json + merges.txt (no tokenizer.json).
+    for f in ["vocab.json", "merges.txt"]:
+        shutil.copy(tmp / "tokenizer" / f, folder / "tokenizer" / f)
+    (folder / "tokenizer" / "tokenizer.json").unlink()
+    shutil.rmtree(tmp)
+    reloaded = FluxPipeline.from_pretrained(folder)
+    for p in ["a photo of the cat", "the red dog with a hat in the snow on the cat"]:
+        assert reloaded.tokenizer(p).input_ids == tokenizer(p).input_ids, p
+        assert reloaded.tokenizer_2(p).input_ids == tokenizer_2(p).input_ids, p
+    return reloaded
+
+
+@torch.no_grad()
+def stage_pipelines(out: Path):
+    """The tiny FLUX.1-dev-style pipeline run from prompt embeddings and from prompts, with explicit
+    latents (each step's latents recorded) and with a seed, several prompts and images per prompt."""
+    folder = out / "pipelines" / "tiny_flux"
+    if folder.exists():
+        shutil.rmtree(folder)
+    pipe = tiny_flux_pipeline(folder)
     c = Cases()
     prompt_embeds, pooled = torch.randn(1, 5, 12), torch.randn(1, 10)
     common = dict(prompt_embeds=prompt_embeds, pooled_prompt_embeds=pooled, height=16, width=24,
@@ -877,6 +925,39 @@ def stage_pipelines(out: Path):
           {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled, "latents": latents},
           {"images": torch.from_numpy(image), "output_latents": out_latents})
     c.add("flux_seed", "flux_pipeline", cfg, {}, {"images": torch.from_numpy(seeded)})
+
+    # From a prompt, explicit latents: the encoders' outputs, each step's latents, the image.
+    prompt = "a photo of the cat"
+    pe, pp, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, max_sequence_length=8)
+    steps = []
+
+    def record(p, i, t, kw):
+        steps.append(kw["latents"].clone())
+        return kw
+
+    latents = torch.randn(1, 24, 16)
+    args = dict(prompt=prompt, height=16, width=24, num_inference_steps=3, guidance_scale=3.5,
+                max_sequence_length=8)
+    image = pipe(**args, latents=latents.clone(), output_type="np", callback_on_step_end=record).images
+    pil = pipe(**args, latents=latents.clone(), output_type="pil").images[0]
+    out_latents = pipe(**args, latents=latents.clone(), output_type="latent").images
+    outputs = {"prompt_embeds": pe, "pooled_prompt_embeds": pp, "images": torch.from_numpy(image),
+               "image_u8": torch.from_numpy(np.array(pil)), "output_latents": out_latents}
+    for i, s in enumerate(steps):
+        outputs[f"step_{i}"] = s
+    c.add("flux_prompt", "flux_pipeline", {**cfg, "prompt": prompt, "max_sequence_length": 8},
+          {"latents": latents}, outputs)
+    save_file({"latents": latents.contiguous()}, str(out / "pipelines" / "flux_prompt_latents.safetensors"))
+
+    # Several prompts (the second one truncated by T5 at 8 tokens), two images each, a seed.
+    prompts = ["a photo of the cat", "the red dog with a hat in the snow on the cat"]
+    images = pipe(prompt=prompts, height=16, width=24, num_inference_steps=3, guidance_scale=3.5,
+                  max_sequence_length=8, num_images_per_prompt=2,
+                  generator=torch.Generator("cpu").manual_seed(42), output_type="np").images
+    pe, pp, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=8, num_images_per_prompt=2)
+    c.add("flux_prompts_seed", "flux_pipeline",
+          {**cfg, "prompts": prompts, "max_sequence_length": 8, "num_images_per_prompt": 2},
+          {}, {"images": torch.from_numpy(images), "prompt_embeds": pe, "pooled_prompt_embeds": pp})
     c.save(out / "pipelines", "flux")
 
 
@@ -890,24 +971,33 @@ def bytes_to_unicode():
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-@torch.no_grad()
-def stage_tokenizers(out: Path):
-    """A tiny CLIP BPE tokenizer (byte-level vocabulary, a few merges) saved as real repositories
-    ship it (vocab.json, merges.txt) and as transformers 5 saves it (tokenizer.json), with the
-    ids diffusers' pipelines get (padding="max_length", truncation) for several prompts."""
+CLIP_MERGES = ["t h", "th e</w>", "c a", "ca t</w>", "d o", "do g</w>", "o n</w>", "r e", "e d</w>", "s i",
+               "p h", "ph o", "pho t", "phot o</w>", "o f</w>"]
+
+
+def make_clip_tokenizer(folder: Path, model_max_length=None):
+    """A tiny CLIP BPE tokenizer (byte-level vocabulary, a few merges) written as real repositories
+    ship it (vocab.json, merges.txt); returns transformers' CLIPTokenizer built from those files."""
     from transformers import CLIPTokenizer
 
-    folder = out / "text_encoders" / "clip_tokenizer"
     folder.mkdir(parents=True, exist_ok=True)
     bu = bytes_to_unicode()
     chars = [bu[b] for b in range(256)]
-    merges = ["t h", "th e</w>", "c a", "ca t</w>", "d o", "do g</w>", "o n</w>", "r e", "e d</w>", "s i",
-              "p h", "ph o", "pho t", "phot o</w>", "o f</w>"]
-    vocab_list = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges]
+    vocab_list = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in CLIP_MERGES]
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     write_json(folder / "vocab.json", {t: i for i, t in enumerate(vocab_list)})
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(CLIP_MERGES) + "\n")
+    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), **kwargs)
+
+
+@torch.no_grad()
+def stage_tokenizers(out: Path):
+    """A tiny CLIP BPE tokenizer saved as real repositories ship it (vocab.json, merges.txt) and as
+    transformers 5 saves it (tokenizer.json), with the ids diffusers' pipelines get
+    (padding="max_length", truncation) for several prompts."""
+    folder = out / "text_encoders" / "clip_tokenizer"
+    tok = make_clip_tokenizer(folder)
     prompts = ["a photo of the cat", "A  Photo of THE dog!", "red cat, 42 dogs; café ☕",
                "the cat on the red dog on the cat of the photo of the dog", ""]
     cases = {}
@@ -1015,6 +1105,7 @@ def stage_t5_tokenizer(out: Path):
     write_json(base / "t5_tokenizer.json",
                {"cases": cases, "max_length": 16, "pad_token": str(tok.pad_token), "vocab_size": len(tok),
                 "versions": versions()})
+
 
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders, "vae": stage_vae,

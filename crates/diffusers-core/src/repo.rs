@@ -181,6 +181,14 @@ impl Repo {
         }
     }
 
+    /// The folder of a local repository (`None` for a hub one).
+    pub fn local_dir(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Local(p) => Some(p),
+            Kind::Hub(_) => None,
+        }
+    }
+
     /// Whether this is a hub repository in offline mode.
     pub fn is_offline(&self) -> bool {
         matches!(&self.kind, Kind::Hub(h) if h.offline)

@@ -20,6 +20,22 @@ pub enum Error {
         /// What is unsupported.
         reason: String,
     },
+    /// A component `model_index.json` names is not in the repository.
+    #[error("{path}: component `{component}` is listed in model_index.json but missing")]
+    MissingComponent {
+        /// The component folder.
+        path: String,
+        /// The component name.
+        component: String,
+    },
+    /// Reading or writing an image file failed.
+    #[error("{path}: {reason}")]
+    Image {
+        /// The image file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// Reading files failed.
     #[error(transparent)]
     Core(#[from] diffusers_core::Error),
@@ -29,6 +45,9 @@ pub enum Error {
     /// A transformer failed.
     #[error(transparent)]
     Transformer(#[from] diffusers_transformers::Error),
+    /// A text encoder or tokenizer failed.
+    #[error(transparent)]
+    TextEncoder(#[from] diffusers_text_encoders::Error),
     /// A VAE failed.
     #[error(transparent)]
     Vae(#[from] diffusers_vae::Error),

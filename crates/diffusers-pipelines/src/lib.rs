@@ -2,17 +2,39 @@
 //!
 //! Pipelines that compose the model crates, as diffusers' `pipelines/`:
 //!
+//! - [`DiffusionPipeline::from_pretrained`]: reads `model_index.json` from a folder or a hub
+//!   repository and builds the pipeline its `_class_name` names (a clear error for classes not
+//!   supported yet);
 //! - [`model_index::ModelIndex`]: `model_index.json` (the only crate that reads it), with
 //!   optional `[null, null]` components;
-//! - [`pipeline_flux::FluxPipeline`]: FLUX.1 text-to-image from prompt embeddings (latent
-//!   packing, image ids, `mu` from the sequence length, guidance, explicit latents or a torch
-//!   seed, image/array/latent outputs).
+//! - [`pipeline_flux::FluxPipeline`]: FLUX.1 text-to-image: prompt encoding with CLIP and T5,
+//!   latent packing, image ids, `mu` from the sequence length, guidance, explicit latents or a
+//!   torch seed, images per prompt, per-step callbacks, array/latent outputs;
+//! - [`image_processor`]: `[0, 1]` arrays, 8-bit pixels and PNG files.
 //!
-//! Prompt encoding from text (tokenizers), `DiffusionPipeline::from_pretrained` dispatch and the
-//! CLI come next.
+//! ```
+//! use burn::tensor::DType;
+//! use diffusers_core::backend::Cpu;
+//! use diffusers_pipelines::pipeline_flux::{FluxCall, FluxPipeline};
+//! let dir = diffusers_core::testing::fixtures_dir().join("pipelines/tiny_flux");
+//! let mut pipe = FluxPipeline::<Cpu>::from_folder(dir, DType::F32, &Default::default())?;
+//! let out = pipe.call(FluxCall {
+//!     height: Some(16),
+//!     width: Some(16),
+//!     num_inference_steps: 2,
+//!     max_sequence_length: 8,
+//!     seed: Some(0),
+//!     ..FluxCall::new("a photo of a cat")
+//! })?;
+//! assert_eq!(out.images[0].dims(), [16, 16, 3]);
+//! # Ok::<(), diffusers_pipelines::Error>(())
+//! ```
 
 mod error;
+pub mod image_processor;
 pub mod model_index;
 pub mod pipeline_flux;
+pub mod pipeline_utils;
 
 pub use error::{Error, Result};
+pub use pipeline_utils::{DiffusionPipeline, LoadEvent, PipelineOptions, SUPPORTED_PIPELINES};

@@ -1,24 +1,30 @@
-//! diffusers' `FluxPipeline` (`pipelines/flux/pipeline_flux.py`), from prompt embeddings.
+//! diffusers' `FluxPipeline` (`pipelines/flux/pipeline_flux.py`): FLUX.1 text-to-image.
 
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::DType;
+use burn::tensor::{DType, TensorData};
 use diffusers_schedulers::{
     FlowMatchEulerDiscreteScheduler, Generators, Scheduler, TimestepOptions, TorchGenerator,
     calculate_shift, linspace, randn_tensor, step_nd,
 };
+use diffusers_text_encoders::clip::CLIPTextModel;
+use diffusers_text_encoders::t5::T5EncoderModel;
+use diffusers_text_encoders::tokenizer::PromptTokenizer;
 use diffusers_transformers::transformer_flux::{
     FluxInputs, FluxTransformer2DModel, FluxTransformer2DModelConfig,
 };
 use diffusers_vae::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 
+use crate::image_processor::postprocess;
 use crate::model_index::ModelIndex;
 use crate::{Error, Result};
 
 const PIPELINE: &str = "FluxPipeline";
 
-/// A FLUX.1 pipeline's models and scheduler.
+/// A FLUX.1 pipeline's models, tokenizers and scheduler. The text encoders and tokenizers are
+/// optional (`[null, null]` in `model_index.json`): without them the pipeline runs from
+/// `prompt_embeds`.
 #[derive(Debug)]
 pub struct FluxPipeline<B: Backend> {
     /// The denoiser.
@@ -31,37 +37,54 @@ pub struct FluxPipeline<B: Backend> {
     pub vae_config: AutoencoderKLConfig,
     /// The scheduler.
     pub scheduler: FlowMatchEulerDiscreteScheduler,
+    /// CLIP tokenizer (`tokenizer/`).
+    pub tokenizer: Option<PromptTokenizer>,
+    /// CLIP text encoder (`text_encoder/`): the pooled prompt embedding.
+    pub text_encoder: Option<CLIPTextModel<B>>,
+    /// T5 tokenizer (`tokenizer_2/`).
+    pub tokenizer_2: Option<PromptTokenizer>,
+    /// T5 encoder (`text_encoder_2/`): the prompt embeddings.
+    pub text_encoder_2: Option<T5EncoderModel<B>>,
     device: B::Device,
     dtype: DType,
 }
 
 /// How the pipeline returns its result (diffusers' `output_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputType {
-    /// Images `[batch, height, width, 3]` in `[0, 1]` (`"np"`; `"pil"` is this, saved as PNG).
+    /// Decoded images in `[0, 1]` (`"np"`; `"pil"` is this, saved as PNG).
+    #[default]
     Array,
-    /// The packed latents `[batch, seq, channels]` (`"latent"`).
+    /// The final packed latents `[batch, seq, channels]`, not decoded (`"latent"`).
     Latent,
 }
 
-/// Arguments of a call, with diffusers' defaults where it has them.
+/// Arguments of a call, with diffusers' defaults ([`FluxCall::new`] or `Default`).
 #[derive(Debug, Clone)]
 pub struct FluxCall<B: Backend> {
-    /// T5 states `[batch, text_seq, joint_attention_dim]`.
-    pub prompt_embeds: Tensor<B, 3>,
-    /// Pooled CLIP embedding `[batch, pooled_projection_dim]`.
-    pub pooled_prompt_embeds: Tensor<B, 2>,
-    /// Image height (a multiple of `vae_scale_factor * 2`).
-    pub height: usize,
-    /// Image width.
-    pub width: usize,
-    /// Denoising steps (28 in diffusers).
+    /// Prompts (one image batch entry each); leave empty to pass `prompt_embeds`.
+    pub prompt: Vec<String>,
+    /// Prompts for the T5 encoder (`prompt_2`); `None` uses `prompt`.
+    pub prompt_2: Option<Vec<String>>,
+    /// T5 states `[batch, text_seq, joint_attention_dim]` instead of `prompt`.
+    pub prompt_embeds: Option<Tensor<B, 3>>,
+    /// Pooled CLIP embedding `[batch, pooled_projection_dim]`, with `prompt_embeds`.
+    pub pooled_prompt_embeds: Option<Tensor<B, 2>>,
+    /// Image height, a multiple of `vae_scale_factor * 2` (default `128 * vae_scale_factor`).
+    pub height: Option<usize>,
+    /// Image width (same rules).
+    pub width: Option<usize>,
+    /// Denoising steps (28).
     pub num_inference_steps: usize,
-    /// Guidance scale for guidance-distilled models (3.5 in diffusers).
+    /// Guidance scale for guidance-distilled models (3.5).
     pub guidance_scale: f64,
-    /// Packed initial latents `[batch, seq, channels]` (diffusers' `latents=`).
+    /// Images per prompt (1).
+    pub num_images_per_prompt: usize,
+    /// T5 token count, at most 512 (512).
+    pub max_sequence_length: usize,
+    /// Packed initial latents `[batch * num_images_per_prompt, seq, channels]` (`latents=`).
     pub latents: Option<Tensor<B, 3>>,
-    /// Seed of `torch.Generator("cpu").manual_seed(seed)` for the initial noise.
+    /// Seed of `torch.Generator("cpu").manual_seed(seed)` for the initial noise (0 if unset).
     pub seed: Option<u64>,
     /// Custom sigmas (default `linspace(1, 1/steps, steps)`).
     pub sigmas: Option<Vec<f64>>,
@@ -69,16 +92,88 @@ pub struct FluxCall<B: Backend> {
     pub output_type: OutputType,
 }
 
+impl<B: Backend> Default for FluxCall<B> {
+    fn default() -> Self {
+        Self {
+            prompt: Vec::new(),
+            prompt_2: None,
+            prompt_embeds: None,
+            pooled_prompt_embeds: None,
+            height: None,
+            width: None,
+            num_inference_steps: 28,
+            guidance_scale: 3.5,
+            num_images_per_prompt: 1,
+            max_sequence_length: 512,
+            latents: None,
+            seed: None,
+            sigmas: None,
+            output_type: OutputType::Array,
+        }
+    }
+}
+
+impl<B: Backend> FluxCall<B> {
+    /// A call for one prompt with diffusers' defaults.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: vec![prompt.into()],
+            ..Default::default()
+        }
+    }
+}
+
 /// What a call returns.
 #[derive(Debug, Clone)]
 pub struct FluxOutput<B: Backend> {
-    /// `[batch, height, width, 3]` in `[0, 1]` for `Array`, the packed latents for `Latent`
-    /// (as diffusers' `.images`).
-    pub images: Tensor<B, 4>,
+    /// One `[height, width, 3]` image in `[0, 1]` per generated image (`.images[0]` is the first),
+    /// for [`OutputType::Array`]; empty for [`OutputType::Latent`].
+    pub images: Vec<Tensor<B, 3>>,
+    /// The final packed latents `[batch, seq, channels]` for [`OutputType::Latent`] (diffusers
+    /// returns them in `.images`).
+    pub latents: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> FluxOutput<B> {
+    /// The images stacked as diffusers' `output_type="np"` array `[batch, height, width, 3]`.
+    pub fn array(&self) -> Option<Tensor<B, 4>> {
+        (!self.images.is_empty()).then(|| Tensor::stack(self.images.clone(), 0))
+    }
+}
+
+/// The prompt conditioning of a call: T5 states and the pooled CLIP embedding, each repeated for
+/// the images of its prompt.
+#[derive(Debug, Clone)]
+pub struct FluxPromptEmbeds<B: Backend> {
+    /// `[batch * num_images_per_prompt, max_sequence_length, joint_attention_dim]`.
+    pub prompt_embeds: Tensor<B, 3>,
+    /// `[batch * num_images_per_prompt, pooled_projection_dim]`.
+    pub pooled_prompt_embeds: Tensor<B, 2>,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> Error {
+    Error::Core(diffusers_core::Error::io(path, e))
+}
+
+/// `[b, ...]` to `[b * n, ...]`, each entry repeated `n` times in place (diffusers'
+/// `repeat(1, n, 1).view(b * n, ...)`).
+fn repeat_per_prompt<B: Backend, const D: usize, const D1: usize>(
+    x: Tensor<B, D>,
+    n: usize,
+) -> Tensor<B, D> {
+    if n == 1 {
+        return x;
+    }
+    let mut dims = x.dims();
+    let x: Tensor<B, D1> = x.unsqueeze_dim(1);
+    let x = x.repeat_dim(1, n);
+    dims[0] *= n;
+    x.reshape(dims)
 }
 
 impl<B: Backend> FluxPipeline<B> {
-    /// Loads a diffusers FLUX folder (`model_index.json`, `transformer/`, `vae/`, `scheduler/`).
+    /// Loads a diffusers FLUX folder (`model_index.json`, `transformer/`, `vae/`, `scheduler/`,
+    /// and the text encoders and tokenizers unless `model_index.json` has them null).
     pub fn from_folder(folder: impl AsRef<Path>, dtype: DType, device: &B::Device) -> Result<Self> {
         let folder = folder.as_ref();
         let index = ModelIndex::load(folder.join("model_index.json"))?;
@@ -88,37 +183,76 @@ impl<B: Backend> FluxPipeline<B> {
                 reason: format!("`{}` is not a FluxPipeline", index.class_name),
             });
         }
-        for (name, class) in [
-            ("transformer", "FluxTransformer2DModel"),
-            ("vae", "AutoencoderKL"),
-            ("scheduler", "FlowMatchEulerDiscreteScheduler"),
-        ] {
-            if index.class_of(name) != Some(class) {
-                return Err(Error::Unsupported {
-                    path: folder.display().to_string(),
-                    reason: format!("component `{name}` must be {class}"),
-                });
+        let component = |name: &str, classes: &[&str], required: bool| -> Result<bool> {
+            match index.class_of(name) {
+                Some(c) if classes.contains(&c) => {
+                    let dir = folder.join(name);
+                    if dir.is_dir() {
+                        Ok(true)
+                    } else {
+                        Err(Error::MissingComponent {
+                            path: dir.display().to_string(),
+                            component: name.to_string(),
+                        })
+                    }
+                }
+                None if !required => Ok(false),
+                other => Err(Error::Unsupported {
+                    path: folder.join("model_index.json").display().to_string(),
+                    reason: format!(
+                        "component `{name}` is {}, expected {}",
+                        other.map_or("missing".to_string(), |c| format!("`{c}`")),
+                        classes.join(" or ")
+                    ),
+                }),
             }
-        }
+        };
+        component("transformer", &["FluxTransformer2DModel"], true)?;
+        component("vae", &["AutoencoderKL"], true)?;
+        component("scheduler", &["FlowMatchEulerDiscreteScheduler"], true)?;
+        let has_clip = component("text_encoder", &["CLIPTextModel"], false)?;
+        let has_clip_tok = component("tokenizer", &["CLIPTokenizer", "CLIPTokenizerFast"], false)?;
+        let has_t5 = component("text_encoder_2", &["T5EncoderModel"], false)?;
+        let has_t5_tok = component("tokenizer_2", &["T5Tokenizer", "T5TokenizerFast"], false)?;
+
         let weights_dtype = (dtype != DType::F32).then_some(dtype);
+        tracing::info!("{}: loading transformer", folder.display());
         let (transformer, transformer_config) =
             FluxTransformer2DModel::from_folder(folder.join("transformer"), weights_dtype, device)?;
+        tracing::info!("{}: loading vae", folder.display());
         let (vae, vae_config) =
             AutoencoderKL::from_folder(folder.join("vae"), weights_dtype, device)?;
-        let text = std::fs::read_to_string(folder.join("scheduler/scheduler_config.json"))
-            .map_err(|e| {
-                Error::Core(diffusers_core::Error::Io {
-                    path: folder.join("scheduler/scheduler_config.json"),
-                    source: e,
-                })
-            })?;
+        let sched_path = folder.join("scheduler/scheduler_config.json");
+        let text = std::fs::read_to_string(&sched_path).map_err(|e| io_err(&sched_path, e))?;
         let scheduler = FlowMatchEulerDiscreteScheduler::from_json(&text)?;
+        let tokenizer = has_clip_tok
+            .then(|| PromptTokenizer::from_pretrained(folder.join("tokenizer")))
+            .transpose()?;
+        let tokenizer_2 = has_t5_tok
+            .then(|| PromptTokenizer::from_pretrained(folder.join("tokenizer_2")))
+            .transpose()?;
+        let text_encoder = has_clip
+            .then(|| {
+                tracing::info!("{}: loading text_encoder", folder.display());
+                CLIPTextModel::from_folder(folder.join("text_encoder"), weights_dtype, device)
+            })
+            .transpose()?;
+        let text_encoder_2 = has_t5
+            .then(|| {
+                tracing::info!("{}: loading text_encoder_2", folder.display());
+                T5EncoderModel::from_folder(folder.join("text_encoder_2"), weights_dtype, device)
+            })
+            .transpose()?;
         Ok(Self {
             transformer,
             transformer_config,
             vae,
             vae_config,
             scheduler,
+            tokenizer,
+            text_encoder,
+            tokenizer_2,
+            text_encoder_2,
             device: device.clone(),
             dtype,
         })
@@ -129,35 +263,165 @@ impl<B: Backend> FluxPipeline<B> {
         self.vae_config.scale_factor()
     }
 
+    /// The device the models are on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn ids_tensor(&self, ids: Vec<Vec<u32>>) -> Tensor<B, 2, Int> {
+        let (b, n) = (ids.len(), ids.first().map_or(0, Vec::len));
+        let flat: Vec<i64> = ids.into_iter().flatten().map(i64::from).collect();
+        Tensor::from_data(TensorData::new(flat, [b, n]), &self.device)
+    }
+
+    /// diffusers' `encode_prompt`: the CLIP pooled embedding of `prompt` (padded to the CLIP
+    /// tokenizer's `model_max_length`, 77) and the T5 states of `prompt_2` (or `prompt`), padded
+    /// and truncated to `max_sequence_length` tokens, each repeated `num_images_per_prompt` times.
+    pub fn encode_prompt(
+        &self,
+        prompt: &[String],
+        prompt_2: Option<&[String]>,
+        num_images_per_prompt: usize,
+        max_sequence_length: usize,
+    ) -> Result<FluxPromptEmbeds<B>> {
+        let bad = |reason: String| Error::InvalidArgument {
+            pipeline: PIPELINE,
+            reason,
+        };
+        if prompt.is_empty() {
+            return Err(bad("no prompt".into()));
+        }
+        if max_sequence_length == 0 || max_sequence_length > 512 {
+            return Err(bad(format!(
+                "max_sequence_length must be in 1..=512, got {max_sequence_length}"
+            )));
+        }
+        let prompt_2 = prompt_2.unwrap_or(prompt);
+        if prompt_2.len() != prompt.len() {
+            return Err(bad(format!(
+                "prompt_2 has {} prompts, prompt has {}",
+                prompt_2.len(),
+                prompt.len()
+            )));
+        }
+        let (Some(tok), Some(clip), Some(tok2), Some(t5)) = (
+            &self.tokenizer,
+            &self.text_encoder,
+            &self.tokenizer_2,
+            &self.text_encoder_2,
+        ) else {
+            return Err(bad(
+                "this pipeline has no text encoders or tokenizers (null in model_index.json): pass prompt_embeds and pooled_prompt_embeds".into(),
+            ));
+        };
+        fn as_str(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        let clip_len = tok.model_max_length().unwrap_or(77);
+        let clip_ids = tok.encode_padded(&as_str(prompt), clip_len)?;
+        let pooled = clip.forward(self.ids_tensor(clip_ids.ids))?.pooled;
+        let t5_ids = tok2.encode_padded(&as_str(prompt_2), max_sequence_length)?;
+        let states = t5.forward(self.ids_tensor(t5_ids.ids))?;
+        Ok(FluxPromptEmbeds {
+            prompt_embeds: repeat_per_prompt::<B, 3, 4>(
+                states.cast(self.dtype),
+                num_images_per_prompt,
+            ),
+            pooled_prompt_embeds: repeat_per_prompt::<B, 2, 3>(
+                pooled.cast(self.dtype),
+                num_images_per_prompt,
+            ),
+        })
+    }
+
     /// Runs the pipeline.
     pub fn call(&mut self, call: FluxCall<B>) -> Result<FluxOutput<B>> {
+        self.call_with_callback(call, &mut |_, _, _| {})
+    }
+
+    /// Runs the pipeline, calling `on_step_end(step, timestep, latents)` after each denoising
+    /// step (diffusers' `callback_on_step_end`); the callback may replace the latents.
+    pub fn call_with_callback(
+        &mut self,
+        call: FluxCall<B>,
+        on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 3>),
+    ) -> Result<FluxOutput<B>> {
         let bad = |reason: String| Error::InvalidArgument {
             pipeline: PIPELINE,
             reason,
         };
         let f = self.vae_scale_factor() * 2;
-        if call.height == 0
-            || call.width == 0
-            || !call.height.is_multiple_of(f)
-            || !call.width.is_multiple_of(f)
-        {
+        let height = call.height.unwrap_or(128 * self.vae_scale_factor());
+        let width = call.width.unwrap_or(128 * self.vae_scale_factor());
+        if height == 0 || width == 0 || !height.is_multiple_of(f) || !width.is_multiple_of(f) {
             return Err(bad(format!(
-                "height and width must be positive multiples of {f}, got {}x{}",
-                call.height, call.width
+                "height and width must be positive multiples of {f}, got {height}x{width}"
             )));
         }
         if call.num_inference_steps == 0 {
             return Err(bad("num_inference_steps must be at least 1".into()));
         }
-        let batch = call.prompt_embeds.dims()[0];
+        if call.num_images_per_prompt == 0 {
+            return Err(bad("num_images_per_prompt must be at least 1".into()));
+        }
+        let n = call.num_images_per_prompt;
+        let embeds = match (call.prompt_embeds, call.pooled_prompt_embeds) {
+            (Some(_), _) | (_, Some(_)) if !call.prompt.is_empty() => {
+                return Err(bad("pass either prompt or prompt_embeds, not both".into()));
+            }
+            (Some(pe), Some(pp)) => {
+                if pe.dims()[0] != pp.dims()[0] {
+                    return Err(bad(format!(
+                        "prompt_embeds has batch {} but pooled_prompt_embeds has {}",
+                        pe.dims()[0],
+                        pp.dims()[0]
+                    )));
+                }
+                let [_, _, d] = pe.dims();
+                if d != self.transformer_config.joint_attention_dim {
+                    return Err(bad(format!(
+                        "prompt_embeds has width {d}, the transformer takes {}",
+                        self.transformer_config.joint_attention_dim
+                    )));
+                }
+                let [_, d] = pp.dims();
+                if d != self.transformer_config.pooled_projection_dim {
+                    return Err(bad(format!(
+                        "pooled_prompt_embeds has width {d}, the transformer takes {}",
+                        self.transformer_config.pooled_projection_dim
+                    )));
+                }
+                FluxPromptEmbeds {
+                    prompt_embeds: repeat_per_prompt::<B, 3, 4>(pe.cast(self.dtype), n),
+                    pooled_prompt_embeds: repeat_per_prompt::<B, 2, 3>(pp.cast(self.dtype), n),
+                }
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(bad(
+                    "prompt_embeds and pooled_prompt_embeds go together".into()
+                ));
+            }
+            (None, None) => self.encode_prompt(
+                &call.prompt,
+                call.prompt_2.as_deref(),
+                n,
+                call.max_sequence_length,
+            )?,
+        };
+        let batch = embeds.prompt_embeds.dims()[0];
         let channels = self.transformer_config.in_channels / 4;
-        let (h, w) = (2 * (call.height / f), 2 * (call.width / f));
+        let (h, w) = (2 * (height / f), 2 * (width / f));
         let seq = (h / 2) * (w / 2);
         let latents = match call.latents {
             Some(l) => {
                 if l.dims() != [batch, seq, channels * 4] {
                     return Err(bad(format!(
-                        "latents have shape {:?}, expected {:?}",
+                        "latents have shape {:?}, expected {:?} (packed [batch * num_images_per_prompt, (h/2)*(w/2), channels*4] for {height}x{width})",
                         l.dims(),
                         [batch, seq, channels * 4]
                     )));
@@ -178,7 +442,7 @@ impl<B: Backend> FluxPipeline<B> {
         let img_ids: Vec<Vec<f64>> = (0..h / 2)
             .flat_map(|r| (0..w / 2).map(move |c| vec![0.0, r as f64, c as f64]))
             .collect();
-        let txt_ids = vec![vec![0.0; 3]; call.prompt_embeds.dims()[1]];
+        let txt_ids = vec![vec![0.0; 3]; embeds.prompt_embeds.dims()[1]];
         let sc = self.scheduler.typed_config().clone();
         let sigmas = call.sigmas.unwrap_or_else(|| {
             linspace(
@@ -211,32 +475,37 @@ impl<B: Backend> FluxPipeline<B> {
         });
         let mut latents = latents;
         let timesteps = Scheduler::<B>::timesteps(&self.scheduler).to_vec();
-        for t in timesteps {
+        for (i, t) in timesteps.into_iter().enumerate() {
             let timestep =
                 Tensor::<B, 1>::full([batch], t as f32, (&self.device, self.dtype)) / 1000.0;
             let noise_pred = self.transformer.forward(FluxInputs {
                 hidden_states: latents.clone(),
-                encoder_hidden_states: call.prompt_embeds.clone().cast(self.dtype),
-                pooled_projections: call.pooled_prompt_embeds.clone().cast(self.dtype),
+                encoder_hidden_states: embeds.prompt_embeds.clone(),
+                pooled_projections: embeds.pooled_prompt_embeds.clone(),
                 timestep,
                 guidance: guidance.clone(),
                 txt_ids: txt_ids.clone(),
                 img_ids: img_ids.clone(),
             })?;
             latents = step_nd(&mut self.scheduler, noise_pred, t, latents, None)?;
+            on_step_end(i, t, &mut latents);
         }
         if call.output_type == OutputType::Latent {
             return Ok(FluxOutput {
-                images: latents.unsqueeze_dim(1),
+                images: Vec::new(),
+                latents: Some(latents),
             });
         }
         let z = unpack_latents(latents, h, w);
         let z = z / self.vae_config.scaling_factor as f32
             + self.vae_config.shift_factor.unwrap_or(0.0) as f32;
-        let image = self.vae.decode(z);
-        let image = (image / 2.0 + 0.5).clamp(0.0, 1.0).cast(DType::F32);
+        let images = postprocess(self.vae.decode(z));
+        let images = (0..batch)
+            .map(|i| images.clone().narrow(0, i, 1).squeeze_dim(0))
+            .collect();
         Ok(FluxOutput {
-            images: image.permute([0, 2, 3, 1]),
+            images,
+            latents: None,
         })
     }
 }

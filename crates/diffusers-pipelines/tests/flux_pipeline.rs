@@ -1,42 +1,75 @@
 //! `FluxPipeline` end to end against diffusers (`fixtures/pipelines/*`): a tiny FLUX.1-dev-style
-//! repository saved by `save_pretrained` (text encoders null), run from prompt embeddings with
-//! explicit packed latents (image and latent outputs) and with a torch seed. f32 tolerance 1e-4
-//! absolute on images in [0, 1], as the issue asks.
+//! repository with every component (CLIP + T5 encoders, CLIP vocab/merges tokenizer, T5
+//! tokenizer.json) saved by `save_pretrained`, run from prompt embeddings and from prompts, with
+//! explicit packed latents (each step's latents, image, PNG pixels and latent outputs) and with a
+//! torch seed, several prompts and images per prompt. f32 tolerance 1e-4 absolute on images in
+//! [0, 1], as the issue asks.
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Tensor};
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol, assert_close, fixtures_dir};
-use diffusers_pipelines::Error;
+use diffusers_pipelines::image_processor::{read_png, save_png, to_rgb8};
 use diffusers_pipelines::pipeline_flux::{FluxCall, FluxPipeline, OutputType};
+use diffusers_pipelines::{DiffusionPipeline, Error, PipelineOptions};
 
 const IMAGE: Tol = Tol {
     atol: 1e-4,
     rtol: 0.0,
 };
+/// Latents and encoder states are O(1..4); relative error of f32 accumulations.
+const STATES: Tol = Tol {
+    atol: 1e-4,
+    rtol: 1e-4,
+};
 
-fn call(fx: &Fixture, output_type: OutputType, latents: bool, seed: Option<u64>) -> FluxCall<Cpu> {
+fn embeds_call(
+    fx: &Fixture,
+    output_type: OutputType,
+    latents: bool,
+    seed: Option<u64>,
+) -> FluxCall<Cpu> {
     let dev = Default::default();
     FluxCall {
-        prompt_embeds: fx.tensor("flux_latents.prompt_embeds", &dev, DType::F32),
-        pooled_prompt_embeds: fx.tensor("flux_latents.pooled_prompt_embeds", &dev, DType::F32),
-        height: 16,
-        width: 24,
+        prompt_embeds: Some(fx.tensor("flux_latents.prompt_embeds", &dev, DType::F32)),
+        pooled_prompt_embeds: Some(fx.tensor(
+            "flux_latents.pooled_prompt_embeds",
+            &dev,
+            DType::F32,
+        )),
+        height: Some(16),
+        width: Some(24),
         num_inference_steps: 3,
         guidance_scale: 3.5,
         latents: latents.then(|| fx.tensor("flux_latents.latents", &dev, DType::F32)),
         seed,
-        sigmas: None,
         output_type,
+        ..Default::default()
     }
 }
 
+fn prompt_call(fx: &Fixture, output_type: OutputType) -> FluxCall<Cpu> {
+    FluxCall {
+        height: Some(16),
+        width: Some(24),
+        num_inference_steps: 3,
+        guidance_scale: 3.5,
+        max_sequence_length: 8,
+        latents: Some(fx.tensor("flux_prompt.latents", &Default::default(), DType::F32)),
+        output_type,
+        ..FluxCall::new("a photo of the cat")
+    }
+}
+
+fn folder() -> std::path::PathBuf {
+    fixtures_dir().join("pipelines/tiny_flux")
+}
+
 fn pipeline() -> FluxPipeline<Cpu> {
-    FluxPipeline::from_folder(
-        fixtures_dir().join("pipelines/tiny_flux"),
-        DType::F32,
-        &Default::default(),
-    )
-    .expect("load pipeline")
+    FluxPipeline::from_folder(folder(), DType::F32, &Default::default()).expect("load pipeline")
+}
+
+fn array(out: &diffusers_pipelines::pipeline_flux::FluxOutput<Cpu>) -> Tensor<Cpu, 4> {
+    out.array().expect("images")
 }
 
 #[test]
@@ -44,27 +77,26 @@ fn explicit_latents_match_diffusers() {
     let fx = Fixture::open("pipelines/flux");
     let mut pipe = pipeline();
     let out = pipe
-        .call(call(&fx, OutputType::Array, true, None))
+        .call(embeds_call(&fx, OutputType::Array, true, None))
         .expect("call");
-    assert_eq!(out.images.dims(), [1, 16, 24, 3]);
+    assert_eq!(out.images.len(), 1);
+    assert_eq!(out.images[0].dims(), [16, 24, 3]);
     assert_close(
-        out.images,
+        array(&out),
         &fx.values("flux_latents.images"),
         None,
         IMAGE,
         "images",
     );
     let out = pipe
-        .call(call(&fx, OutputType::Latent, true, None))
+        .call(embeds_call(&fx, OutputType::Latent, true, None))
         .expect("call");
+    assert!(out.images.is_empty());
     assert_close(
-        out.images,
+        out.latents.expect("latents"),
         &fx.values("flux_latents.output_latents"),
         None,
-        Tol {
-            atol: 1e-4,
-            rtol: 1e-4,
-        },
+        STATES,
         "latents",
     );
 }
@@ -74,10 +106,10 @@ fn torch_seed_matches_diffusers() {
     let fx = Fixture::open("pipelines/flux");
     let mut pipe = pipeline();
     let out = pipe
-        .call(call(&fx, OutputType::Array, false, Some(42)))
+        .call(embeds_call(&fx, OutputType::Array, false, Some(42)))
         .expect("call");
     assert_close(
-        out.images,
+        array(&out),
         &fx.values("flux_seed.images"),
         None,
         IMAGE,
@@ -86,18 +118,279 @@ fn torch_seed_matches_diffusers() {
 }
 
 #[test]
-fn bad_sizes_and_latents_are_errors() {
+fn prompt_encoding_matches_diffusers() {
+    let fx = Fixture::open("pipelines/flux");
+    let pipe = pipeline();
+    let e = pipe
+        .encode_prompt(&["a photo of the cat".to_string()], None, 1, 8)
+        .expect("encode");
+    assert_eq!(e.prompt_embeds.dims(), [1, 8, 12]);
+    assert_close(
+        e.prompt_embeds,
+        &fx.values("flux_prompt.prompt_embeds"),
+        None,
+        STATES,
+        "t5",
+    );
+    assert_close(
+        e.pooled_prompt_embeds,
+        &fx.values("flux_prompt.pooled_prompt_embeds"),
+        None,
+        STATES,
+        "clip pooled",
+    );
+    // Two prompts (the second truncated by T5), two images each: repeated per prompt in place.
+    let prompts = [
+        "a photo of the cat",
+        "the red dog with a hat in the snow on the cat",
+    ]
+    .map(String::from);
+    let e = pipe.encode_prompt(&prompts, None, 2, 8).expect("encode");
+    assert_eq!(e.prompt_embeds.dims(), [4, 8, 12]);
+    assert_close(
+        e.prompt_embeds,
+        &fx.values("flux_prompts_seed.prompt_embeds"),
+        None,
+        STATES,
+        "t5 x2",
+    );
+    assert_close(
+        e.pooled_prompt_embeds,
+        &fx.values("flux_prompts_seed.pooled_prompt_embeds"),
+        None,
+        STATES,
+        "clip x2",
+    );
+}
+
+#[test]
+fn prompt_to_image_matches_diffusers_step_by_step() {
     let fx = Fixture::open("pipelines/flux");
     let mut pipe = pipeline();
-    let mut c = call(&fx, OutputType::Array, true, None);
-    c.height = 18;
-    assert!(matches!(pipe.call(c), Err(Error::InvalidArgument { .. })));
-    let mut c = call(&fx, OutputType::Array, false, None);
-    c.latents = Some(burn::tensor::Tensor::zeros([1, 7, 16], &Default::default()));
-    assert!(matches!(pipe.call(c), Err(Error::InvalidArgument { .. })));
-    let mut c = call(&fx, OutputType::Array, true, None);
+    let mut steps = Vec::new();
+    let out = pipe
+        .call_with_callback(
+            prompt_call(&fx, OutputType::Array),
+            &mut |i, _t, latents| steps.push((i, latents.clone())),
+        )
+        .expect("call");
+    assert_eq!(steps.len(), 3);
+    for (i, latents) in steps {
+        assert_close(
+            latents,
+            &fx.values(&format!("flux_prompt.step_{i}")),
+            None,
+            STATES,
+            &format!("step {i}"),
+        );
+    }
+    assert_close(
+        array(&out),
+        &fx.values("flux_prompt.images"),
+        None,
+        IMAGE,
+        "images",
+    );
+
+    // PNG: the same 8-bit pixels as diffusers' `output_type="pil"` (a value within 1e-4 of a
+    // rounding boundary may land one level off), written and read back unchanged.
+    let (w, h, pixels) = to_rgb8(&out.images[0]).expect("rgb8");
+    assert_eq!((w, h), (24, 16));
+    let want = fx.values("flux_prompt.image_u8");
+    let off = pixels
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| (**a as f32 - **b).abs() > 0.0)
+        .count();
+    let max = pixels
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f32 - b).abs())
+        .fold(0.0, f32::max);
+    assert!(max <= 1.0 && off <= 2, "{off} pixels differ, max {max}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("out.png");
+    save_png(&out.images[0], &path).expect("save");
+    assert_eq!(read_png(&path).expect("read"), (24, 16, pixels));
+
+    let out = pipe
+        .call(prompt_call(&fx, OutputType::Latent))
+        .expect("call");
+    assert_close(
+        out.latents.expect("latents"),
+        &fx.values("flux_prompt.output_latents"),
+        None,
+        STATES,
+        "latents",
+    );
+}
+
+#[test]
+fn prompts_images_per_prompt_and_seed_match_diffusers() {
+    let fx = Fixture::open("pipelines/flux");
+    let mut pipe = pipeline();
+    let out = pipe
+        .call(FluxCall {
+            prompt: vec![
+                "a photo of the cat".into(),
+                "the red dog with a hat in the snow on the cat".into(),
+            ],
+            height: Some(16),
+            width: Some(24),
+            num_inference_steps: 3,
+            max_sequence_length: 8,
+            num_images_per_prompt: 2,
+            seed: Some(42),
+            ..Default::default()
+        })
+        .expect("call");
+    assert_eq!(out.images.len(), 4);
+    assert_close(
+        array(&out),
+        &fx.values("flux_prompts_seed.images"),
+        None,
+        IMAGE,
+        "4 images",
+    );
+}
+
+#[test]
+fn callback_can_replace_latents() {
+    let fx = Fixture::open("pipelines/flux");
+    let mut pipe = pipeline();
+    let out = pipe
+        .call_with_callback(
+            prompt_call(&fx, OutputType::Latent),
+            &mut |_, _, latents| *latents = latents.zeros_like(),
+        )
+        .expect("call");
+    let max = out.latents.expect("latents").abs().max().into_scalar();
+    assert_eq!(max, 0.0);
+}
+
+#[test]
+fn from_pretrained_builds_the_flux_pipeline() {
+    let pipe = DiffusionPipeline::<Cpu>::from_pretrained(
+        &folder().to_string_lossy(),
+        &PipelineOptions::default(),
+        &Default::default(),
+    )
+    .expect("from_pretrained");
+    assert_eq!(pipe.class_name(), "FluxPipeline");
+    let DiffusionPipeline::Flux(p) = pipe else {
+        panic!("not flux")
+    };
+    assert!(p.text_encoder.is_some() && p.tokenizer_2.is_some());
+}
+
+#[test]
+fn unsupported_pipeline_class_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("model_index.json"),
+        r#"{"_class_name": "StableCascadeCombinedPipeline", "unet": ["diffusers", "X"]}"#,
+    )
+    .expect("write");
+    let err = DiffusionPipeline::<Cpu>::from_pretrained(
+        &dir.path().to_string_lossy(),
+        &PipelineOptions::default(),
+        &Default::default(),
+    )
+    .expect_err("unsupported");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Unsupported { .. }), "{msg}");
+    assert!(
+        msg.contains("StableCascadeCombinedPipeline") && msg.contains("not supported"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_component_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        folder().join("model_index.json"),
+        dir.path().join("model_index.json"),
+    )
+    .expect("copy");
+    let err = FluxPipeline::<Cpu>::from_folder(dir.path(), DType::F32, &Default::default())
+        .expect_err("missing");
+    assert!(matches!(err, Error::MissingComponent { .. }), "{err}");
+    assert!(err.to_string().contains("transformer"), "{err}");
+}
+
+#[test]
+fn embeds_only_pipeline_asks_for_embeds() {
+    // A copy of the tiny repository with the text encoders null, as the oracle first saved it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(folder().join("model_index.json")).expect("read");
+    let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    for k in ["text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"] {
+        json[k] = serde_json::json!([null, null]);
+    }
+    std::fs::write(dir.path().join("model_index.json"), json.to_string()).expect("write");
+    for c in ["transformer", "vae", "scheduler"] {
+        let to = dir.path().join(c);
+        std::fs::create_dir(&to).expect("mkdir");
+        for e in std::fs::read_dir(folder().join(c)).expect("ls") {
+            let e = e.expect("entry");
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+    let mut pipe = FluxPipeline::<Cpu>::from_folder(dir.path(), DType::F32, &Default::default())
+        .expect("load");
+    assert!(pipe.text_encoder.is_none());
+    let fx = Fixture::open("pipelines/flux");
+    let err = pipe
+        .call(prompt_call(&fx, OutputType::Array))
+        .expect_err("no encoders");
+    assert!(err.to_string().contains("prompt_embeds"), "{err}");
+    // Embeddings still work.
+    let out = pipe
+        .call(embeds_call(&fx, OutputType::Array, true, None))
+        .expect("call");
+    assert_close(
+        array(&out),
+        &fx.values("flux_latents.images"),
+        None,
+        IMAGE,
+        "images",
+    );
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let fx = Fixture::open("pipelines/flux");
+    let mut pipe = pipeline();
+    let bad = |pipe: &mut FluxPipeline<Cpu>, c: FluxCall<Cpu>| {
+        let r = pipe.call(c);
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    };
+    let mut c = embeds_call(&fx, OutputType::Array, true, None);
+    c.height = Some(18);
+    bad(&mut pipe, c);
+    let mut c = embeds_call(&fx, OutputType::Array, false, None);
+    c.latents = Some(Tensor::zeros([1, 7, 16], &Default::default()));
+    bad(&mut pipe, c);
+    let mut c = embeds_call(&fx, OutputType::Array, true, None);
     c.num_inference_steps = 0;
-    assert!(matches!(pipe.call(c), Err(Error::InvalidArgument { .. })));
+    bad(&mut pipe, c);
+    let mut c = embeds_call(&fx, OutputType::Array, true, None);
+    c.prompt = vec!["both".into()];
+    bad(&mut pipe, c);
+    let mut c = embeds_call(&fx, OutputType::Array, true, None);
+    c.pooled_prompt_embeds = None;
+    bad(&mut pipe, c);
+    let mut c = prompt_call(&fx, OutputType::Array);
+    c.max_sequence_length = 513;
+    bad(&mut pipe, c);
+    let mut c = prompt_call(&fx, OutputType::Array);
+    c.num_images_per_prompt = 0;
+    bad(&mut pipe, c);
+    // Latents for one image when two are asked for.
+    let mut c = prompt_call(&fx, OutputType::Array);
+    c.num_images_per_prompt = 2;
+    bad(&mut pipe, c);
     let not_flux = FluxPipeline::<Cpu>::from_folder(
         fixtures_dir().join("loading"),
         DType::F32,

@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::{DType, Int};
 use diffusers_core::config::{Config as _, ConfigMeta};
-use diffusers_core::weights::{LoadOptions, Weights, load_into};
+use diffusers_core::weights::{LoadOptions, Weights, WeightsName, load_into};
 use diffusers_nn::activation::{gelu, quick_gelu};
 use diffusers_nn::attention::scaled_dot_product_attention;
 use diffusers_nn::embedding::{Embedding, EmbeddingConfig};
@@ -363,7 +363,7 @@ fn checkpoint_key(path: &str, prefixed: bool) -> String {
 }
 
 fn load<B: Backend, M: Module<B>>(module: M, folder: &Path, dtype: Option<DType>) -> Result<M> {
-    let weights = Weights::open(folder.join("model.safetensors"))?;
+    let weights = Weights::from_folder(folder, WeightsName::TRANSFORMERS, None)?;
     let prefixed = weights.contains("text_model.embeddings.token_embedding.weight");
     let key_map = move |p: &str| checkpoint_key(p, prefixed);
     let (m, report) = load_into(

@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::{DType, Int, TensorData};
 use diffusers_core::config::{Config as _, ConfigMeta};
-use diffusers_core::weights::{LoadOptions, Weights, load_into};
+use diffusers_core::weights::{LoadOptions, Weights, WeightsName, load_into};
 use diffusers_nn::activation::gelu_tanh;
 use diffusers_nn::attention::{AttentionMask, scaled_dot_product_attention};
 use diffusers_nn::embedding::{Embedding, EmbeddingConfig};
@@ -345,12 +345,7 @@ impl<B: Backend> T5EncoderModel<B> {
     ) -> Result<Self> {
         let folder = folder.as_ref();
         let config: T5Config = diffusers_core::config::load_config(folder.join("config.json"))?;
-        let single = folder.join("model.safetensors");
-        let weights = if single.exists() {
-            Weights::open(single)?
-        } else {
-            Weights::open_all(&[folder.join("model.safetensors.index.json")])?
-        };
+        let weights = Weights::from_folder(folder, WeightsName::TRANSFORMERS, None)?;
         // The embedding is tied: checkpoints store it as `shared` or `encoder.embed_tokens`.
         let shared_key = if weights.contains("shared.weight") {
             "shared.weight"

@@ -37,6 +37,7 @@ pub struct PromptTokenizer {
     tokenizer: Tokenizer,
     pad_id: u32,
     pad_token: String,
+    model_max_length: Option<usize>,
 }
 
 impl std::fmt::Debug for PromptTokenizer {
@@ -78,6 +79,7 @@ impl PromptTokenizer {
             tokenizer,
             pad_id,
             pad_token,
+            model_max_length: None,
         })
     }
 
@@ -130,6 +132,41 @@ impl PromptTokenizer {
         ));
         t.with_decoder(Some(ByteLevel::default()));
         Ok(t)
+    }
+
+    /// Reads a tokenizer folder as transformers' `AutoTokenizer.from_pretrained` does for the
+    /// pipelines: the pad token and `model_max_length` come from `tokenizer_config.json` when it
+    /// has them (`<|endoftext|>` and no limit otherwise).
+    pub fn from_pretrained(folder: impl AsRef<Path>) -> Result<Self> {
+        let folder = folder.as_ref();
+        let cfg_path = folder.join("tokenizer_config.json");
+        let cfg: serde_json::Value = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path)
+                .map_err(|e| Error::Core(diffusers_core::Error::io(&cfg_path, e)))?;
+            serde_json::from_str(&text).map_err(|e| err(format!("{}: {e}", cfg_path.display())))?
+        } else {
+            serde_json::Value::Null
+        };
+        // Older files write special tokens as `{"content": "<pad>", ...}`.
+        let pad = match &cfg["pad_token"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Object(o) => {
+                o.get("content").and_then(|c| c.as_str()).map(String::from)
+            }
+            _ => None,
+        };
+        let mut t = Self::from_folder(folder, pad.as_deref())?;
+        // transformers' "no limit" is int(1e30); anything that large is no limit.
+        t.model_max_length = cfg["model_max_length"]
+            .as_u64()
+            .filter(|n| *n < 1 << 40)
+            .map(|n| n as usize);
+        Ok(t)
+    }
+
+    /// `model_max_length` from `tokenizer_config.json` ([`PromptTokenizer::from_pretrained`]).
+    pub fn model_max_length(&self) -> Option<usize> {
+        self.model_max_length
     }
 
     /// The id of a token, if the vocabulary has it.

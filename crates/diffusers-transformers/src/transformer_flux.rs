@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::DType;
 use diffusers_core::config::{Config as _, ConfigMeta};
-use diffusers_core::weights::{LoadOptions, Weights, load_into};
+use diffusers_core::weights::{LoadOptions, Weights, WeightsName, load_into};
 use diffusers_nn::activation::{Gelu, GeluApproximate, GeluConfig, gelu_tanh, silu};
 use diffusers_nn::attention::scaled_dot_product_attention;
 use diffusers_nn::embeddings::{
@@ -508,12 +508,7 @@ impl<B: Backend> FluxTransformer2DModel<B> {
         let folder = folder.as_ref();
         let config: FluxTransformer2DModelConfig =
             diffusers_core::config::load_config(folder.join("config.json"))?;
-        let single = folder.join("diffusion_pytorch_model.safetensors");
-        let weights = if single.exists() {
-            Weights::open(single)?
-        } else {
-            Weights::open_all(&[folder.join("diffusion_pytorch_model.safetensors.index.json")])?
-        };
+        let weights = Weights::from_folder(folder, WeightsName::DIFFUSERS, None)?;
         let key_map = |p: &str| checkpoint_key(p);
         let (m, _) = load_into(
             Self::new(&config, device)?,

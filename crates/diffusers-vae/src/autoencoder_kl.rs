@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::DType;
 use diffusers_core::config::{Config as _, ConfigMeta};
-use diffusers_core::weights::{LoadOptions, Weights, load_into};
+use diffusers_core::weights::{LoadOptions, Weights, WeightsName, load_into};
 use diffusers_nn::conv::{Conv2d, Conv2dConfig};
 use serde::{Deserialize, Serialize};
 
@@ -227,7 +227,7 @@ impl<B: Backend> AutoencoderKL<B> {
         let folder = folder.as_ref();
         let config: AutoencoderKLConfig =
             diffusers_core::config::load_config(folder.join("config.json"))?;
-        let weights = Weights::open(folder.join("diffusion_pytorch_model.safetensors"))?;
+        let weights = Weights::from_folder(folder, WeightsName::DIFFUSERS, None)?;
         let (m, _) = load_into(
             Self::new(&config, device)?,
             &weights,

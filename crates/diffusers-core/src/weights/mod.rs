@@ -17,7 +17,7 @@ use burn::tensor::TensorData;
 use serde::Deserialize;
 
 pub use self::apply::{LoadOptions, LoadReport, load_into, module_shapes};
-pub use self::files::{WeightFormat, resolve_weight_files, variant_name};
+pub use self::files::{WeightFormat, WeightsName, resolve_weight_files, variant_name};
 pub use self::pickle::PickleFile;
 pub use self::safetensors::SafetensorsFile;
 use crate::{Error, Result};
@@ -123,6 +123,24 @@ impl Weights {
     /// Opens one weight file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_files(vec![WeightFile::open(path.as_ref())?], path.as_ref())
+    }
+
+    /// Opens a component folder's checkpoint as diffusers and transformers find it: safetensors
+    /// before pickles, one file or an index with its shards, the given variant (falling back to
+    /// the default files with a warning).
+    pub fn from_folder(
+        folder: impl AsRef<Path>,
+        name: WeightsName<'_>,
+        variant: Option<&str>,
+    ) -> Result<Self> {
+        let folder = folder.as_ref();
+        if !folder.is_dir() {
+            return Err(Error::FileNotFound {
+                path: folder.to_path_buf(),
+            });
+        }
+        crate::repo::Repo::open(&folder.to_string_lossy(), &Default::default())?
+            .weights("", name, variant)
     }
 
     /// Opens several files (e.g. shards, or the list from [`resolve_weight_files`]).

@@ -1,0 +1,176 @@
+//! `DiffusionPipeline::from_pretrained` (diffusers' `pipelines/pipeline_utils.py`): reads
+//! `model_index.json` from a local folder or a hub repository and builds the pipeline its
+//! `_class_name` names.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::DType;
+use diffusers_core::repo::{Repo, RepoOptions};
+use diffusers_core::weights::WeightsName;
+
+use crate::model_index::ModelIndex;
+use crate::pipeline_flux::FluxPipeline;
+use crate::{Error, Result};
+
+/// The pipeline classes [`DiffusionPipeline::from_pretrained`] builds.
+pub const SUPPORTED_PIPELINES: &[&str] = &["FluxPipeline"];
+
+/// Options of [`DiffusionPipeline::from_pretrained`].
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Hub revision, cache, offline mode, token, endpoint.
+    pub repo: RepoOptions,
+    /// The dtype weights are converted to and the pipeline computes in (`torch_dtype`).
+    pub dtype: DType,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            repo: RepoOptions::default(),
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// What [`DiffusionPipeline::from_pretrained_with_progress`] reports while it works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadEvent {
+    /// A file is being fetched from the hub (or found in its cache).
+    Fetching(String),
+    /// A file is ready (downloaded or already cached).
+    Fetched(String),
+    /// The pipeline's models are being built and their weights loaded.
+    Loading(String),
+}
+
+/// A pipeline built from a repository's `model_index.json`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DiffusionPipeline<B: Backend> {
+    /// `FluxPipeline`.
+    Flux(Box<FluxPipeline<B>>),
+}
+
+fn is_weight_file(name: &str) -> bool {
+    name.ends_with(".safetensors")
+        || name.ends_with(".bin")
+        || name.ends_with(".ckpt")
+        || name.ends_with(".pt")
+        || name.ends_with(".pth")
+        || name.ends_with(".gguf")
+        || name.ends_with(".msgpack")
+        || name.ends_with(".h5")
+        || name.ends_with(".onnx")
+        || (name.contains(".index") && name.ends_with(".json"))
+}
+
+/// Fetches what the pipeline needs from a hub repository (`model_index.json`, each non-null
+/// component's configs and tokenizer files, one format of its weights) and returns the local
+/// folder (the snapshot) that holds them. A local folder is returned as is.
+fn fetch(repo: &Repo, progress: &mut dyn FnMut(LoadEvent)) -> Result<(PathBuf, ModelIndex)> {
+    if let Some(dir) = repo.local_dir() {
+        let index = ModelIndex::load(dir.join("model_index.json"))?;
+        return Ok((dir.to_path_buf(), index));
+    }
+    fn get(repo: &Repo, file: &str, progress: &mut dyn FnMut(LoadEvent)) -> Result<PathBuf> {
+        progress(LoadEvent::Fetching(file.to_string()));
+        let p = repo.get(file)?;
+        progress(LoadEvent::Fetched(file.to_string()));
+        Ok(p)
+    }
+    let index_path = get(repo, "model_index.json", progress)?;
+    let root = index_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let index = ModelIndex::load(&index_path)?;
+    if !SUPPORTED_PIPELINES.contains(&index.class_name.as_str()) {
+        return Err(unsupported(&repo.name(), &index.class_name));
+    }
+    for (name, component) in &index.components {
+        let Some(component) = component else { continue };
+        let files = repo.list_dir(name)?;
+        if files.is_empty() {
+            return Err(Error::MissingComponent {
+                path: format!("{}/{name}", repo.name()),
+                component: name.clone(),
+            });
+        }
+        for f in files.iter().filter(|f| !is_weight_file(f)) {
+            get(repo, &format!("{name}/{f}"), progress)?;
+        }
+        let names = match component.library.as_str() {
+            "transformers" => WeightsName::TRANSFORMERS,
+            _ => WeightsName::DIFFUSERS,
+        };
+        if files.iter().any(|f| is_weight_file(f)) {
+            progress(LoadEvent::Fetching(format!("{name}/ weights")));
+            repo.weight_files(name, names, None)?;
+            progress(LoadEvent::Fetched(format!("{name}/ weights")));
+        }
+    }
+    Ok((root, index))
+}
+
+fn unsupported(repo: &str, class: &str) -> Error {
+    Error::Unsupported {
+        path: repo.to_string(),
+        reason: format!(
+            "pipeline class `{class}` is not supported yet (supported: {})",
+            SUPPORTED_PIPELINES.join(", ")
+        ),
+    }
+}
+
+impl<B: Backend> DiffusionPipeline<B> {
+    /// Reads `model_index.json` from a local folder or a hub id (fetching only what the pipeline
+    /// needs, honouring `HF_HUB_OFFLINE` and the hub cache) and builds the pipeline its
+    /// `_class_name` names.
+    ///
+    /// ```
+    /// use diffusers_core::backend::Cpu;
+    /// use diffusers_pipelines::{DiffusionPipeline, PipelineOptions};
+    /// let dir = diffusers_core::testing::fixtures_dir().join("pipelines/tiny_flux");
+    /// let pipe = DiffusionPipeline::<Cpu>::from_pretrained(
+    ///     &dir.to_string_lossy(),
+    ///     &PipelineOptions::default(),
+    ///     &Default::default(),
+    /// )?;
+    /// assert_eq!(pipe.class_name(), "FluxPipeline");
+    /// # Ok::<(), diffusers_pipelines::Error>(())
+    /// ```
+    pub fn from_pretrained(
+        repo_or_dir: &str,
+        opts: &PipelineOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Self::from_pretrained_with_progress(repo_or_dir, opts, device, &mut |_| {})
+    }
+
+    /// [`DiffusionPipeline::from_pretrained`], reporting each file fetched and each stage.
+    pub fn from_pretrained_with_progress(
+        repo_or_dir: &str,
+        opts: &PipelineOptions,
+        device: &B::Device,
+        progress: &mut dyn FnMut(LoadEvent),
+    ) -> Result<Self> {
+        let repo = Repo::open(repo_or_dir, &opts.repo)?;
+        let (root, index) = fetch(&repo, progress)?;
+        progress(LoadEvent::Loading(index.class_name.clone()));
+        match index.class_name.as_str() {
+            "FluxPipeline" => Ok(Self::Flux(Box::new(FluxPipeline::from_folder(
+                &root, opts.dtype, device,
+            )?))),
+            other => Err(unsupported(repo_or_dir, other)),
+        }
+    }
+
+    /// The diffusers class name of the pipeline.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            Self::Flux(_) => "FluxPipeline",
+        }
+    }
+}
