@@ -958,6 +958,21 @@ def stage_pipelines(out: Path):
     c.add("flux_prompts_seed", "flux_pipeline",
           {**cfg, "prompts": prompts, "max_sequence_length": 8, "num_images_per_prompt": 2},
           {}, {"images": torch.from_numpy(images), "prompt_embeds": pe, "pooled_prompt_embeds": pp})
+
+    # What `diffusers generate "a photo of the cat" --seed 42 --num-images 2` runs.
+    images = pipe(prompt=prompt, height=16, width=24, num_inference_steps=3, guidance_scale=3.5,
+                  max_sequence_length=8, num_images_per_prompt=2,
+                  generator=torch.Generator("cpu").manual_seed(42), output_type="np").images
+    c.add("flux_cli_seed", "flux_pipeline",
+          {**cfg, "prompt": prompt, "max_sequence_length": 8, "num_images_per_prompt": 2},
+          {}, {"images": torch.from_numpy(images)})
+
+    # diffusers itself in bf16 (weights and activations), from the same f32 latents: how far bf16
+    # lands from the f32 image is the yardstick for our bf16 tolerance.
+    pipe.to(torch.bfloat16)
+    image = pipe(**args, latents=latents.to(torch.bfloat16), output_type="np").images
+    c.add("flux_prompt_bf16", "flux_pipeline", {**cfg, "prompt": prompt, "max_sequence_length": 8},
+          {}, {"images": torch.from_numpy(image)})
     c.save(out / "pipelines", "flux")
 
 

@@ -42,10 +42,29 @@ pub struct ConfigMeta {
     pub extra: BTreeMap<String, Value>,
 }
 
+/// Keys every transformers `config.json` may carry that say nothing about inference.
+pub const TRANSFORMERS_BOOKKEEPING: &[&str] = &[
+    "architectures",
+    "model_type",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "initializer_range",
+    "initializer_factor",
+    "use_cache",
+    "tie_word_embeddings",
+];
+
 /// A config struct with a flattened [`ConfigMeta`].
 pub trait Config: DeserializeOwned + Serialize {
     /// The bookkeeping keys and unknown keys.
     fn meta(&self) -> &ConfigMeta;
+
+    /// Keys the Python class has but inference does not use (training options, other libraries'
+    /// bookkeeping): kept like unknown keys, logged at debug level instead of warned about.
+    fn unused_keys() -> &'static [&'static str] {
+        &[]
+    }
 
     /// Checks values the type system cannot (e.g. divisibility); `Ok` by default.
     fn validate(&self) -> std::result::Result<(), String> {
@@ -65,6 +84,13 @@ pub fn parse_config<C: Config>(text: &str, origin: &Path) -> Result<C> {
         .keys()
         .filter(|k| !k.starts_with('_'))
         .map(String::as_str)
+        .filter(|k| {
+            let known = C::unused_keys().contains(k) || TRANSFORMERS_BOOKKEEPING.contains(k);
+            if known {
+                tracing::debug!("{}: `{k}` not used (kept)", origin.display());
+            }
+            !known
+        })
         .collect();
     if !unknown.is_empty() {
         tracing::warn!(

@@ -401,3 +401,75 @@ fn bad_arguments_are_errors() {
         Err(Error::Core(diffusers_core::Error::FileNotFound { .. }))
     ));
 }
+
+/// The prompt case on any backend and dtype: (max abs error vs diffusers' f32 image, vs
+/// diffusers' bf16 image).
+fn prompt_image_errors<B: burn::prelude::Backend>(dev: &B::Device, dtype: DType) -> (f32, f32) {
+    let fx = Fixture::open("pipelines/flux");
+    let mut pipe = FluxPipeline::<B>::from_folder(folder(), dtype, dev).expect("load");
+    let call = FluxCall {
+        height: Some(16),
+        width: Some(24),
+        num_inference_steps: 3,
+        guidance_scale: 3.5,
+        max_sequence_length: 8,
+        latents: Some(fx.tensor("flux_prompt.latents", dev, DType::F32)),
+        ..FluxCall::new("a photo of the cat")
+    };
+    let out = pipe.call(call).expect("call");
+    let got: Vec<f32> = out
+        .array()
+        .expect("images")
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("values");
+    let err = |key: &str| {
+        let want = fx.values(key);
+        assert_eq!(got.len(), want.len());
+        got.iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    };
+    let errs = (err("flux_prompt.images"), err("flux_prompt_bf16.images"));
+    eprintln!(
+        "{dtype:?}: max abs error vs diffusers f32 {:.3e}, vs diffusers bf16 {:.3e}",
+        errs.0, errs.1
+    );
+    errs
+}
+
+/// bf16 end to end (weights and activations). Measured on this case: diffusers' own bf16 run lands
+/// 2.1e-2 (max abs) from its f32 image; ours on flex lands 2.5e-2 from diffusers' f32 image and
+/// 9.8e-3 from diffusers' bf16 image. The tolerance is bf16's own spread plus margin.
+const BF16_IMAGE_ATOL: f32 = 3e-2;
+
+#[test]
+fn bf16_end_to_end_on_flex() {
+    let (vs_f32, vs_bf16) = prompt_image_errors::<Cpu>(&Default::default(), DType::BF16);
+    assert!(vs_f32 < BF16_IMAGE_ATOL, "{vs_f32}");
+    assert!(vs_bf16 < BF16_IMAGE_ATOL, "{vs_bf16}");
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+    use diffusers_core::backend::Cuda;
+
+    /// CUDA f32: burn 0.21's CUDA matmul uses TF32 (see the issue note), so f32 is checked at the
+    /// bf16-level image tolerance, and the error printed.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn cuda_f32_end_to_end() {
+        let (vs_f32, _) = prompt_image_errors::<Cuda>(&Default::default(), DType::F32);
+        assert!(vs_f32 < BF16_IMAGE_ATOL, "{vs_f32}");
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn cuda_bf16_end_to_end() {
+        let (vs_f32, _) = prompt_image_errors::<Cuda>(&Default::default(), DType::BF16);
+        assert!(vs_f32 < BF16_IMAGE_ATOL, "{vs_f32}");
+    }
+}

@@ -107,6 +107,10 @@ impl diffusers_core::config::Config for CLIPTextConfig {
         &self.meta
     }
 
+    fn unused_keys() -> &'static [&'static str] {
+        &["attention_dropout", "dropout"]
+    }
+
     fn validate(&self) -> std::result::Result<(), String> {
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)

@@ -95,6 +95,24 @@ impl diffusers_core::config::Config for T5Config {
         &self.meta
     }
 
+    fn unused_keys() -> &'static [&'static str] {
+        &[
+            "classifier_dropout",
+            "dense_act_fn",
+            "dropout_rate",
+            "eos_token_id",
+            "pad_token_id",
+            "decoder_start_token_id",
+            "is_decoder",
+            "is_encoder_decoder",
+            "is_gated_act",
+            "num_decoder_layers",
+            "scale_decoder_outputs",
+            "n_positions",
+            "output_past",
+        ]
+    }
+
     fn validate(&self) -> std::result::Result<(), String> {
         if !matches!(
             self.feed_forward_proj.as_str(),

@@ -107,6 +107,10 @@ impl diffusers_core::config::Config for AutoencoderKLConfig {
         &self.meta
     }
 
+    fn unused_keys() -> &'static [&'static str] {
+        &["latents_mean", "latents_std"]
+    }
+
     fn validate(&self) -> std::result::Result<(), String> {
         if self.block_out_channels.is_empty() {
             return Err("block_out_channels is empty".into());

@@ -1,0 +1,174 @@
+//! `diffusers`: the command-line front end of diffusers-rs.
+//!
+//! ```text
+//! diffusers generate "a photo of a cat" --model black-forest-labs/FLUX.1-schnell -o cat.png
+//! ```
+//!
+//! Errors are one line on stderr and a non-zero exit status; progress bars are drawn only on a
+//! terminal (and never with `--quiet`).
+
+mod generate;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// What can go wrong in a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A command-line value is invalid.
+    #[error("{0}")]
+    Usage(String),
+    /// Building or running a pipeline failed.
+    #[error(transparent)]
+    Pipeline(#[from] diffusers_pipelines::Error),
+    /// Reading files or parsing names failed.
+    #[error(transparent)]
+    Core(#[from] diffusers_core::Error),
+    /// Writing an output failed.
+    #[error("{path}: {reason}")]
+    Output {
+        /// The output file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "diffusers",
+    version,
+    about = "Diffusion pipelines in Rust (Hugging Face diffusers on burn)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generates images from a prompt with a pipeline in the diffusers layout.
+    Generate(GenerateArgs),
+}
+
+/// What `generate` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputKind {
+    /// PNG files (several images: `stem-0.png`, `stem-1.png`, ...).
+    Image,
+    /// A safetensors file with `images` `[batch, height, width, 3]` in [0, 1] (`output_type="np"`).
+    Array,
+    /// A safetensors file with the final `latents` (`output_type="latent"`).
+    Latent,
+}
+
+/// Arguments of `diffusers generate` (a flag given twice takes its last value).
+#[derive(Debug, clap::Args)]
+#[command(args_override_self = true)]
+pub struct GenerateArgs {
+    /// The prompt.
+    pub prompt: String,
+    /// Hub repository id (e.g. black-forest-labs/FLUX.1-schnell) or local folder.
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Output file.
+    #[arg(long, short = 'o', default_value = "out.png")]
+    pub output: PathBuf,
+    /// Denoising steps (the pipeline's default when unset: 28 for Flux).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Guidance scale (3.5 for Flux).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Image height in pixels (default: the model's native size).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Image width in pixels.
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Seed of the initial noise, as `torch.Generator("cpu").manual_seed(seed)` (random if unset).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// T5 prompt length in tokens (at most 512).
+    #[arg(long, default_value_t = 512)]
+    pub max_sequence_length: usize,
+    /// Images per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub num_images: usize,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute and weights dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Initial latents: a safetensors file with one tensor `latents`, shaped as diffusers'
+    /// `latents=` for the pipeline (Flux: packed `[batch, seq, channels]`).
+    #[arg(long)]
+    pub latents: Option<PathBuf>,
+    /// What to write.
+    #[arg(long, value_enum, default_value_t = OutputKind::Image)]
+    pub output_type: OutputKind,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Use only the local hub cache (as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// No progress bars or summary.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        src = cause.source();
+    }
+    msg.replace('\n', " ")
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        eprintln!("error: internal error: {msg}");
+    }));
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Generate(args) => {
+            let level = if args.quiet { "error" } else { "warn" };
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_target(false)
+                .without_time()
+                .init();
+            match std::panic::catch_unwind(|| generate::run(&args)) {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) => {
+                    eprintln!("error: {}", one_line(&e));
+                    ExitCode::FAILURE
+                }
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+    }
+}

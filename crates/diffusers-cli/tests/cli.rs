@@ -1,0 +1,371 @@
+//! `diffusers generate` end to end against diffusers (`fixtures/pipelines/flux.*`, the tiny
+//! FLUX.1-dev-style repository): `--latents` with array, latent and PNG outputs, `--seed` with
+//! several images, a hub id read from an offline cache, and every user error as one line with a
+//! non-zero exit. f32 tolerance 1e-4 absolute on images in [0, 1].
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Tensor;
+use diffusers_core::backend::Cpu;
+use diffusers_core::testing::{Fixture, Tol, assert_close, fixtures_dir};
+use diffusers_core::weights::Weights;
+
+const IMAGE: Tol = Tol {
+    atol: 1e-4,
+    rtol: 0.0,
+};
+
+fn model() -> PathBuf {
+    fixtures_dir().join("pipelines/tiny_flux")
+}
+
+/// Runs `diffusers generate PROMPT --model MODEL <tiny-size flags> ARGS` in `dir`.
+fn generate(dir: &Path, model: &str, args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffusers"));
+    cmd.current_dir(dir)
+        .args(["generate", "a photo of the cat", "--model", model])
+        .args(["--height", "16", "--width", "24", "--steps", "3"])
+        .args(["--guidance", "3.5", "--max-sequence-length", "8"])
+        .args(args)
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run diffusers")
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn read(path: &Path, name: &str) -> Tensor<Cpu, 4> {
+    let w = Weights::open(path).expect("open output");
+    let info = w.info(name).expect("tensor").clone();
+    assert_eq!(info.dtype, "F32");
+    let data = w.read(name).expect("read").convert::<f32>();
+    match info.shape.len() {
+        4 => Tensor::from_data(data, &Default::default()),
+        3 => Tensor::<Cpu, 3>::from_data(data, &Default::default()).unsqueeze_dim(0),
+        n => panic!("unexpected rank {n}"),
+    }
+}
+
+fn latents_file() -> String {
+    fixtures_dir()
+        .join("pipelines/flux_prompt_latents.safetensors")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn latents_to_array_matches_diffusers() {
+    let fx = Fixture::open("pipelines/flux");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = model().to_string_lossy().into_owned();
+    let out = generate(
+        dir.path(),
+        &m,
+        &[
+            "--latents",
+            &latents_file(),
+            "--output-type",
+            "array",
+            "-o",
+            "out.safetensors",
+        ],
+        &[],
+    );
+    ok(&out);
+    let images = read(&dir.path().join("out.safetensors"), "images");
+    assert_eq!(images.dims(), [1, 16, 24, 3]);
+    assert_close(
+        images,
+        &fx.values("flux_prompt.images"),
+        None,
+        IMAGE,
+        "cli images",
+    );
+
+    let out = generate(
+        dir.path(),
+        &m,
+        &[
+            "--latents",
+            &latents_file(),
+            "--output-type",
+            "latent",
+            "-o",
+            "lat.safetensors",
+            "-q",
+        ],
+        &[],
+    );
+    ok(&out);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let latents = read(&dir.path().join("lat.safetensors"), "latents");
+    assert_close(
+        latents,
+        &fx.values("flux_prompt.output_latents"),
+        None,
+        Tol {
+            atol: 1e-4,
+            rtol: 1e-4,
+        },
+        "cli latents",
+    );
+}
+
+#[test]
+fn latents_to_png_matches_diffusers_pixels() {
+    let fx = Fixture::open("pipelines/flux");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = model().to_string_lossy().into_owned();
+    let out = generate(
+        dir.path(),
+        &m,
+        &["--latents", &latents_file(), "-o", "cat.png"],
+        &[],
+    );
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("wrote cat.png") && stderr.contains("peak memory"),
+        "{stderr}"
+    );
+    let (w, h, pixels) =
+        diffusers_pipelines::image_processor::read_png(dir.path().join("cat.png")).expect("png");
+    assert_eq!((w, h), (24, 16));
+    let want = fx.values("flux_prompt.image_u8");
+    let max = pixels
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f32 - b).abs())
+        .fold(0.0, f32::max);
+    assert!(max <= 1.0, "pixels differ by {max}");
+}
+
+#[test]
+fn seed_and_num_images_match_diffusers() {
+    let fx = Fixture::open("pipelines/flux");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = model().to_string_lossy().into_owned();
+    let out = generate(
+        dir.path(),
+        &m,
+        &[
+            "--seed",
+            "42",
+            "--num-images",
+            "2",
+            "--output-type",
+            "array",
+            "-o",
+            "a.safetensors",
+        ],
+        &[],
+    );
+    ok(&out);
+    let images = read(&dir.path().join("a.safetensors"), "images");
+    assert_eq!(images.dims(), [2, 16, 24, 3]);
+    assert_close(
+        images,
+        &fx.values("flux_cli_seed.images"),
+        None,
+        IMAGE,
+        "seeded",
+    );
+    // Several PNGs are numbered.
+    let out = generate(
+        dir.path(),
+        &m,
+        &["--seed", "42", "--num-images", "2", "-o", "x.png"],
+        &[],
+    );
+    ok(&out);
+    assert!(dir.path().join("x-0.png").is_file() && dir.path().join("x-1.png").is_file());
+}
+
+/// Lays the tiny repository out as the hub cache does (`models--org--name/refs/main`,
+/// `snapshots/<commit>/...`).
+fn hub_cache(cache: &Path, repo: &str) {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let root = cache.join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(root.join("refs")).expect("mkdir");
+    std::fs::write(root.join("refs/main"), commit).expect("ref");
+    let snap = root.join("snapshots").join(commit);
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("ls") {
+            let e = e.expect("entry");
+            if e.path().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+            }
+        }
+    }
+    copy(&model(), &snap);
+}
+
+#[test]
+fn hub_id_from_offline_cache() {
+    let fx = Fixture::open("pipelines/flux");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("hub");
+    hub_cache(&cache, "tiny-org/tiny-flux");
+    let out = generate(
+        dir.path(),
+        "tiny-org/tiny-flux",
+        &[
+            "--latents",
+            &latents_file(),
+            "--output-type",
+            "array",
+            "-o",
+            "h.safetensors",
+            "--offline",
+        ],
+        &[("HF_HUB_CACHE", &cache)],
+    );
+    ok(&out);
+    let images = read(&dir.path().join("h.safetensors"), "images");
+    assert_close(
+        images,
+        &fx.values("flux_prompt.images"),
+        None,
+        IMAGE,
+        "hub images",
+    );
+}
+
+/// A user error: non-zero exit, one line on stderr starting with `error:`, no panic.
+fn one_line_error(out: &Output, needle: &str) {
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+}
+
+#[test]
+fn user_errors_are_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = model().to_string_lossy().into_owned();
+    let cache = dir.path().join("empty-cache");
+    std::fs::create_dir_all(&cache).expect("mkdir");
+
+    // Unknown model: not a folder, and a hub id missing from the (offline) cache.
+    let out = generate(dir.path(), "no such model", &[], &[]);
+    one_line_error(&out, "no such model");
+    let out = generate(
+        dir.path(),
+        "nobody/nothing",
+        &["--offline"],
+        &[("HF_HUB_CACHE", &cache)],
+    );
+    one_line_error(&out, "nobody/nothing");
+
+    // Missing component.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::copy(
+        model().join("model_index.json"),
+        broken.join("model_index.json"),
+    )
+    .expect("copy");
+    let out = generate(dir.path(), &broken.to_string_lossy(), &[], &[]);
+    one_line_error(&out, "transformer");
+
+    // Bad size.
+    let out = generate(dir.path(), &m, &["--height", "18"], &[]);
+    one_line_error(&out, "height and width must be positive multiples of");
+
+    // Bad latents: wrong shape, wrong rank, wrong name, missing file.
+    let bad = dir.path().join("bad.safetensors");
+    let write = |name: &str, shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        let bytes = vec![0u8; n * 4];
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
+            .expect("view");
+        safetensors::serialize_to_file([(name, view)], None, &bad).expect("write");
+    };
+    write("latents", vec![1, 7, 16]);
+    let out = generate(dir.path(), &m, &["--latents", &bad.to_string_lossy()], &[]);
+    one_line_error(&out, "latents have shape [1, 7, 16]");
+    write("latents", vec![1, 4, 4, 6]);
+    let out = generate(dir.path(), &m, &["--latents", &bad.to_string_lossy()], &[]);
+    one_line_error(&out, "packed latents");
+    write("noise", vec![1, 24, 16]);
+    let out = generate(dir.path(), &m, &["--latents", &bad.to_string_lossy()], &[]);
+    one_line_error(&out, "no tensor named `latents`");
+    let out = generate(dir.path(), &m, &["--latents", "missing.safetensors"], &[]);
+    one_line_error(&out, "missing.safetensors");
+
+    // Unknown device and dtype; zero images; an output folder that does not exist.
+    let out = generate(dir.path(), &m, &["--device", "tpu"], &[]);
+    one_line_error(&out, "tpu");
+    let out = generate(dir.path(), &m, &["--dtype", "f8"], &[]);
+    one_line_error(&out, "f8");
+    let out = generate(dir.path(), &m, &["--num-images", "0"], &[]);
+    one_line_error(&out, "--num-images");
+    let out = generate(dir.path(), &m, &["--seed", "1", "-o", "nowhere/x.png"], &[]);
+    one_line_error(&out, "nowhere");
+    let out = generate(dir.path(), &m, &["--max-sequence-length", "600"], &[]);
+    one_line_error(&out, "max_sequence_length");
+}
+
+#[test]
+fn bf16_runs_end_to_end() {
+    // bf16 weights and activations on flex, compared with diffusers' f32 image.
+    let fx = Fixture::open("pipelines/flux");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = model().to_string_lossy().into_owned();
+    let out = generate(
+        dir.path(),
+        &m,
+        &[
+            "--latents",
+            &latents_file(),
+            "--dtype",
+            "bf16",
+            "--output-type",
+            "array",
+            "-o",
+            "b.safetensors",
+        ],
+        &[],
+    );
+    ok(&out);
+    let images = read(&dir.path().join("b.safetensors"), "images");
+    let got: Vec<f32> = images
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("values");
+    let want = fx.values("flux_prompt.images");
+    assert_eq!(got.len(), want.len());
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    eprintln!("bf16 CLI max abs error vs diffusers f32: {err}");
+    assert!(err < BF16_IMAGE_ATOL, "bf16 error {err}");
+}
+
+/// bf16 end to end: diffusers' own bf16 run of this case lands 2.1e-2 (max abs) from its f32
+/// image, ours 2.5e-2 (the library test `bf16_end_to_end_on_flex` measures both).
+const BF16_IMAGE_ATOL: f32 = 3e-2;
