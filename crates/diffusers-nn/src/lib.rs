@@ -8,7 +8,10 @@
 //! - [`norm::GroupNorm`], [`norm::LayerNorm`], [`norm::RmsNorm`],
 //! - [`activation`]: SiLU, GELU (exact, tanh), quick-GELU, `GELU` and `GEGLU` modules,
 //! - [`attention::scaled_dot_product_attention`] with PyTorch's mask conventions,
-//! - [`embeddings`]: sinusoidal timestep embeddings and rotary position embeddings.
+//! - [`embeddings`]: sinusoidal timestep embeddings and rotary position embeddings,
+//! - [`resnet::ResnetBlock2D`], [`downsampling::Downsample2D`], [`upsampling::Upsample2D`]: the
+//!   convolutional blocks the UNets and VAEs share (diffusers' `resnet.py`, `downsampling.py`,
+//!   `upsampling.py`).
 //!
 //! Every layer follows burn's pattern: an `XConfig` with `init(device)`, a module `X` with
 //! `forward`. Parameters are created lazily, so loading a checkpoint over a fresh module
@@ -28,8 +31,11 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod downsampling;
 pub mod embedding;
 pub mod embeddings;
 pub mod linear;
 pub mod norm;
 pub mod pad;
+pub mod resnet;
+pub mod upsampling;

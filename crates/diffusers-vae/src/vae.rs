@@ -1,15 +1,20 @@
-//! The building blocks of diffusers' `autoencoders/vae.py` and `resnet.py`: `ResnetBlock2D`
-//! (without time embedding), `Downsample2D`, `Upsample2D`, the spatial self-attention of the
-//! mid block, `UNetMidBlock2D`, `Encoder` and `Decoder`.
+//! The building blocks of diffusers' `autoencoders/vae.py`: the spatial self-attention of the
+//! mid block, `UNetMidBlock2D`, `Encoder` and `Decoder`, built from diffusers-nn's
+//! `ResnetBlock2D` (without time embedding), `Downsample2D` (`padding=0`) and `Upsample2D`.
 
 use burn::module::Module;
 use burn::prelude::*;
 use diffusers_nn::activation::silu;
 use diffusers_nn::attention::scaled_dot_product_attention;
 use diffusers_nn::conv::{Conv2d, Conv2dConfig};
+pub use diffusers_nn::downsampling::Downsample2D;
+use diffusers_nn::downsampling::Downsample2DConfig;
 use diffusers_nn::linear::{Linear, LinearConfig};
 use diffusers_nn::norm::{GroupNorm, GroupNormConfig};
-use diffusers_nn::pad::{PadMode, pad_dim};
+pub use diffusers_nn::resnet::ResnetBlock2D;
+use diffusers_nn::resnet::ResnetBlock2DConfig;
+pub use diffusers_nn::upsampling::Upsample2D;
+use diffusers_nn::upsampling::Upsample2DConfig;
 
 fn conv<B: Backend>(
     cin: usize,
@@ -31,77 +36,15 @@ fn group_norm<B: Backend>(groups: usize, channels: usize, device: &B::Device) ->
         .init(device)
 }
 
-/// `ResnetBlock2D` as the VAE uses it (no time embedding, output scale 1).
-#[derive(Module, Debug)]
-pub struct ResnetBlock2D<B: Backend> {
-    /// First norm.
-    pub norm1: GroupNorm<B>,
-    /// First convolution.
-    pub conv1: Conv2d<B>,
-    /// Second norm.
-    pub norm2: GroupNorm<B>,
-    /// Second convolution.
-    pub conv2: Conv2d<B>,
-    /// 1x1 projection of the input when the channel count changes.
-    pub conv_shortcut: Option<Conv2d<B>>,
-}
-
-impl<B: Backend> ResnetBlock2D<B> {
-    /// Builds the block.
-    pub fn new(cin: usize, cout: usize, groups: usize, device: &B::Device) -> Self {
-        Self {
-            norm1: group_norm(groups, cin, device),
-            conv1: conv(cin, cout, 3, 1, 1, device),
-            norm2: group_norm(groups, cout, device),
-            conv2: conv(cout, cout, 3, 1, 1, device),
-            conv_shortcut: (cin != cout).then(|| conv(cin, cout, 1, 1, 0, device)),
-        }
-    }
-
-    /// Applies the block.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
-        let skip = match &self.conv_shortcut {
-            Some(c) => c.forward(x),
-            None => x,
-        };
-        skip + h
-    }
-}
-
-/// `Downsample2D(use_conv=True, padding=0)`: pad right and bottom by one, then a stride-2 conv.
-#[derive(Module, Debug)]
-pub struct Downsample2D<B: Backend> {
-    /// The stride-2 convolution.
-    pub conv: Conv2d<B>,
-}
-
-impl<B: Backend> Downsample2D<B> {
-    /// Halves height and width.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = pad_dim(x, 2, 0, 1, PadMode::Zeros);
-        self.conv.forward(pad_dim(x, 3, 0, 1, PadMode::Zeros))
-    }
-}
-
-/// `Upsample2D(use_conv=True)`: nearest-neighbour 2x, then a 3x3 conv.
-#[derive(Module, Debug)]
-pub struct Upsample2D<B: Backend> {
-    /// The convolution after upsampling.
-    pub conv: Conv2d<B>,
-}
-
-impl<B: Backend> Upsample2D<B> {
-    /// Doubles height and width.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, c, h, w] = x.dims();
-        let up: Tensor<B, 4> = x
-            .reshape([b, c, h, 1, w, 1])
-            .expand([b, c, h, 2, w, 2])
-            .reshape([b, c, 2 * h, 2 * w]);
-        self.conv.forward(up)
-    }
+fn resnet<B: Backend>(
+    cin: usize,
+    cout: usize,
+    groups: usize,
+    device: &B::Device,
+) -> ResnetBlock2D<B> {
+    ResnetBlock2DConfig::new(cin, cout)
+        .with_groups(groups)
+        .init(device)
 }
 
 /// The single-head spatial self-attention of the VAE mid block (diffusers' `Attention` with a
@@ -170,7 +113,7 @@ impl<B: Backend> UNetMidBlock2D<B> {
     pub fn new(channels: usize, groups: usize, attention: bool, device: &B::Device) -> Self {
         Self {
             resnets: (0..2)
-                .map(|_| ResnetBlock2D::new(channels, channels, groups, device))
+                .map(|_| resnet(channels, channels, groups, device))
                 .collect(),
             attentions: if attention {
                 vec![SpatialAttention::new(channels, 1, groups, device)]
@@ -189,7 +132,7 @@ impl<B: Backend> UNetMidBlock2D<B> {
             {
                 x = a.forward(x);
             }
-            x = r.forward(x);
+            x = r.forward(x, None);
         }
         x
     }
@@ -277,14 +220,14 @@ impl<B: Backend> Encoder<B> {
                     let cin = if i == 0 { ch[0] } else { ch[i - 1] };
                     DownEncoderBlock2D {
                         resnets: (0..s.layers_per_block)
-                            .map(|j| {
-                                ResnetBlock2D::new(if j == 0 { cin } else { out }, out, g, device)
-                            })
+                            .map(|j| resnet(if j == 0 { cin } else { out }, out, g, device))
                             .collect(),
                         downsamplers: if i < last {
-                            vec![Downsample2D {
-                                conv: conv(out, out, 3, 2, 0, device),
-                            }]
+                            vec![
+                                Downsample2DConfig::new(out, out)
+                                    .with_padding(0)
+                                    .init(device),
+                            ]
                         } else {
                             Vec::new()
                         },
@@ -302,7 +245,7 @@ impl<B: Backend> Encoder<B> {
         let mut x = self.conv_in.forward(x);
         for block in &self.down_blocks {
             for r in &block.resnets {
-                x = r.forward(x);
+                x = r.forward(x, None);
             }
             for d in &block.downsamplers {
                 x = d.forward(x);
@@ -329,14 +272,10 @@ impl<B: Backend> Decoder<B> {
                     let cin = if i == 0 { rev[0] } else { rev[i - 1] };
                     UpDecoderBlock2D {
                         resnets: (0..s.layers_per_block + 1)
-                            .map(|j| {
-                                ResnetBlock2D::new(if j == 0 { cin } else { out }, out, g, device)
-                            })
+                            .map(|j| resnet(if j == 0 { cin } else { out }, out, g, device))
                             .collect(),
                         upsamplers: if i < last {
-                            vec![Upsample2D {
-                                conv: conv(out, out, 3, 1, 1, device),
-                            }]
+                            vec![Upsample2DConfig::new(out, out).init(device)]
                         } else {
                             Vec::new()
                         },
@@ -353,10 +292,10 @@ impl<B: Backend> Decoder<B> {
         let mut x = self.mid_block.forward(self.conv_in.forward(z));
         for block in &self.up_blocks {
             for r in &block.resnets {
-                x = r.forward(x);
+                x = r.forward(x, None);
             }
             for u in &block.upsamplers {
-                x = u.forward(x);
+                x = u.forward(x, None);
             }
         }
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
