@@ -1122,13 +1122,130 @@ def stage_t5_tokenizer(out: Path):
                 "versions": versions()})
 
 
+# The real UNet configs (config.json of each repository's `unet/` folder), for the layout test.
+REAL_UNET_CONFIGS = {
+    "sd15": {  # runwayml/stable-diffusion-v1-5
+        "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.6.0", "act_fn": "silu",
+        "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False,
+        "cross_attention_dim": 768,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+        "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4,
+        "sample_size": 64,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    },
+    "sd21": {  # stabilityai/stable-diffusion-2-1
+        "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.10.0.dev0", "act_fn": "silu",
+        "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280],
+        "center_input_sample": False, "cross_attention_dim": 1024,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0,
+        "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05,
+        "norm_num_groups": 32, "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4,
+        "sample_size": 96,
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "use_linear_projection": True, "upcast_attention": True,
+    },
+    "sdxl_base": {  # stabilityai/stable-diffusion-xl-base-1.0
+        "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.19.0.dev0", "act_fn": "silu",
+        "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64, "addition_time_embed_dim": 256,
+        "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280], "center_input_sample": False,
+        "class_embed_type": None, "class_embeddings_concat": False, "conv_in_kernel": 3, "conv_out_kernel": 3,
+        "cross_attention_dim": 2048, "cross_attention_norm": None,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "downsample_padding": 1, "dual_cross_attention": False, "encoder_hid_dim": None,
+        "encoder_hid_dim_type": None, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4,
+        "layers_per_block": 2, "mid_block_only_cross_attention": None, "mid_block_scale_factor": 1,
+        "mid_block_type": "UNetMidBlock2DCrossAttn", "norm_eps": 1e-05, "norm_num_groups": 32,
+        "num_attention_heads": None, "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4,
+        "projection_class_embeddings_input_dim": 2816, "resnet_out_scale_factor": 1.0,
+        "resnet_skip_time_act": False, "resnet_time_scale_shift": "default", "sample_size": 128,
+        "time_cond_proj_dim": None, "time_embedding_act_fn": None, "time_embedding_dim": None,
+        "time_embedding_type": "positional", "timestep_post_act": None, "transformer_layers_per_block": [1, 2, 10],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "upcast_attention": None,
+        "use_linear_projection": True,
+    },
+}
+
+
+@torch.no_grad()
+def stage_unets(out: Path):
+    """Tiny UNet2DConditionModels in the styles of SD 1.x (conv projections, one head count), SD 2.x
+    (linear projections, head counts per block, upcast_attention), SDXL (DownBlock2D first,
+    transformer_layers_per_block, text_time embedding) and LCM (time_cond_proj_dim), saved in the
+    hub layout, one call each (and an odd sample size); plus the parameter layout of the real SD 1.5,
+    SD 2.1 and SDXL-base configs, built on the meta device (fixtures/real_configs)."""
+    from diffusers import UNet2DConditionModel
+
+    c = Cases()
+    root = out / "unets"
+    sd15 = dict(block_out_channels=(8, 8, 16), layers_per_block=(1, 2, 1), norm_num_groups=4, cross_attention_dim=12,
+                attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), sample_size=8)
+    two_blocks = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, cross_attention_dim=12,
+                      sample_size=8)
+    variants = {
+        "sd15": sd15,
+        "sd2": dict(two_blocks, attention_head_dim=[2, 4], use_linear_projection=True, upcast_attention=True,
+                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+        "sdxl": dict(two_blocks, attention_head_dim=[2, 4], use_linear_projection=True,
+                     transformer_layers_per_block=[1, 2], addition_embed_type="text_time", addition_time_embed_dim=4,
+                     projection_class_embeddings_input_dim=10 + 6 * 4,
+                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
+        "lcm": dict(two_blocks, block_out_channels=(8, 8), attention_head_dim=2, time_cond_proj_dim=8,
+                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+    }
+    for name, kw in variants.items():
+        torch.manual_seed(9)
+        model = UNet2DConditionModel(**kw).eval()
+        folder = root / name
+        model.save_pretrained(folder)
+        model = UNet2DConditionModel.from_pretrained(folder).eval()
+        shapes = [(2, 8, 8)] + ([(1, 7, 10)] if name == "sd15" else [])
+        for batch, h, w in shapes:
+            case = name if (h, w) == (8, 8) else f"{name}_odd_size"
+            inputs = {
+                "sample": torch.randn(batch, 4, h, w),
+                "timestep": torch.tensor([999.0, 421.0][:batch]),
+                "encoder_hidden_states": torch.randn(batch, 5, kw["cross_attention_dim"]),
+            }
+            kwargs = dict(inputs)
+            if name == "sdxl":
+                inputs["text_embeds"] = torch.randn(batch, 10)
+                inputs["time_ids"] = torch.tensor([[8.0, 8.0, 0.0, 0.0, 8.0, 8.0], [16.0, 12.0, 2.0, 1.0, 8.0, 8.0]])
+                kwargs["added_cond_kwargs"] = {"text_embeds": inputs["text_embeds"], "time_ids": inputs["time_ids"]}
+            if name == "lcm":
+                inputs["timestep_cond"] = torch.randn(batch, 8)
+                kwargs["timestep_cond"] = inputs["timestep_cond"]
+            output = model(**kwargs).sample
+            c.add(case, "unet_2d_condition", {"folder": f"unets/{name}", "added_cond": name == "sdxl",
+                                              "timestep_cond": name == "lcm"}, inputs, {"output": output})
+    c.save(root, "unet_2d_condition")
+
+    configs_dir = out / "real_configs"
+    configs_dir.mkdir(parents=True, exist_ok=True)
+    params = {}
+    for name, cfg in REAL_UNET_CONFIGS.items():
+        kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
+        with torch.device("meta"):
+            model = UNet2DConditionModel(**kwargs)
+        params[name] = {k: list(v.shape) for k, v in model.state_dict().items()}
+    write_json(configs_dir / "unet_configs.json", REAL_UNET_CONFIGS)
+    # One line: SDXL alone has ~1700 parameters.
+    (configs_dir / "unet_params.json").write_text(json.dumps(params, sort_keys=True, separators=(",", ":")) + "\n")
+
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders, "vae": stage_vae,
           "transformers": stage_transformers,
           "real_configs": stage_real_configs,
           "pipelines": stage_pipelines,
           "tokenizers": stage_tokenizers,
-          "t5_tokenizer": stage_t5_tokenizer}
+          "t5_tokenizer": stage_t5_tokenizer,
+          "unets": stage_unets}
 
 
 def main():
