@@ -253,3 +253,28 @@ fn invalid_inputs_are_typed_errors() {
     i.timestep_cond = Some(burn::tensor::Tensor::zeros([2, 8], &dev));
     assert!(matches!(m.forward(i), Err(Error::InvalidInput { .. })));
 }
+
+#[test]
+fn one_timestep_is_broadcast_to_the_batch() {
+    // diffusers expands a single timestep to the batch: t = [999] equals t = [999, 999].
+    let fx = Fixture::open("unets/unet_2d_condition");
+    let dev = Default::default();
+    let m = load::<Cpu>(&fx, "sd15", DType::F32, &dev);
+    let run = |t: Vec<f32>| {
+        let mut i = inputs(&fx, "sd15", DType::F32, &dev);
+        let n = t.len();
+        i.timestep = burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(t, [n]), &dev);
+        m.forward(i)
+    };
+    let one = run(vec![999.0]).expect("one timestep");
+    let two: Vec<f32> = run(vec![999.0, 999.0])
+        .expect("two timesteps")
+        .into_data()
+        .into_vec()
+        .expect("f32");
+    assert_close(one, &two, None, F32, "broadcast timestep");
+    assert!(matches!(
+        run(vec![1.0, 2.0, 3.0]),
+        Err(Error::InvalidInput { .. })
+    ));
+}
