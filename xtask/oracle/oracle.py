@@ -1238,6 +1238,198 @@ def stage_unets(out: Path):
     (configs_dir / "unet_params.json").write_text(json.dumps(params, sort_keys=True, separators=(",", ":")) + "\n")
 
 
+def tiny_sd_pipeline(folder: Path, kind: str):
+    """A tiny SD 1.x ("sd": conv projections, epsilon, PNDM), SD 2.x ("sd2": linear projections,
+    upcast_attention, v_prediction, DDIM) or SDXL ("sdxl": two text encoders, text_time, Euler)
+    pipeline, saved by save_pretrained with the CLIP tokenizers as vocab.json + merges.txt, reloaded."""
+    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler,
+                           StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tmp = folder.parent / (folder.name + "_tok")
+    tokenizer = make_clip_tokenizer(tmp / "tokenizer", model_max_length=77)
+
+    def clip(cls, hidden, act, **kw):
+        return cls(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=77, hidden_act=act, bos_token_id=0,
+            eos_token_id=2, pad_token_id=1, **kw)).eval()
+
+    betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    unet_common = dict(block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=2, sample_size=8)
+    torch.manual_seed(11)
+    vae = AutoencoderKL(block_out_channels=(4, 8), layers_per_block=1, latent_channels=4, norm_num_groups=2,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        scaling_factor=0.18215).eval()
+    if kind in ("sd", "sd2"):
+        if kind == "sd":
+            unet = UNet2DConditionModel(**unet_common, cross_attention_dim=16, attention_head_dim=2,
+                                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+            scheduler = PNDMScheduler(**betas, skip_prk_steps=True, set_alpha_to_one=False)
+            text_encoder = clip(CLIPTextModel, 16, "quick_gelu")
+        else:
+            unet = UNet2DConditionModel(**unet_common, cross_attention_dim=16, attention_head_dim=[2, 4],
+                                        use_linear_projection=True, upcast_attention=True,
+                                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")).eval()
+            scheduler = DDIMScheduler(**betas, clip_sample=False, set_alpha_to_one=False,
+                                      prediction_type="v_prediction")
+            text_encoder = clip(CLIPTextModel, 16, "gelu")
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        cls = StableDiffusionPipeline
+        toks = ["tokenizer"]
+    else:
+        tokenizer_2 = make_clip_tokenizer(tmp / "tokenizer_2", model_max_length=77)
+        tokenizer_2.pad_token = "!"  # as SDXL's tokenizer_2
+        unet = UNet2DConditionModel(**unet_common, cross_attention_dim=16, attention_head_dim=[2, 4],
+                                    use_linear_projection=True, transformer_layers_per_block=[1, 2],
+                                    addition_embed_type="text_time", addition_time_embed_dim=4,
+                                    projection_class_embeddings_input_dim=10 + 6 * 4,
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")).eval()
+        scheduler = EulerDiscreteScheduler(**betas, timestep_spacing="leading")
+        text_encoder = clip(CLIPTextModel, 8, "quick_gelu")
+        text_encoder_2 = clip(CLIPTextModelWithProjection, 8, "gelu", projection_dim=10)
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+                                         scheduler=scheduler, add_watermarker=False)
+        cls = StableDiffusionXLPipeline
+        toks = ["tokenizer", "tokenizer_2"]
+    pipe.save_pretrained(folder)
+    # Real SD repositories ship CLIP's tokenizers as vocab.json + merges.txt (no tokenizer.json).
+    for t in toks:
+        for f in ["vocab.json", "merges.txt"]:
+            shutil.copy(tmp / t / f, folder / t / f)
+        (folder / t / "tokenizer.json").unlink()
+    shutil.rmtree(tmp)
+    kw = {"add_watermarker": False} if kind == "sdxl" else {}
+    reloaded = cls.from_pretrained(folder, **kw)
+    for t in toks:
+        for p in ["a photo of the cat", "the red dog"]:
+            assert getattr(reloaded, t)(p).input_ids == getattr(pipe, t)(p).input_ids, p
+    if kind == "sdxl":
+        assert reloaded.tokenizer_2.pad_token == "!"
+    return reloaded
+
+
+@torch.no_grad()
+def stage_sd_pipelines(out: Path):
+    """Tiny SD 1.x, SD 2.x (v_prediction) and SDXL pipelines: prompt encodings, explicit-latents CFG
+    runs (each step's latents) with DDIM, Euler and DPM++ 2M swapped in by from_config, a seeded
+    two-images-per-prompt Euler-ancestral run, guidance_rescale, img2img (SD and SDXL) and SD in bf16."""
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                           EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline,
+                           StableDiffusionXLImg2ImgPipeline)
+
+    root = out / "pipelines"
+    root.mkdir(parents=True, exist_ok=True)
+    c = Cases()
+    prompt, negative = "a photo of the cat", "the red dog"
+    height, width, steps = 16, 24, 3
+    swaps = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpm": DPMSolverMultistepScheduler}
+    torch.manual_seed(12)
+    # The img2img input: 8-bit pixels, so that the PNG and the array are the same image.
+    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8)
+    from PIL import Image
+    Image.fromarray(pixels.numpy()).save(root / "img2img_input.png")
+    init_image = (pixels.float() / 255.0).permute(2, 0, 1).unsqueeze(0)
+    pipes = {}
+    for kind in ["sd", "sd2", "sdxl"]:
+        folder = root / f"tiny_{kind}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        pipe = tiny_sd_pipeline(folder, kind)
+        pipes[kind] = pipe
+        default_sched = pipe.scheduler
+        cfg = {"folder": f"pipelines/tiny_{kind}", "prompt": prompt, "negative_prompt": negative,
+               "height": height, "width": width, "num_inference_steps": steps, "guidance_scale": 7.5}
+        xl = kind == "sdxl"
+
+        # Prompt encodings (with and without a negative prompt; clip_skip=1 for SD).
+        outputs = {}
+        if xl:
+            pe, npe, pp, npp = pipe.encode_prompt(prompt, negative_prompt=negative)
+            outputs.update(prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=pp,
+                           negative_pooled_prompt_embeds=npp)
+            _, npe0, _, npp0 = pipe.encode_prompt(prompt)
+            outputs.update(negative_prompt_embeds_none=npe0, negative_pooled_prompt_embeds_none=npp0)
+            pe1, _, _, _ = pipe.encode_prompt(prompt, negative_prompt=negative, clip_skip=1)
+            outputs["prompt_embeds_clip_skip_1"] = pe1
+        else:
+            pe, npe = pipe.encode_prompt(prompt, "cpu", 1, True, negative_prompt=negative)
+            outputs.update(prompt_embeds=pe, negative_prompt_embeds=npe)
+            _, npe0 = pipe.encode_prompt(prompt, "cpu", 1, True)
+            outputs["negative_prompt_embeds_none"] = npe0
+            # diffusers 0.42.1's clip_skip branch calls `text_encoder.text_model.final_layer_norm`,
+            # which transformers 5's CLIPTextModel no longer has: its computation, done here.
+            ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, truncation=True,
+                                 return_tensors="pt").input_ids
+            hs = pipe.text_encoder(ids, output_hidden_states=True).hidden_states
+            outputs["prompt_embeds_clip_skip_1"] = pipe.text_encoder.final_layer_norm(hs[-(1 + 1)])
+        c.add(f"{kind}_encode", "sd_encode", cfg, {}, outputs)
+
+        # Explicit latents, CFG with a negative prompt, the default scheduler and swapped ones.
+        latents = torch.randn(1, 4, height // 2, width // 2)
+        runs = {"default": None, **swaps}
+        for sname, scls in runs.items():
+            pipe.scheduler = default_sched if scls is None else scls.from_config(default_sched.config)
+            recorded = []
+
+            def record(p, i, t, kw):
+                recorded.append(kw["latents"].clone())
+                return kw
+
+            args = dict(prompt=prompt, negative_prompt=negative, height=height, width=width,
+                        num_inference_steps=steps, guidance_scale=7.5, latents=latents.clone())
+            image = pipe(**args, output_type="np", callback_on_step_end=record).images
+            outputs = {"images": torch.from_numpy(image)}
+            for i, s in enumerate(recorded):
+                outputs[f"step_{i}"] = s
+            if sname == "default":
+                outputs["output_latents"] = pipe(**args, output_type="latent").images
+            c.add(f"{kind}_{sname}", "sd_pipeline",
+                  {**cfg, "scheduler": type(pipe.scheduler).__name__}, {"latents": latents}, outputs)
+
+        # A seed, two images per prompt, a stochastic scheduler (the generator is shared with the steps).
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(default_sched.config)
+        image = pipe(prompt=prompt, negative_prompt=negative, height=height, width=width,
+                     num_inference_steps=steps, guidance_scale=7.5, num_images_per_prompt=2,
+                     generator=torch.Generator("cpu").manual_seed(42), output_type="np").images
+        c.add(f"{kind}_seed_ancestral", "sd_pipeline",
+              {**cfg, "scheduler": "EulerAncestralDiscreteScheduler", "seed": 42, "num_images_per_prompt": 2},
+              {}, {"images": torch.from_numpy(image)})
+        pipe.scheduler = default_sched
+
+        if kind == "sd2":
+            image = pipe(prompt=prompt, negative_prompt=negative, height=height, width=width,
+                         num_inference_steps=steps, guidance_scale=7.5, guidance_rescale=0.7,
+                         latents=latents.clone(), output_type="np").images
+            c.add("sd2_rescale", "sd_pipeline", {**cfg, "guidance_rescale": 0.7}, {"latents": latents},
+                  {"images": torch.from_numpy(image)})
+        if kind in ("sd", "sdxl"):
+            i2i_cls = StableDiffusionXLImg2ImgPipeline if xl else StableDiffusionImg2ImgPipeline
+            kw = {"add_watermarker": False} if xl else {}
+            i2i = i2i_cls(**pipe.components, **kw)
+            image = i2i(prompt=prompt, negative_prompt=negative, image=init_image.clone(), strength=0.6,
+                        num_inference_steps=4, guidance_scale=7.5,
+                        generator=torch.Generator("cpu").manual_seed(7), output_type="np").images
+            c.add(f"{kind}_img2img", "sd_img2img",
+                  {**cfg, "num_inference_steps": 4, "strength": 0.6, "seed": 7, "image": "pipelines/img2img_input.png"},
+                  {"image": init_image}, {"images": torch.from_numpy(image)})
+        if kind == "sd":
+            # diffusers itself in bf16 from the same f32 latents: the yardstick for our bf16 tolerance.
+            pipe.to(torch.bfloat16)
+            image = pipe(prompt=prompt, negative_prompt=negative, height=height, width=width,
+                         num_inference_steps=steps, guidance_scale=7.5, latents=latents.to(torch.bfloat16),
+                         output_type="np").images
+            c.add("sd_bf16", "sd_pipeline", cfg, {}, {"images": torch.from_numpy(image)})
+            pipe.to(torch.float32)
+    c.save(root, "sd")
+
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders, "vae": stage_vae,
           "transformers": stage_transformers,
@@ -1245,7 +1437,8 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "pipelines": stage_pipelines,
           "tokenizers": stage_tokenizers,
           "t5_tokenizer": stage_t5_tokenizer,
-          "unets": stage_unets}
+          "unets": stage_unets,
+          "sd_pipelines": stage_sd_pipelines}
 
 
 def main():

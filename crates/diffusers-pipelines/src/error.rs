@@ -48,6 +48,9 @@ pub enum Error {
     /// A text encoder or tokenizer failed.
     #[error(transparent)]
     TextEncoder(#[from] diffusers_text_encoders::Error),
+    /// A UNet failed.
+    #[error(transparent)]
+    Unet(#[from] diffusers_unets::Error),
     /// A VAE failed.
     #[error(transparent)]
     Vae(#[from] diffusers_vae::Error),

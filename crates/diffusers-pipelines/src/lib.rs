@@ -34,6 +34,7 @@ mod error;
 pub mod image_processor;
 pub mod model_index;
 pub mod pipeline_flux;
+pub mod pipeline_stable_diffusion;
 pub mod pipeline_utils;
 
 pub use error::{Error, Result};

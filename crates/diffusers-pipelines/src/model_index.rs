@@ -24,6 +24,9 @@ pub struct ModelIndex {
     pub class_name: String,
     /// Components by name; `None` for `[null, null]`.
     pub components: BTreeMap<String, Option<Component>>,
+    /// The pipeline's own config values (`force_zeros_for_empty_prompt`,
+    /// `requires_aesthetics_score`, ...): the keys that are not components.
+    pub config: serde_json::Map<String, Value>,
 }
 
 impl ModelIndex {
@@ -57,6 +60,7 @@ impl ModelIndex {
             })?
             .to_string();
         let mut components = BTreeMap::new();
+        let mut config = serde_json::Map::new();
         for (k, v) in json.iter().filter(|(k, _)| !k.starts_with('_')) {
             let entry = match v.as_array().map(Vec::as_slice) {
                 Some([Value::Null, Value::Null]) => {
@@ -67,14 +71,26 @@ impl ModelIndex {
                     library: lib.clone(),
                     class: cls.clone(),
                 }),
-                _ => continue,
+                _ => {
+                    config.insert(k.clone(), v.clone());
+                    continue;
+                }
             };
             components.insert(k.clone(), entry);
         }
         Ok(Self {
             class_name,
             components,
+            config,
         })
+    }
+
+    /// A boolean pipeline config value (`force_zeros_for_empty_prompt`), `default` if absent.
+    pub fn flag(&self, key: &str, default: bool) -> bool {
+        self.config
+            .get(key)
+            .and_then(Value::as_bool)
+            .unwrap_or(default)
     }
 
     /// The component's class, if present and not null.
