@@ -35,6 +35,7 @@ pub mod image_processor;
 pub mod model_index;
 pub mod pipeline_flux;
 pub mod pipeline_stable_diffusion;
+pub mod pipeline_stable_diffusion_xl;
 pub mod pipeline_utils;
 
 pub use error::{Error, Result};

@@ -480,3 +480,179 @@ mod cuda {
         assert!(vs_f32 < BF16_IMAGE_ATOL, "{vs_f32}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// SDXL
+
+use diffusers_pipelines::pipeline_stable_diffusion_xl::{
+    StableDiffusionXLCall, StableDiffusionXLPipeline,
+};
+
+fn sdxl() -> StableDiffusionXLPipeline<Cpu> {
+    StableDiffusionXLPipeline::from_folder(folder("sdxl"), DType::F32, &Default::default())
+        .expect("load sdxl")
+}
+
+fn sdxl_call(fx: &Fixture) -> StableDiffusionXLCall<Cpu> {
+    StableDiffusionXLCall {
+        negative_prompt: Some(vec![NEGATIVE.into()]),
+        height: Some(16),
+        width: Some(24),
+        num_inference_steps: 3,
+        guidance_scale: 7.5,
+        latents: Some(fx.tensor("sdxl_default.latents", &Default::default(), DType::F32)),
+        ..StableDiffusionXLCall::new(PROMPT)
+    }
+}
+
+#[test]
+fn sdxl_prompt_encoding_matches_diffusers() {
+    let fx = fixture();
+    let pipe = sdxl();
+    assert!(pipe.force_zeros_for_empty_prompt && !pipe.requires_aesthetics_score);
+    let prompt = [PROMPT.to_string()];
+    let negative = [NEGATIVE.to_string()];
+    let e = pipe
+        .encode_prompt(&prompt, None, 1, true, Some(&negative), None, None)
+        .expect("encode");
+    assert_eq!(e.prompt_embeds.dims(), [1, 77, 16]);
+    assert_eq!(e.pooled_prompt_embeds.dims(), [1, 10]);
+    let check = |t: Tensor<Cpu, 3>, k: &str| {
+        assert_close(t, &fx.values(&format!("sdxl_encode.{k}")), None, STATES, k)
+    };
+    let check2 = |t: Tensor<Cpu, 2>, k: &str| {
+        assert_close(t, &fx.values(&format!("sdxl_encode.{k}")), None, STATES, k)
+    };
+    check(e.prompt_embeds, "prompt_embeds");
+    check(
+        e.negative_prompt_embeds.expect("neg"),
+        "negative_prompt_embeds",
+    );
+    check2(e.pooled_prompt_embeds, "pooled_prompt_embeds");
+    check2(
+        e.negative_pooled_prompt_embeds.expect("neg pooled"),
+        "negative_pooled_prompt_embeds",
+    );
+    // No negative prompt: zeros (force_zeros_for_empty_prompt).
+    let e = pipe
+        .encode_prompt(&prompt, None, 1, true, None, None, None)
+        .expect("encode");
+    check(
+        e.negative_prompt_embeds.expect("neg"),
+        "negative_prompt_embeds_none",
+    );
+    check2(
+        e.negative_pooled_prompt_embeds.expect("neg pooled"),
+        "negative_pooled_prompt_embeds_none",
+    );
+    let e = pipe
+        .encode_prompt(&prompt, None, 1, false, None, None, Some(1))
+        .expect("encode");
+    check(e.prompt_embeds, "prompt_embeds_clip_skip_1");
+}
+
+#[test]
+fn sdxl_explicit_latents_match_diffusers() {
+    let fx = fixture();
+    for sched in ["default", "ddim", "euler", "dpm"] {
+        let mut pipe = sdxl();
+        if let Some(class) = scheduler_class(sched) {
+            pipe.set_scheduler(class).expect("swap");
+        }
+        let case = format!("sdxl_{sched}");
+        let mut steps = Vec::new();
+        let out = pipe
+            .call_with_callback(sdxl_call(&fx), &mut |_, _, l| steps.push(l.clone()))
+            .expect("call");
+        check_steps(&fx, &case, steps);
+        assert_close(
+            out.array().expect("images"),
+            &fx.values(&format!("{case}.images")),
+            None,
+            IMAGE,
+            &case,
+        );
+        if sched == "default" {
+            let out = pipe
+                .call(StableDiffusionXLCall {
+                    output_type: OutputType::Latent,
+                    ..sdxl_call(&fx)
+                })
+                .expect("call");
+            assert_close(
+                out.latents.expect("latents"),
+                &fx.values(&format!("{case}.output_latents")),
+                None,
+                STATES,
+                "output latents",
+            );
+        }
+    }
+}
+
+#[test]
+fn sdxl_seed_and_stochastic_steps_match_diffusers() {
+    let fx = fixture();
+    let mut pipe = sdxl();
+    pipe.set_scheduler("EulerAncestralDiscreteScheduler")
+        .expect("swap");
+    let out = pipe
+        .call(StableDiffusionXLCall {
+            latents: None,
+            seed: Some(42),
+            num_images_per_prompt: 2,
+            ..sdxl_call(&fx)
+        })
+        .expect("call");
+    assert_eq!(out.images.len(), 2);
+    assert_close(
+        out.array().expect("images"),
+        &fx.values("sdxl_seed_ancestral.images"),
+        None,
+        IMAGE,
+        "sdxl seeded ancestral",
+    );
+}
+
+#[test]
+fn sdxl_bad_arguments_are_errors() {
+    let fx = fixture();
+    let mut pipe = sdxl();
+    let mut bad = |c: StableDiffusionXLCall<Cpu>, what: &str| {
+        let err = pipe.call(c).expect_err(what);
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{what}: {err}"
+        );
+        err.to_string()
+    };
+    bad(
+        StableDiffusionXLCall {
+            width: Some(30),
+            ..sdxl_call(&fx)
+        },
+        "size",
+    );
+    bad(
+        StableDiffusionXLCall {
+            latents: Some(Tensor::zeros([1, 4, 8, 8], &Default::default())),
+            ..sdxl_call(&fx)
+        },
+        "latents shape",
+    );
+    bad(
+        StableDiffusionXLCall {
+            prompt_2: Some(vec!["a".into(), "b".into()]),
+            ..sdxl_call(&fx)
+        },
+        "prompt_2 count",
+    );
+    // An SD 1.x folder is not an SDXL one.
+    let err = StableDiffusionXLPipeline::<Cpu>::from_folder(
+        folder("sd"),
+        DType::F32,
+        &Default::default(),
+    )
+    .expect_err("sd folder");
+    assert!(err.to_string().contains("StableDiffusionPipeline"), "{err}");
+}
