@@ -967,6 +967,36 @@ def stage_pipelines(out: Path):
           {**cfg, "prompt": prompt, "max_sequence_length": 8, "num_images_per_prompt": 2},
           {}, {"images": torch.from_numpy(images)})
 
+    # True CFG with a negative prompt (a second transformer call per step).
+    image = pipe(**args, latents=latents.clone(), negative_prompt="a red dog", true_cfg_scale=2.5,
+                 output_type="np").images
+    c.add("flux_true_cfg", "flux_pipeline",
+          {**cfg, "prompt": prompt, "negative_prompt": "a red dog", "true_cfg_scale": 2.5},
+          {}, {"images": torch.from_numpy(image)})
+
+    # Image to image from a PNG (the components of the same pipeline), seeded: the generator draws
+    # the posterior sample, then the noise.
+    from diffusers import FluxImg2ImgPipeline
+    from PIL import Image
+
+    g = torch.Generator("cpu").manual_seed(3)
+    pixels = torch.randint(0, 256, (16, 24, 3), generator=g, dtype=torch.uint8).numpy()
+    Image.fromarray(pixels).save(out / "pipelines" / "flux_img2img_input.png")
+    init = Image.open(out / "pipelines" / "flux_img2img_input.png")
+    i2i = FluxImg2ImgPipeline.from_pipe(pipe)
+    steps = []
+    image = i2i(prompt=prompt, image=init, height=16, width=24, num_inference_steps=4, strength=0.6,
+                guidance_scale=3.5, max_sequence_length=8, num_images_per_prompt=2,
+                generator=torch.Generator("cpu").manual_seed(11), output_type="np",
+                callback_on_step_end=record).images
+    outputs = {"images": torch.from_numpy(image)}
+    for i, st in enumerate(steps):
+        outputs[f"step_{i}"] = st
+    c.add("flux_img2img", "flux_img2img_pipeline",
+          {**cfg, "prompt": prompt, "strength": 0.6, "num_inference_steps": 4, "seed": 11,
+           "num_images_per_prompt": 2, "image": "pipelines/flux_img2img_input.png"},
+          {"image": torch.from_numpy(pixels).float()}, outputs)
+
     # diffusers itself in bf16 (weights and activations), from the same f32 latents: how far bf16
     # lands from the f32 image is the yardstick for our bf16 tolerance.
     pipe.to(torch.bfloat16)

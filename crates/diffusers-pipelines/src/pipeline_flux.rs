@@ -66,6 +66,11 @@ pub struct FluxCall<B: Backend> {
     pub prompt: Vec<String>,
     /// Prompts for the T5 encoder (`prompt_2`); `None` uses `prompt`.
     pub prompt_2: Option<Vec<String>>,
+    /// Negative prompts, used with `true_cfg_scale > 1` (true classifier-free guidance: a second
+    /// transformer call per step).
+    pub negative_prompt: Option<Vec<String>>,
+    /// True CFG scale (1.0: off).
+    pub true_cfg_scale: f64,
     /// T5 states `[batch, text_seq, joint_attention_dim]` instead of `prompt`.
     pub prompt_embeds: Option<Tensor<B, 3>>,
     /// Pooled CLIP embedding `[batch, pooled_projection_dim]`, with `prompt_embeds`.
@@ -97,6 +102,8 @@ impl<B: Backend> Default for FluxCall<B> {
         Self {
             prompt: Vec::new(),
             prompt_2: None,
+            negative_prompt: None,
+            true_cfg_scale: 1.0,
             prompt_embeds: None,
             pooled_prompt_embeds: None,
             height: None,
@@ -177,7 +184,8 @@ impl<B: Backend> FluxPipeline<B> {
     pub fn from_folder(folder: impl AsRef<Path>, dtype: DType, device: &B::Device) -> Result<Self> {
         let folder = folder.as_ref();
         let index = ModelIndex::load(folder.join("model_index.json"))?;
-        if index.class_name != PIPELINE {
+        // The img2img pipeline has the same components.
+        if index.class_name != PIPELINE && index.class_name != "FluxImg2ImgPipeline" {
             return Err(Error::Unsupported {
                 path: folder.display().to_string(),
                 reason: format!("`{}` is not a FluxPipeline", index.class_name),
@@ -351,13 +359,36 @@ impl<B: Backend> FluxPipeline<B> {
         call: FluxCall<B>,
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 3>),
     ) -> Result<FluxOutput<B>> {
-        let bad = |reason: String| Error::InvalidArgument {
-            pipeline: PIPELINE,
-            reason,
+        self.run(call, None, on_step_end)
+    }
+
+    /// The text-to-image and image-to-image loop (`img2img`: the image `[b, 3, h, w]` in
+    /// `[0, 1]` and the strength).
+    pub(crate) fn run(
+        &mut self,
+        call: FluxCall<B>,
+        img2img: Option<(Tensor<B, 4>, f64)>,
+        on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 3>),
+    ) -> Result<FluxOutput<B>> {
+        let pipeline = if img2img.is_some() {
+            "FluxImg2ImgPipeline"
+        } else {
+            PIPELINE
         };
+        let bad = |reason: String| Error::InvalidArgument { pipeline, reason };
         let f = self.vae_scale_factor() * 2;
-        let height = call.height.unwrap_or(128 * self.vae_scale_factor());
-        let width = call.width.unwrap_or(128 * self.vae_scale_factor());
+        let image_size = img2img.as_ref().map(|(i, _)| {
+            let [_, _, h, w] = i.dims();
+            (h, w)
+        });
+        let height = call
+            .height
+            .or(image_size.map(|s| s.0))
+            .unwrap_or(128 * self.vae_scale_factor());
+        let width = call
+            .width
+            .or(image_size.map(|s| s.1))
+            .unwrap_or(128 * self.vae_scale_factor());
         if height == 0 || width == 0 || !height.is_multiple_of(f) || !width.is_multiple_of(f) {
             return Err(bad(format!(
                 "height and width must be positive multiples of {f}, got {height}x{width}"
@@ -368,6 +399,21 @@ impl<B: Backend> FluxPipeline<B> {
         }
         if call.num_images_per_prompt == 0 {
             return Err(bad("num_images_per_prompt must be at least 1".into()));
+        }
+        if let Some((image, strength)) = &img2img {
+            let [_, c, h, w] = image.dims();
+            if c != 3 || (h, w) != (height, width) {
+                return Err(bad(format!(
+                    "image is {:?}; expected [batch, 3, {height}, {width}] (resizing is not supported: pass an image of the output size)",
+                    image.dims()
+                )));
+            }
+            if !(0.0..=1.0).contains(strength) {
+                return Err(bad(format!("strength must be in [0, 1], got {strength}")));
+            }
+        }
+        if call.true_cfg_scale > 1.0 && call.negative_prompt.is_none() {
+            tracing::warn!("true_cfg_scale > 1 has no effect without a negative prompt");
         }
         let n = call.num_images_per_prompt;
         let embeds = match (call.prompt_embeds, call.pooled_prompt_embeds) {
@@ -413,32 +459,26 @@ impl<B: Backend> FluxPipeline<B> {
                 call.max_sequence_length,
             )?,
         };
+        let negative = match &call.negative_prompt {
+            Some(neg) if call.true_cfg_scale > 1.0 => {
+                let batch_prompts = embeds.prompt_embeds.dims()[0] / n;
+                let neg = match neg.len() {
+                    1 => vec![neg[0].clone(); batch_prompts],
+                    k if k == batch_prompts => neg.clone(),
+                    k => {
+                        return Err(bad(format!(
+                            "{k} negative prompts for {batch_prompts} prompts"
+                        )));
+                    }
+                };
+                Some(self.encode_prompt(&neg, None, n, call.max_sequence_length)?)
+            }
+            _ => None,
+        };
         let batch = embeds.prompt_embeds.dims()[0];
         let channels = self.transformer_config.in_channels / 4;
         let (h, w) = (2 * (height / f), 2 * (width / f));
         let seq = (h / 2) * (w / 2);
-        let latents = match call.latents {
-            Some(l) => {
-                if l.dims() != [batch, seq, channels * 4] {
-                    return Err(bad(format!(
-                        "latents have shape {:?}, expected {:?} (packed [batch * num_images_per_prompt, (h/2)*(w/2), channels*4] for {height}x{width})",
-                        l.dims(),
-                        [batch, seq, channels * 4]
-                    )));
-                }
-                l.cast(self.dtype)
-            }
-            None => {
-                let mut g = TorchGenerator::new(call.seed.unwrap_or(0));
-                let noise = randn_tensor::<B, 4>(
-                    [batch, channels, h, w],
-                    Generators::One(&mut g),
-                    &self.device,
-                    self.dtype,
-                )?;
-                pack_latents(noise)
-            }
-        };
         let img_ids: Vec<Vec<f64>> = (0..h / 2)
             .flat_map(|r| (0..w / 2).map(move |c| vec![0.0, r as f64, c as f64]))
             .collect();
@@ -466,6 +506,79 @@ impl<B: Backend> FluxPipeline<B> {
                 ..Default::default()
             },
         )?;
+        let mut timesteps = Scheduler::<B>::timesteps(&self.scheduler).to_vec();
+        if let Some((_, strength)) = &img2img {
+            // diffusers' `get_timesteps`.
+            let steps = call.num_inference_steps as f64;
+            let init = (steps * strength).min(steps);
+            let t_start = (steps - init).max(0.0) as usize;
+            timesteps.drain(..t_start.min(timesteps.len()));
+            if timesteps.is_empty() {
+                return Err(bad(format!(
+                    "strength {strength} with {} steps leaves no denoising step",
+                    call.num_inference_steps
+                )));
+            }
+            Scheduler::<B>::set_begin_index(&mut self.scheduler, t_start);
+        }
+        let mut generator = TorchGenerator::new(call.seed.unwrap_or(0));
+        let latents = match call.latents {
+            Some(l) => {
+                if l.dims() != [batch, seq, channels * 4] {
+                    return Err(bad(format!(
+                        "latents have shape {:?}, expected {:?} (packed [batch * num_images_per_prompt, (h/2)*(w/2), channels*4] for {height}x{width})",
+                        l.dims(),
+                        [batch, seq, channels * 4]
+                    )));
+                }
+                l.cast(self.dtype)
+            }
+            None => match img2img {
+                None => pack_latents(randn_tensor::<B, 4>(
+                    [batch, channels, h, w],
+                    Generators::One(&mut generator),
+                    &self.device,
+                    self.dtype,
+                )?),
+                Some((image, _)) => {
+                    // diffusers' `prepare_latents`: encode, sample the posterior with the
+                    // generator, shift and scale, repeat to the batch, then noise to the first
+                    // timestep with `scale_noise`.
+                    let images = image.dims()[0];
+                    if batch % images != 0 {
+                        return Err(bad(format!(
+                            "cannot repeat {images} images to a batch of {batch}"
+                        )));
+                    }
+                    let x = (image.cast(self.dtype) * 2.0 - 1.0).cast(self.dtype);
+                    let posterior = self.vae.encode(x)?;
+                    let eps = randn_tensor::<B, 4>(
+                        posterior.mean.dims(),
+                        Generators::One(&mut generator),
+                        &self.device,
+                        self.dtype,
+                    )?;
+                    let z = (posterior.sample_with(eps)
+                        - self.vae_config.shift_factor.unwrap_or(0.0) as f32)
+                        * self.vae_config.scaling_factor as f32;
+                    let z = z.repeat_dim(0, batch / images);
+                    let noise = randn_tensor::<B, 4>(
+                        [batch, channels, h, w],
+                        Generators::One(&mut generator),
+                        &self.device,
+                        self.dtype,
+                    )?;
+                    let flat = |t: Tensor<B, 4>| t.reshape([batch, channels * h * w]);
+                    let noised = Scheduler::<B>::add_noise(
+                        &self.scheduler,
+                        flat(z),
+                        flat(noise),
+                        timesteps[0],
+                    )?;
+                    pack_latents(noised.reshape([batch, channels, h, w]))
+                }
+            },
+        };
         let guidance = self.transformer_config.guidance_embeds.then(|| {
             Tensor::<B, 1>::full(
                 [batch],
@@ -474,7 +587,6 @@ impl<B: Backend> FluxPipeline<B> {
             )
         });
         let mut latents = latents;
-        let timesteps = Scheduler::<B>::timesteps(&self.scheduler).to_vec();
         for (i, t) in timesteps.into_iter().enumerate() {
             let timestep =
                 Tensor::<B, 1>::full([batch], t as f32, (&self.device, self.dtype)) / 1000.0;
@@ -482,11 +594,26 @@ impl<B: Backend> FluxPipeline<B> {
                 hidden_states: latents.clone(),
                 encoder_hidden_states: embeds.prompt_embeds.clone(),
                 pooled_projections: embeds.pooled_prompt_embeds.clone(),
-                timestep,
+                timestep: timestep.clone(),
                 guidance: guidance.clone(),
                 txt_ids: txt_ids.clone(),
                 img_ids: img_ids.clone(),
             })?;
+            let noise_pred = match &negative {
+                Some(neg) => {
+                    let neg_pred = self.transformer.forward(FluxInputs {
+                        hidden_states: latents.clone(),
+                        encoder_hidden_states: neg.prompt_embeds.clone(),
+                        pooled_projections: neg.pooled_prompt_embeds.clone(),
+                        timestep,
+                        guidance: guidance.clone(),
+                        txt_ids: vec![vec![0.0; 3]; neg.prompt_embeds.dims()[1]],
+                        img_ids: img_ids.clone(),
+                    })?;
+                    neg_pred.clone() + (noise_pred - neg_pred) * call.true_cfg_scale as f32
+                }
+                None => noise_pred,
+            };
             latents = step_nd(&mut self.scheduler, noise_pred, t, latents, None)?;
             on_step_end(i, t, &mut latents);
         }

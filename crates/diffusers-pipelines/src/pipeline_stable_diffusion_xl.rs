@@ -382,15 +382,20 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
         if passed == expected {
             return Ok(());
         }
+        // diffusers raises here too; its two size-specific messages are swapped (0.42.1), these
+        // say which setting gives the size the UNet takes.
         let hint = match aesthetics {
-            Some(false) if expected > passed && expected - passed == tdim => {
-                "enable requires_aesthetics_score (model_index.json) so that aesthetic_score is used"
+            Some(_) if expected > passed && expected - passed == tdim => {
+                "one time id too few: disable requires_aesthetics_score (model_index.json) so that \
+                 target_size is used"
             }
-            Some(true) if passed > expected && passed - expected == tdim => {
-                "disable requires_aesthetics_score (model_index.json) so that target_size is used"
+            Some(_) if passed > expected && passed - expected == tdim => {
+                "one time id too many: enable requires_aesthetics_score (model_index.json) so that \
+                 aesthetic_score is used"
             }
             _ => {
-                "the model has an incorrect config: check unet.time_embedding_type and text_encoder_2.projection_dim"
+                "the model has an incorrect config: check unet.time_embedding_type and \
+                 text_encoder_2.projection_dim"
             }
         };
         Err(invalid(

@@ -473,3 +473,100 @@ mod cuda {
         assert!(vs_f32 < BF16_IMAGE_ATOL, "{vs_f32}");
     }
 }
+
+#[test]
+fn true_cfg_with_negative_prompt_matches_diffusers() {
+    let fx = Fixture::open("pipelines/flux");
+    let mut pipe = pipeline();
+    let mut c = prompt_call(&fx, OutputType::Array);
+    c.negative_prompt = Some(vec!["a red dog".into()]);
+    c.true_cfg_scale = 2.5;
+    let out = pipe.call(c).expect("call");
+    assert_close(
+        array(&out),
+        &fx.values("flux_true_cfg.images"),
+        None,
+        IMAGE,
+        "true cfg",
+    );
+}
+
+#[test]
+fn img2img_from_png_matches_diffusers_step_by_step() {
+    use diffusers_pipelines::image_processor::load_image;
+    use diffusers_pipelines::pipeline_flux_img2img::{FluxImg2ImgCall, FluxImg2ImgPipeline};
+    let fx = Fixture::open("pipelines/flux");
+    let dev = Default::default();
+    let image = load_image::<Cpu>(
+        fixtures_dir().join("pipelines/flux_img2img_input.png"),
+        &dev,
+    )
+    .expect("png");
+    // The PNG holds the pixels diffusers was given.
+    let pixels: Vec<f32> = image
+        .clone()
+        .permute([0, 2, 3, 1])
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("values");
+    let want: Vec<f32> = fx
+        .values("flux_img2img.image")
+        .iter()
+        .map(|v| v / 255.0)
+        .collect();
+    assert_eq!(pixels, want);
+    let mut pipe = FluxImg2ImgPipeline::from_pipe(pipeline());
+    let mut steps = Vec::new();
+    let out = pipe
+        .call_with_callback(
+            FluxImg2ImgCall {
+                call: FluxCall {
+                    num_inference_steps: 4,
+                    max_sequence_length: 8,
+                    num_images_per_prompt: 2,
+                    seed: Some(11),
+                    ..FluxCall::new("a photo of the cat")
+                },
+                image: image.clone(),
+                strength: 0.6,
+            },
+            &mut |i, _, l| steps.push((i, l.clone())),
+        )
+        .expect("call");
+    // strength 0.6 of 4 steps: the last 3 run.
+    assert_eq!(steps.len(), 3);
+    for (i, latents) in steps {
+        let key = format!("flux_img2img.step_{i}");
+        assert_close(latents, &fx.values(&key), None, STATES, &key);
+    }
+    assert_close(
+        array(&out),
+        &fx.values("flux_img2img.images"),
+        None,
+        IMAGE,
+        "img2img",
+    );
+
+    // A wrong image size and a strength that leaves no step are errors.
+    let bad = FluxImg2ImgCall {
+        call: FluxCall {
+            height: Some(32),
+            ..FluxCall::new("x")
+        },
+        image: image.clone(),
+        strength: 0.6,
+    };
+    assert!(matches!(pipe.call(bad), Err(Error::InvalidArgument { .. })));
+    let bad = FluxImg2ImgCall {
+        call: FluxCall {
+            num_inference_steps: 2,
+            max_sequence_length: 8,
+            ..FluxCall::new("x")
+        },
+        image,
+        strength: 0.0,
+    };
+    let err = pipe.call(bad).expect_err("no steps");
+    assert!(err.to_string().contains("no denoising step"), "{err}");
+}

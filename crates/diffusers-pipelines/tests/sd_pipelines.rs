@@ -656,3 +656,178 @@ fn sdxl_bad_arguments_are_errors() {
     .expect_err("sd folder");
     assert!(err.to_string().contains("StableDiffusionPipeline"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// img2img
+
+use diffusers_pipelines::image_input::load_image;
+use diffusers_pipelines::pipeline_stable_diffusion_img2img::{
+    StableDiffusionImg2ImgCall, StableDiffusionImg2ImgPipeline,
+};
+use diffusers_pipelines::pipeline_stable_diffusion_xl_img2img::{
+    StableDiffusionXLImg2ImgCall, StableDiffusionXLImg2ImgPipeline,
+};
+
+fn input_image(fx: &Fixture) -> Tensor<Cpu, 4> {
+    let img: Tensor<Cpu, 4> = load_image(
+        fixtures_dir().join("pipelines/img2img_input.png"),
+        &Default::default(),
+    )
+    .expect("png");
+    assert_eq!(img.dims(), [1, 3, 16, 24]);
+    // The PNG is the array diffusers was given.
+    assert_close(
+        img.clone(),
+        &fx.values("sd_img2img.image"),
+        None,
+        Tol {
+            atol: 1e-7,
+            rtol: 0.0,
+        },
+        "png",
+    );
+    img
+}
+
+#[test]
+fn sd_img2img_matches_diffusers() {
+    let fx = fixture();
+    let mut pipe = StableDiffusionImg2ImgPipeline::<Cpu>::from_folder(
+        folder("sd"),
+        DType::F32,
+        &Default::default(),
+    )
+    .expect("load");
+    let mut steps = 0;
+    let out = pipe
+        .call_with_callback(
+            StableDiffusionImg2ImgCall {
+                negative_prompt: Some(vec![NEGATIVE.into()]),
+                image: Some(input_image(&fx)),
+                strength: 0.6,
+                num_inference_steps: 4,
+                seed: Some(7),
+                ..StableDiffusionImg2ImgCall::new(PROMPT)
+            },
+            &mut |_, _, _| steps += 1,
+        )
+        .expect("call");
+    // int(4 * 0.6) = 2 steps (PNDM's PLMS schedule: one more timestep).
+    assert_eq!(steps, 3);
+    assert_close(
+        out.array().expect("images"),
+        &fx.values("sd_img2img.images"),
+        None,
+        IMAGE,
+        "sd img2img",
+    );
+}
+
+#[test]
+fn sdxl_img2img_matches_diffusers() {
+    let fx = fixture();
+    let mut pipe = StableDiffusionXLImg2ImgPipeline::<Cpu>::from_folder(
+        folder("sdxl"),
+        DType::F32,
+        &Default::default(),
+    )
+    .expect("load");
+    let out = pipe
+        .call(StableDiffusionXLImg2ImgCall {
+            negative_prompt: Some(vec![NEGATIVE.into()]),
+            image: Some(input_image(&fx)),
+            strength: 0.6,
+            num_inference_steps: 4,
+            guidance_scale: 7.5,
+            seed: Some(7),
+            ..StableDiffusionXLImg2ImgCall::new(PROMPT)
+        })
+        .expect("call");
+    assert_close(
+        out.array().expect("images"),
+        &fx.values("sdxl_img2img.images"),
+        None,
+        IMAGE,
+        "sdxl img2img",
+    );
+}
+
+#[test]
+fn img2img_bad_arguments_are_errors() {
+    let fx = fixture();
+    let mut pipe = StableDiffusionImg2ImgPipeline::<Cpu>::from_folder(
+        folder("sd"),
+        DType::F32,
+        &Default::default(),
+    )
+    .expect("load");
+    let call = || StableDiffusionImg2ImgCall {
+        image: Some(input_image(&fx)),
+        strength: 0.6,
+        num_inference_steps: 4,
+        ..StableDiffusionImg2ImgCall::new(PROMPT)
+    };
+    let mut bad = |c: StableDiffusionImg2ImgCall<Cpu>, what: &str| {
+        let err = pipe.call(c).expect_err(what);
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{what}: {err}"
+        );
+        err.to_string()
+    };
+    let msg = bad(
+        StableDiffusionImg2ImgCall {
+            image: Some(Tensor::zeros([1, 3, 20, 24], &Default::default())),
+            ..call()
+        },
+        "image size",
+    );
+    assert!(msg.contains("not a multiple of 8"), "{msg}");
+    bad(
+        StableDiffusionImg2ImgCall {
+            image: None,
+            ..call()
+        },
+        "no image",
+    );
+    bad(
+        StableDiffusionImg2ImgCall {
+            strength: 1.5,
+            ..call()
+        },
+        "strength",
+    );
+    let msg = bad(
+        StableDiffusionImg2ImgCall {
+            strength: 0.1,
+            ..call()
+        },
+        "no step",
+    );
+    assert!(msg.contains("no denoising step"), "{msg}");
+    bad(
+        StableDiffusionImg2ImgCall {
+            image: Some(Tensor::zeros([1, 2, 16, 24], &Default::default())),
+            ..call()
+        },
+        "channels",
+    );
+
+    // SDXL: the time ids must fill the UNet's added embedding. With requires_aesthetics_score
+    // the SDXL-base UNet gets one id too few, and the message says what to change.
+    let mut xl = sdxl();
+    xl.requires_aesthetics_score = true;
+    let err = StableDiffusionXLImg2ImgPipeline::from(xl)
+        .call(StableDiffusionXLImg2ImgCall {
+            image: Some(input_image(&fx)),
+            num_inference_steps: 4,
+            strength: 0.6,
+            ..StableDiffusionXLImg2ImgCall::new(PROMPT)
+        })
+        .expect_err("aesthetics");
+    assert!(
+        err.to_string()
+            .contains("disable requires_aesthetics_score"),
+        "{err}"
+    );
+}
