@@ -31,12 +31,15 @@
 //! ```
 
 mod error;
+pub mod image_input;
 pub mod image_processor;
 pub mod model_index;
 pub mod pipeline_flux;
 pub mod pipeline_flux_img2img;
 pub mod pipeline_stable_diffusion;
+pub mod pipeline_stable_diffusion_img2img;
 pub mod pipeline_stable_diffusion_xl;
+pub mod pipeline_stable_diffusion_xl_img2img;
 pub mod pipeline_utils;
 
 pub use error::{Error, Result};
