@@ -5,13 +5,24 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
-use burn::tensor::DType;
+use burn::tensor::{DType, TensorData};
 use diffusers_core::backend::{Cpu, DeviceSpec, Precision};
 use diffusers_core::repo::RepoOptions;
 use diffusers_core::weights::Weights;
+use diffusers_pipelines::image_input::load_image;
 use diffusers_pipelines::image_processor::{numbered_paths, save_png};
-use diffusers_pipelines::pipeline_flux::{FluxCall, FluxOutput, FluxPipeline, OutputType};
+use diffusers_pipelines::pipeline_flux::{FluxCall, OutputType};
+use diffusers_pipelines::pipeline_flux_img2img::{FluxImg2ImgCall, FluxImg2ImgPipeline};
+use diffusers_pipelines::pipeline_stable_diffusion::StableDiffusionCall;
+use diffusers_pipelines::pipeline_stable_diffusion_img2img::{
+    StableDiffusionImg2ImgCall, StableDiffusionImg2ImgPipeline,
+};
+use diffusers_pipelines::pipeline_stable_diffusion_xl::StableDiffusionXLCall;
+use diffusers_pipelines::pipeline_stable_diffusion_xl_img2img::{
+    StableDiffusionXLImg2ImgCall, StableDiffusionXLImg2ImgPipeline,
+};
 use diffusers_pipelines::{DiffusionPipeline, LoadEvent, PipelineOptions};
+use diffusers_schedulers::registry::SCHEDULERS;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{CliError, GenerateArgs, OutputKind};
@@ -71,7 +82,8 @@ fn peak_memory_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn read_latents<B: Backend>(path: &Path, device: &B::Device) -> Result<Tensor<B, 3>> {
+/// The tensor `latents` of a safetensors file as f32 values and its shape.
+fn read_latents(path: &Path) -> Result<(TensorData, Vec<usize>)> {
     let weights = Weights::open(path)?;
     let info = weights.info("latents").ok_or_else(|| {
         CliError::Usage(format!(
@@ -81,22 +93,60 @@ fn read_latents<B: Backend>(path: &Path, device: &B::Device) -> Result<Tensor<B,
         ))
     })?;
     let shape = info.shape.clone();
-    if shape.len() != 3 {
+    Ok((weights.read("latents")?.convert::<f32>(), shape))
+}
+
+fn latents_of_rank<B: Backend, const D: usize>(
+    latents: Option<&(TensorData, Vec<usize>)>,
+    path: Option<&Path>,
+    expected: &str,
+    device: &B::Device,
+) -> Result<Option<Tensor<B, D>>> {
+    let (Some((data, shape)), Some(path)) = (latents, path) else {
+        return Ok(None);
+    };
+    if shape.len() != D {
         return Err(CliError::Usage(format!(
-            "{}: `latents` has shape {shape:?}; this pipeline takes packed latents [batch, seq, channels]",
+            "{}: `latents` has shape {shape:?}; this pipeline takes {expected}",
             path.display()
         )));
     }
-    let data = weights.read("latents")?.convert::<f32>();
-    Ok(Tensor::from_data(data, device))
+    Ok(Some(Tensor::from_data(data.clone(), device)))
 }
 
-fn write_safetensors<B: Backend, const D: usize>(
+/// Accepts `EulerDiscreteScheduler`, `eulerdiscrete`, `ddim`, ...: a registry class name, case
+/// and the `Scheduler` suffix optional.
+fn scheduler_class(name: &str) -> Result<&'static str> {
+    let want = name.to_ascii_lowercase();
+    let want = want.strip_suffix("scheduler").unwrap_or(&want);
+    SCHEDULERS
+        .iter()
+        .find(|c| c.to_ascii_lowercase().strip_suffix("scheduler") == Some(want))
+        .copied()
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "unknown scheduler `{name}` (known: {})",
+                SCHEDULERS.join(", ")
+            ))
+        })
+}
+
+/// What a run produced: images `[h, w, 3]` in [0, 1], or the final latents.
+struct Generated<B: Backend> {
+    images: Vec<Tensor<B, 3>>,
+    latents: Option<(Vec<usize>, Tensor<B, 1>)>,
+}
+
+fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Tensor<B, 1>) {
+    let dims = t.dims().to_vec();
+    (dims, t.reshape([-1]))
+}
+
+fn write_safetensors<B: Backend>(
     path: &Path,
     name: &str,
-    tensor: Tensor<B, D>,
+    (shape, tensor): (Vec<usize>, Tensor<B, 1>),
 ) -> Result<()> {
-    let shape = tensor.dims().to_vec();
     let values: Vec<f32> = tensor
         .cast(DType::F32)
         .into_data()
@@ -119,7 +169,7 @@ fn write_safetensors<B: Backend, const D: usize>(
 }
 
 fn write_outputs<B: Backend>(
-    out: FluxOutput<B>,
+    out: Generated<B>,
     kind: OutputKind,
     path: &Path,
 ) -> Result<Vec<PathBuf>> {
@@ -140,11 +190,14 @@ fn write_outputs<B: Backend>(
             Ok(paths)
         }
         OutputKind::Array => {
-            let array = out.array().ok_or_else(|| CliError::Output {
-                path: path.to_path_buf(),
-                reason: "the pipeline returned no images".into(),
-            })?;
-            write_safetensors(path, "images", array)?;
+            if out.images.is_empty() {
+                return Err(CliError::Output {
+                    path: path.to_path_buf(),
+                    reason: "the pipeline returned no images".into(),
+                });
+            }
+            let array = Tensor::stack::<4>(out.images, 0);
+            write_safetensors(path, "images", flat(array))?;
             Ok(vec![path.to_path_buf()])
         }
         OutputKind::Latent => {
@@ -156,6 +209,14 @@ fn write_outputs<B: Backend>(
             Ok(vec![path.to_path_buf()])
         }
     }
+}
+
+/// Rejects a flag the loaded pipeline has no use for.
+fn unused(flag: &str, set: bool, class: &str) -> Result<()> {
+    if set {
+        return Err(CliError::Usage(format!("{flag} is not used by {class}")));
+    }
+    Ok(())
 }
 
 fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -> Result<()> {
@@ -183,21 +244,11 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
     load.finish_and_clear();
     let pipe = pipe?;
     let loaded = start.elapsed();
-    let mut pipe: Box<FluxPipeline<B>> = match pipe {
-        DiffusionPipeline::Flux(p) => p,
-        #[allow(unreachable_patterns)]
-        other => {
-            return Err(CliError::Usage(format!(
-                "{}: `{}` is not supported by `generate` yet",
-                args.model,
-                other.class_name()
-            )));
-        }
-    };
-    let latents = args
-        .latents
+    let latents = args.latents.as_deref().map(read_latents).transpose()?;
+    let image = args
+        .image
         .as_deref()
-        .map(|p| read_latents::<B>(p, device))
+        .map(|p| load_image::<B>(p, device))
         .transpose()?;
     let seed = match (args.seed, &latents) {
         (Some(s), _) => Some(s),
@@ -209,33 +260,225 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
                 .map_or(0, |d| d.as_nanos() as u64 & ((1 << 53) - 1)),
         ),
     };
-    let defaults = FluxCall::<B>::default();
-    let steps = args.steps.unwrap_or(defaults.num_inference_steps);
-    let call = FluxCall {
-        height: args.height,
-        width: args.width,
-        num_inference_steps: steps,
-        guidance_scale: args.guidance.unwrap_or(defaults.guidance_scale),
-        num_images_per_prompt: args.num_images,
-        max_sequence_length: args.max_sequence_length,
-        latents,
-        seed,
-        output_type: match args.output_type {
-            OutputKind::Latent => OutputType::Latent,
-            _ => OutputType::Array,
-        },
-        ..FluxCall::new(args.prompt.clone())
+    let output_type = match args.output_type {
+        OutputKind::Latent => OutputType::Latent,
+        _ => OutputType::Array,
     };
-    let bar = progress_bar(args.quiet, Some(steps as u64));
-    bar.set_message("denoising");
+    let prompt = vec![args.prompt.clone()];
+    let negative = args.negative_prompt.clone().map(|n| vec![n]);
+    let class = pipe.class_name();
+    let bar = progress_bar(args.quiet, None);
     let mut denoised = Duration::ZERO;
     let t0 = Instant::now();
-    let out = pipe.call_with_callback(call, &mut |_, _, _| {
+    let on_step = |steps: usize| {
+        bar.set_length(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message("denoising");
+    };
+    let mut tick = || {
         bar.inc(1);
         denoised = t0.elapsed();
-    });
+    };
+    let out: Generated<B> = match pipe {
+        DiffusionPipeline::Flux(mut pipe) => {
+            unused("--clip-skip", args.clip_skip.is_some(), class)?;
+            if let Some(name) = &args.scheduler
+                && scheduler_class(name)? != "FlowMatchEulerDiscreteScheduler"
+            {
+                return Err(CliError::Usage(format!(
+                    "{class} runs FlowMatchEulerDiscreteScheduler only, not `{name}`"
+                )));
+            }
+            let defaults = FluxCall::<B>::default();
+            let steps = args.steps.unwrap_or(defaults.num_inference_steps);
+            let call = FluxCall {
+                prompt,
+                negative_prompt: negative,
+                true_cfg_scale: args.true_cfg_scale.unwrap_or(defaults.true_cfg_scale),
+                height: args.height,
+                width: args.width,
+                num_inference_steps: steps,
+                guidance_scale: args.guidance.unwrap_or(defaults.guidance_scale),
+                num_images_per_prompt: args.num_images,
+                max_sequence_length: args
+                    .max_sequence_length
+                    .unwrap_or(defaults.max_sequence_length),
+                latents: latents_of_rank::<B, 3>(
+                    latents.as_ref(),
+                    args.latents.as_deref(),
+                    "packed latents [batch, seq, channels]",
+                    device,
+                )?,
+                seed,
+                output_type,
+                ..Default::default()
+            };
+            on_step(steps);
+            let out = match image {
+                Some(image) => {
+                    let strength = args.strength.unwrap_or(0.6);
+                    let steps = (steps as f64 * strength).min(steps as f64) as usize;
+                    on_step(steps.max(1));
+                    FluxImg2ImgPipeline::from_pipe(*pipe).call_with_callback(
+                        FluxImg2ImgCall {
+                            call,
+                            image,
+                            strength,
+                        },
+                        &mut |_, _, _| tick(),
+                    )?
+                }
+                None => {
+                    unused("--strength", args.strength.is_some(), class)?;
+                    pipe.call_with_callback(call, &mut |_, _, _| tick())?
+                }
+            };
+            Generated {
+                images: out.images,
+                latents: out.latents.map(flat),
+            }
+        }
+        DiffusionPipeline::StableDiffusion(mut pipe) => {
+            unused("--true-cfg-scale", args.true_cfg_scale.is_some(), class)?;
+            unused(
+                "--max-sequence-length",
+                args.max_sequence_length.is_some(),
+                class,
+            )?;
+            if let Some(name) = &args.scheduler {
+                pipe.set_scheduler(scheduler_class(name)?)?;
+            }
+            let out = match image {
+                Some(image) => {
+                    unused("--latents", latents.is_some(), "the img2img pipeline")?;
+                    let d = StableDiffusionImg2ImgCall::<B>::default();
+                    let steps = args.steps.unwrap_or(d.num_inference_steps);
+                    on_step(steps);
+                    let call = StableDiffusionImg2ImgCall {
+                        prompt,
+                        negative_prompt: negative,
+                        image: Some(image),
+                        strength: args.strength.unwrap_or(d.strength),
+                        num_inference_steps: steps,
+                        guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
+                        num_images_per_prompt: args.num_images,
+                        seed,
+                        clip_skip: args.clip_skip,
+                        output_type,
+                        ..d
+                    };
+                    StableDiffusionImg2ImgPipeline::from(*pipe)
+                        .call_with_callback(call, &mut |_, _, _| tick())?
+                }
+                None => {
+                    unused("--strength", args.strength.is_some(), class)?;
+                    let d = StableDiffusionCall::<B>::default();
+                    let steps = args.steps.unwrap_or(d.num_inference_steps);
+                    on_step(steps);
+                    let call = StableDiffusionCall {
+                        prompt,
+                        negative_prompt: negative,
+                        height: args.height,
+                        width: args.width,
+                        num_inference_steps: steps,
+                        guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
+                        num_images_per_prompt: args.num_images,
+                        latents: latents_of_rank::<B, 4>(
+                            latents.as_ref(),
+                            args.latents.as_deref(),
+                            "latents [batch, 4, height / 8, width / 8]",
+                            device,
+                        )?,
+                        seed,
+                        clip_skip: args.clip_skip,
+                        output_type,
+                        ..d
+                    };
+                    pipe.call_with_callback(call, &mut |_, _, _| tick())?
+                }
+            };
+            Generated {
+                images: out.images,
+                latents: out.latents.map(flat),
+            }
+        }
+        DiffusionPipeline::StableDiffusionXL(mut pipe) => {
+            unused("--true-cfg-scale", args.true_cfg_scale.is_some(), class)?;
+            unused(
+                "--max-sequence-length",
+                args.max_sequence_length.is_some(),
+                class,
+            )?;
+            if let Some(name) = &args.scheduler {
+                pipe.set_scheduler(scheduler_class(name)?)?;
+            }
+            let out = match image {
+                Some(image) => {
+                    unused("--latents", latents.is_some(), "the img2img pipeline")?;
+                    let d = StableDiffusionXLImg2ImgCall::<B>::default();
+                    let steps = args.steps.unwrap_or(d.num_inference_steps);
+                    on_step(steps);
+                    let call = StableDiffusionXLImg2ImgCall {
+                        prompt,
+                        negative_prompt: negative,
+                        image: Some(image),
+                        strength: args.strength.unwrap_or(d.strength),
+                        num_inference_steps: steps,
+                        guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
+                        num_images_per_prompt: args.num_images,
+                        seed,
+                        clip_skip: args.clip_skip,
+                        output_type,
+                        ..d
+                    };
+                    StableDiffusionXLImg2ImgPipeline::from(*pipe)
+                        .call_with_callback(call, &mut |_, _, _| tick())?
+                }
+                None => {
+                    unused("--strength", args.strength.is_some(), class)?;
+                    let d = StableDiffusionXLCall::<B>::default();
+                    let steps = args.steps.unwrap_or(d.num_inference_steps);
+                    on_step(steps);
+                    let call = StableDiffusionXLCall {
+                        prompt,
+                        negative_prompt: negative,
+                        height: args.height,
+                        width: args.width,
+                        num_inference_steps: steps,
+                        guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
+                        num_images_per_prompt: args.num_images,
+                        latents: latents_of_rank::<B, 4>(
+                            latents.as_ref(),
+                            args.latents.as_deref(),
+                            "latents [batch, 4, height / 8, width / 8]",
+                            device,
+                        )?,
+                        seed,
+                        clip_skip: args.clip_skip,
+                        output_type,
+                        ..d
+                    };
+                    pipe.call_with_callback(call, &mut |_, _, _| tick())?
+                }
+            };
+            Generated {
+                images: out.images,
+                latents: out.latents.map(flat),
+            }
+        }
+        other => {
+            return Err(CliError::Usage(format!(
+                "{}: `{}` is not supported by `generate` yet",
+                args.model,
+                other.class_name()
+            )));
+        }
+    };
     bar.finish_and_clear();
-    let out = out?;
     let written = write_outputs(out, args.output_type, &args.output)?;
     if !args.quiet {
         let total = start.elapsed();

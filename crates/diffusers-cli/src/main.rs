@@ -77,12 +77,32 @@ pub struct GenerateArgs {
     /// Output file.
     #[arg(long, short = 'o', default_value = "out.png")]
     pub output: PathBuf,
-    /// Denoising steps (the pipeline's default when unset: 28 for Flux).
+    /// Denoising steps (the pipeline's default when unset: 28 for Flux, 50 for SD/SDXL).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Guidance scale (3.5 for Flux).
+    /// Guidance scale (3.5 for Flux's distilled guidance, 7.5 for SD/SDXL classifier-free).
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Negative prompt (SD/SDXL; Flux with --true-cfg-scale above 1).
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    /// Flux true classifier-free guidance scale (1: off).
+    #[arg(long)]
+    pub true_cfg_scale: Option<f64>,
+    /// Scheduler class, built from the model's scheduler config as diffusers' `from_config`
+    /// (e.g. EulerDiscreteScheduler, DPMSolverMultistepScheduler, ddim; case and the
+    /// `Scheduler` suffix optional).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Image-to-image: the input PNG (its size is the output size).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Image-to-image strength in [0, 1] (0.6 for Flux, 0.8 for SD/SDXL).
+    #[arg(long)]
+    pub strength: Option<f64>,
+    /// CLIP layers to skip (SD/SDXL).
+    #[arg(long)]
+    pub clip_skip: Option<usize>,
     /// Image height in pixels (default: the model's native size).
     #[arg(long)]
     pub height: Option<usize>,
@@ -92,9 +112,9 @@ pub struct GenerateArgs {
     /// Seed of the initial noise, as `torch.Generator("cpu").manual_seed(seed)` (random if unset).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// T5 prompt length in tokens (at most 512).
-    #[arg(long, default_value_t = 512)]
-    pub max_sequence_length: usize,
+    /// T5 prompt length in tokens, at most 512 (Flux; 512 when unset).
+    #[arg(long)]
+    pub max_sequence_length: Option<usize>,
     /// Images per prompt.
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
@@ -105,7 +125,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Initial latents: a safetensors file with one tensor `latents`, shaped as diffusers'
-    /// `latents=` for the pipeline (Flux: packed `[batch, seq, channels]`).
+    /// `latents=` for the pipeline (Flux: packed `[batch, seq, channels]`; SD/SDXL:
+    /// `[batch, 4, height / 8, width / 8]`).
     #[arg(long)]
     pub latents: Option<PathBuf>,
     /// What to write.

@@ -20,13 +20,19 @@ fn model() -> PathBuf {
     fixtures_dir().join("pipelines/tiny_flux")
 }
 
-/// Runs `diffusers generate PROMPT --model MODEL <tiny-size flags> ARGS` in `dir`.
+/// Runs `diffusers generate PROMPT --model MODEL <tiny Flux flags> ARGS` in `dir`.
 fn generate(dir: &Path, model: &str, args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut all = vec!["--height", "16", "--width", "24", "--steps", "3"];
+    all.extend(["--guidance", "3.5", "--max-sequence-length", "8"]);
+    all.extend(args);
+    generate_raw(dir, model, &all, env)
+}
+
+/// Runs `diffusers generate "a photo of the cat" --model MODEL ARGS` in `dir`.
+fn generate_raw(dir: &Path, model: &str, args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffusers"));
     cmd.current_dir(dir)
         .args(["generate", "a photo of the cat", "--model", model])
-        .args(["--height", "16", "--width", "24", "--steps", "3"])
-        .args(["--guidance", "3.5", "--max-sequence-length", "8"])
         .args(args)
         .env_remove("HF_HUB_OFFLINE")
         .env_remove("RUST_LOG");
@@ -369,3 +375,189 @@ fn bf16_runs_end_to_end() {
 /// bf16 end to end: diffusers' own bf16 run of this case lands 2.1e-2 (max abs) from its f32
 /// image, ours 2.5e-2 (the library test `bf16_end_to_end_on_flex` measures both).
 const BF16_IMAGE_ATOL: f32 = 3e-2;
+
+/// Writes an oracle input as the `latents` tensor of a safetensors file.
+fn latents_from_fixture(stem: &str, key: &str, path: &Path) {
+    let w = Weights::open(fixtures_dir().join(format!("{stem}.safetensors"))).expect("fixture");
+    let info = w.info(key).expect("key").clone();
+    let values: Vec<f32> = w
+        .read(key)
+        .expect("read")
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32");
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, info.shape, &bytes)
+        .expect("view");
+    safetensors::serialize_to_file([("latents", view)], None, path).expect("write");
+}
+
+fn sd_model(name: &str) -> String {
+    fixtures_dir()
+        .join("pipelines")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+const SD_ARGS: [&str; 8] = [
+    "--height",
+    "16",
+    "--width",
+    "24",
+    "--guidance",
+    "7.5",
+    "--negative-prompt",
+    "the red dog",
+];
+
+#[test]
+fn stable_diffusion_schedulers_match_diffusers() {
+    let fx = Fixture::open("pipelines/sd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // (case, model, --scheduler)
+    for (case, model, scheduler) in [
+        ("sd_euler", "tiny_sd", "EulerDiscreteScheduler"),
+        ("sd2_dpm", "tiny_sd2", "dpmsolvermultistep"),
+        ("sdxl_ddim", "tiny_sdxl", "DDIM"),
+        ("sdxl_default", "tiny_sdxl", "EulerDiscrete"),
+    ] {
+        let lat = dir.path().join(format!("{case}_latents.safetensors"));
+        latents_from_fixture("pipelines/sd", &format!("{case}.latents"), &lat);
+        let out_file = format!("{case}.safetensors");
+        let mut args = SD_ARGS.to_vec();
+        let lat_s = lat.to_string_lossy().into_owned();
+        args.extend([
+            "--steps",
+            "3",
+            "--scheduler",
+            scheduler,
+            "--latents",
+            &lat_s,
+        ]);
+        args.extend(["--output-type", "array", "-o", &out_file]);
+        let out = generate_raw(dir.path(), &sd_model(model), &args, &[]);
+        ok(&out);
+        let images = read(&dir.path().join(&out_file), "images");
+        assert_close(
+            images,
+            &fx.values(&format!("{case}.images")),
+            None,
+            IMAGE,
+            case,
+        );
+    }
+}
+
+#[test]
+fn stable_diffusion_seed_and_img2img_match_diffusers() {
+    let fx = Fixture::open("pipelines/sd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = SD_ARGS.to_vec();
+    args.extend(["--steps", "3", "--seed", "42", "--num-images", "2"]);
+    args.extend(["--scheduler", "EulerAncestralDiscreteScheduler"]);
+    args.extend(["--output-type", "array", "-o", "s.safetensors"]);
+    let out = generate_raw(dir.path(), &sd_model("tiny_sd2"), &args, &[]);
+    ok(&out);
+    let images = read(&dir.path().join("s.safetensors"), "images");
+    assert_eq!(images.dims()[0], 2);
+    assert_close(
+        images,
+        &fx.values("sd2_seed_ancestral.images"),
+        None,
+        IMAGE,
+        "sd2 seed",
+    );
+
+    let input = fixtures_dir().join("pipelines/img2img_input.png");
+    let input = input.to_string_lossy().into_owned();
+    for (case, model) in [("sd_img2img", "tiny_sd"), ("sdxl_img2img", "tiny_sdxl")] {
+        let out_file = format!("{case}.safetensors");
+        let mut args = vec!["--guidance", "7.5", "--negative-prompt", "the red dog"];
+        args.extend([
+            "--image",
+            &input,
+            "--strength",
+            "0.6",
+            "--steps",
+            "4",
+            "--seed",
+            "7",
+        ]);
+        args.extend(["--output-type", "array", "-o", &out_file]);
+        let out = generate_raw(dir.path(), &sd_model(model), &args, &[]);
+        ok(&out);
+        let images = read(&dir.path().join(&out_file), "images");
+        assert_close(
+            images,
+            &fx.values(&format!("{case}.images")),
+            None,
+            IMAGE,
+            case,
+        );
+    }
+}
+
+#[test]
+fn flux_img2img_matches_diffusers() {
+    let fx = Fixture::open("pipelines/flux");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = fixtures_dir().join("pipelines/flux_img2img_input.png");
+    let input = input.to_string_lossy().into_owned();
+    let args = [
+        "--image",
+        &input,
+        "--strength",
+        "0.6",
+        "--steps",
+        "4",
+        "--seed",
+        "11",
+        "--num-images",
+        "2",
+        "--guidance",
+        "3.5",
+        "--max-sequence-length",
+        "8",
+        "--output-type",
+        "array",
+        "-o",
+        "f.safetensors",
+    ];
+    let out = generate_raw(dir.path(), &model().to_string_lossy(), &args, &[]);
+    ok(&out);
+    let images = read(&dir.path().join("f.safetensors"), "images");
+    assert_close(
+        images,
+        &fx.values("flux_img2img.images"),
+        None,
+        IMAGE,
+        "flux img2img",
+    );
+}
+
+#[test]
+fn pipeline_specific_flag_errors_are_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = model().to_string_lossy().into_owned();
+    let out = generate(dir.path(), &m, &["--scheduler", "nope"], &[]);
+    one_line_error(&out, "unknown scheduler `nope`");
+    let out = generate(dir.path(), &m, &["--scheduler", "ddim"], &[]);
+    one_line_error(&out, "FlowMatchEulerDiscreteScheduler only");
+    let out = generate(dir.path(), &m, &["--clip-skip", "1"], &[]);
+    one_line_error(&out, "--clip-skip is not used by FluxPipeline");
+    let sd = sd_model("tiny_sd");
+    let out = generate_raw(dir.path(), &sd, &["--max-sequence-length", "8"], &[]);
+    one_line_error(&out, "--max-sequence-length is not used");
+    let out = generate_raw(dir.path(), &sd, &["--latents", &latents_file()], &[]);
+    one_line_error(&out, "latents [batch, 4, height / 8, width / 8]");
+    let out = generate_raw(
+        dir.path(),
+        &sd,
+        &["--scheduler", "FlowMatchEulerDiscrete"],
+        &[],
+    );
+    one_line_error(&out, "not compatible");
+    let out = generate_raw(dir.path(), &sd, &["--height", "12", "--width", "24"], &[]);
+    one_line_error(&out, "12");
+}

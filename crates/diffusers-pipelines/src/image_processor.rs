@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::DType;
 
 use crate::{Error, Result};
 
@@ -107,32 +107,6 @@ pub fn read_png(path: impl AsRef<Path>) -> Result<(u32, u32, Vec<u8>)> {
         }
     };
     Ok((info.width, info.height, rgb))
-}
-
-/// 8-bit RGB pixels (row-major, as [`read_png`] returns them) to a `[1, 3, height, width]`
-/// tensor in `[0, 1]` (diffusers' `pil_to_numpy` + `numpy_to_pt`: `pixels / 255`).
-pub fn image_to_tensor<B: Backend>(
-    width: u32,
-    height: u32,
-    pixels: &[u8],
-    device: &B::Device,
-) -> Result<Tensor<B, 4>> {
-    let (w, h) = (width as usize, height as usize);
-    if pixels.len() != w * h * 3 {
-        return Err(Error::InvalidArgument {
-            pipeline: "image_processor",
-            reason: format!("{} bytes for a {w}x{h} RGB image", pixels.len()),
-        });
-    }
-    let values: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
-    let hwc: Tensor<B, 3> = Tensor::from_data(TensorData::new(values, [h, w, 3]), device);
-    Ok(hwc.permute([2, 0, 1]).unsqueeze_dim(0))
-}
-
-/// Reads a PNG file as a `[1, 3, height, width]` tensor in `[0, 1]`.
-pub fn load_image<B: Backend>(path: impl AsRef<Path>, device: &B::Device) -> Result<Tensor<B, 4>> {
-    let (w, h, pixels) = read_png(path)?;
-    image_to_tensor(w, h, &pixels, device)
 }
 
 /// The file names for `n` images saved from one output path: the path itself for one image,

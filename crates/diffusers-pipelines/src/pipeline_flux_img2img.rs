@@ -23,7 +23,7 @@ pub struct FluxImg2ImgCall<B: Backend> {
     /// The text-to-image arguments (height and width default to the image's).
     pub call: FluxCall<B>,
     /// The image `[batch, 3, height, width]` in `[0, 1]` (see
-    /// [`crate::image_processor::image_to_tensor`]); its size must be the output size.
+    /// [`crate::image_input::load_image`]); its size must be the output size.
     pub image: Tensor<B, 4>,
     /// How much of the schedule to run, in `[0, 1]` (0.6 in diffusers): the image is noised to
     /// the timestep at `1 - strength` of the schedule.

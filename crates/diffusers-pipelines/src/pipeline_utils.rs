@@ -11,10 +11,20 @@ use diffusers_core::weights::WeightsName;
 
 use crate::model_index::ModelIndex;
 use crate::pipeline_flux::FluxPipeline;
+use crate::pipeline_stable_diffusion::StableDiffusionPipeline;
+use crate::pipeline_stable_diffusion_xl::StableDiffusionXLPipeline;
 use crate::{Error, Result};
 
-/// The pipeline classes [`DiffusionPipeline::from_pretrained`] builds.
-pub const SUPPORTED_PIPELINES: &[&str] = &["FluxPipeline"];
+/// The pipeline classes [`DiffusionPipeline::from_pretrained`] builds (an img2img class builds
+/// the pipeline with the same components; its img2img form wraps it).
+pub const SUPPORTED_PIPELINES: &[&str] = &[
+    "FluxPipeline",
+    "FluxImg2ImgPipeline",
+    "StableDiffusionPipeline",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline",
+];
 
 /// Options of [`DiffusionPipeline::from_pretrained`].
 #[derive(Debug, Clone)]
@@ -49,8 +59,12 @@ pub enum LoadEvent {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum DiffusionPipeline<B: Backend> {
-    /// `FluxPipeline`.
+    /// `FluxPipeline` (and `FluxImg2ImgPipeline` repositories).
     Flux(Box<FluxPipeline<B>>),
+    /// `StableDiffusionPipeline` (SD 1.x and 2.x; and `StableDiffusionImg2ImgPipeline`).
+    StableDiffusion(Box<StableDiffusionPipeline<B>>),
+    /// `StableDiffusionXLPipeline` (and `StableDiffusionXLImg2ImgPipeline`).
+    StableDiffusionXL(Box<StableDiffusionXLPipeline<B>>),
 }
 
 fn is_weight_file(name: &str) -> bool {
@@ -160,9 +174,19 @@ impl<B: Backend> DiffusionPipeline<B> {
         let (root, index) = fetch(&repo, progress)?;
         progress(LoadEvent::Loading(index.class_name.clone()));
         match index.class_name.as_str() {
-            "FluxPipeline" => Ok(Self::Flux(Box::new(FluxPipeline::from_folder(
-                &root, opts.dtype, device,
-            )?))),
+            "FluxPipeline" | "FluxImg2ImgPipeline" => Ok(Self::Flux(Box::new(
+                FluxPipeline::from_folder(&root, opts.dtype, device)?,
+            ))),
+            "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => {
+                Ok(Self::StableDiffusion(Box::new(
+                    StableDiffusionPipeline::from_folder(&root, opts.dtype, device)?,
+                )))
+            }
+            "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline" => {
+                Ok(Self::StableDiffusionXL(Box::new(
+                    StableDiffusionXLPipeline::from_folder(&root, opts.dtype, device)?,
+                )))
+            }
             other => Err(unsupported(repo_or_dir, other)),
         }
     }
@@ -171,6 +195,8 @@ impl<B: Backend> DiffusionPipeline<B> {
     pub fn class_name(&self) -> &'static str {
         match self {
             Self::Flux(_) => "FluxPipeline",
+            Self::StableDiffusion(_) => "StableDiffusionPipeline",
+            Self::StableDiffusionXL(_) => "StableDiffusionXLPipeline",
         }
     }
 }

@@ -493,7 +493,7 @@ fn true_cfg_with_negative_prompt_matches_diffusers() {
 
 #[test]
 fn img2img_from_png_matches_diffusers_step_by_step() {
-    use diffusers_pipelines::image_processor::load_image;
+    use diffusers_pipelines::image_input::load_image;
     use diffusers_pipelines::pipeline_flux_img2img::{FluxImg2ImgCall, FluxImg2ImgPipeline};
     let fx = Fixture::open("pipelines/flux");
     let dev = Default::default();
