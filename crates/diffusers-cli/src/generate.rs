@@ -114,14 +114,35 @@ fn latents_of_rank<B: Backend, const D: usize>(
     Ok(Some(Tensor::from_data(data.clone(), device)))
 }
 
-/// Accepts `EulerDiscreteScheduler`, `eulerdiscrete`, `ddim`, ...: a registry class name, case
-/// and the `Scheduler` suffix optional.
+/// Lowercase alphanumerics without the `Scheduler`, `Discrete` and `Multistep` words.
+fn scheduler_key(name: &str) -> String {
+    let k: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let k = k.strip_suffix("scheduler").unwrap_or(&k);
+    let k = k.strip_suffix("discrete").unwrap_or(k);
+    k.strip_suffix("multistep").unwrap_or(k).to_string()
+}
+
+/// Accepts a registry class name (`EulerDiscreteScheduler`), its short form (`euler`, `ddim`,
+/// `dpmsolver`, `unipc`, case-insensitive) or a common alias (`euler_a`, `dpm++2m`).
 fn scheduler_class(name: &str) -> Result<&'static str> {
-    let want = name.to_ascii_lowercase();
-    let want = want.strip_suffix("scheduler").unwrap_or(&want);
+    let aliases = [
+        ("eulera", "eulerancestral"),
+        ("dpm2m", "dpmsolver"),
+        ("dpmpp2m", "dpmsolver"),
+        ("dpm", "dpmsolver"),
+    ];
+    let plus = name.replace("++", "pp");
+    let mut key = scheduler_key(&plus);
+    if let Some((_, to)) = aliases.iter().find(|(from, _)| *from == key) {
+        key = (*to).to_string();
+    }
     SCHEDULERS
         .iter()
-        .find(|c| c.to_ascii_lowercase().strip_suffix("scheduler") == Some(want))
+        .find(|c| scheduler_key(c) == key)
         .copied()
         .ok_or_else(|| {
             CliError::Usage(format!(
@@ -495,4 +516,28 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scheduler_class;
+
+    #[test]
+    fn scheduler_names() {
+        for (name, class) in [
+            ("EulerDiscreteScheduler", "EulerDiscreteScheduler"),
+            ("euler", "EulerDiscreteScheduler"),
+            ("euler_a", "EulerAncestralDiscreteScheduler"),
+            ("ddim", "DDIMScheduler"),
+            ("DPM++2M", "DPMSolverMultistepScheduler"),
+            ("dpmsolversinglestep", "DPMSolverSinglestepScheduler"),
+            ("unipc", "UniPCMultistepScheduler"),
+            ("lms", "LMSDiscreteScheduler"),
+            ("kdpm2-ancestral", "KDPM2AncestralDiscreteScheduler"),
+            ("flowmatcheuler", "FlowMatchEulerDiscreteScheduler"),
+        ] {
+            assert_eq!(scheduler_class(name).ok(), Some(class), "{name}");
+        }
+        assert!(scheduler_class("nope").is_err());
+    }
 }
