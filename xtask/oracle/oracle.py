@@ -1433,6 +1433,22 @@ def stage_sd_pipelines(out: Path):
               {}, {"images": torch.from_numpy(image)})
         pipe.scheduler = default_sched
 
+        if kind == "sd":
+            # Every other scheduler of the library, swapped in by from_config, seeded (the
+            # stochastic ones draw their step noise from the same generator).
+            import diffusers as d
+            for sname in ["DDPMScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
+                          "KDPM2AncestralDiscreteScheduler", "LMSDiscreteScheduler",
+                          "DPMSolverSinglestepScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler",
+                          "LCMScheduler", "TCDScheduler"]:
+                pipe.scheduler = getattr(d, sname).from_config(default_sched.config)
+                image = pipe(prompt=prompt, negative_prompt=negative, height=height, width=width,
+                             num_inference_steps=steps, guidance_scale=7.5,
+                             generator=torch.Generator("cpu").manual_seed(5), output_type="np").images
+                c.add(f"sd_swap_{sname}", "sd_pipeline", {**cfg, "scheduler": sname, "seed": 5}, {},
+                      {"images": torch.from_numpy(image)})
+            pipe.scheduler = default_sched
+
         if kind == "sd2":
             image = pipe(prompt=prompt, negative_prompt=negative, height=height, width=width,
                          num_inference_steps=steps, guidance_scale=7.5, guidance_rescale=0.7,

@@ -310,7 +310,16 @@ pub(crate) fn swap_scheduler<B: Backend>(
         ));
     }
     let from = scheduler.class_name();
-    if !registry::is_compatible(from, class_name) {
+    // diffusers' `from_config` itself never refuses a class: `_compatibles` only lists the
+    // schedulers known to share a config (LCM and TCD are swapped in from SD configs in
+    // diffusers' own docs, without being listed). What cannot work is crossing between the
+    // flow-matching and the discrete-time (DDPM-family) schedulers: a different model family.
+    let flow = |c: &str| c.starts_with("FlowMatch");
+    if !registry::is_compatible(from, class_name) && !flow(from) && !flow(class_name) {
+        tracing::warn!(
+            "{pipeline}: `{class_name}` is not among `{from}`'s compatible schedulers; built from its config as diffusers' from_config does"
+        );
+    } else if !registry::is_compatible(from, class_name) {
         return Err(invalid(
             pipeline,
             format!(

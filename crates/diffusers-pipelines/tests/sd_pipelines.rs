@@ -335,6 +335,9 @@ fn scheduler_swap_errors_are_clear() {
         .expect_err("incompatible");
     assert!(err.to_string().contains("not compatible"), "{err}");
     assert_eq!(pipe.scheduler.class_name(), "PNDMScheduler");
+    // Not listed in `_compatibles` but built from the config, as diffusers' `from_config` does.
+    pipe.set_scheduler("LCMScheduler").expect("lcm");
+    pipe.set_scheduler("PNDMScheduler").expect("back to pndm");
     // Swaps chain: Euler, then DDIM from Euler's config.
     pipe.set_scheduler("EulerDiscreteScheduler").expect("euler");
     pipe.set_scheduler("DDIMScheduler").expect("ddim");
@@ -842,3 +845,46 @@ fn sd_f16_end_to_end_on_flex() {
 /// f16 keeps 3 more mantissa bits than bf16, so about 8x less rounding error: measured 4.0e-3
 /// max abs from diffusers' f32 image (bf16: 3.1e-2), CFG 7.5 included. Tolerance 2.5x that.
 const F16_IMAGE_ATOL: f32 = 1e-2;
+
+/// Every other scheduler of the library swapped into the SD pipeline as diffusers'
+/// `X.from_config(pipe.scheduler.config)` does, seeded: second-order (Heun, KDPM2), stochastic
+/// (DDPM, KDPM2-ancestral, TCD; their step noise from the call's generator), multistep (DEIS,
+/// UniPC, DPM-Solver singlestep), LMS and LCM.
+#[test]
+fn every_scheduler_swapped_in_matches_diffusers() {
+    let fx = fixture();
+    for class in [
+        "DDPMScheduler",
+        "HeunDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "DPMSolverSinglestepScheduler",
+        "DEISMultistepScheduler",
+        "UniPCMultistepScheduler",
+        "LCMScheduler",
+        "TCDScheduler",
+    ] {
+        // From the repository's (PNDM) config, as the oracle swaps it.
+        let mut pipe = sd("sd");
+        pipe.set_scheduler(class).expect(class);
+        let out = pipe
+            .call(StableDiffusionCall {
+                negative_prompt: Some(vec![NEGATIVE.into()]),
+                height: Some(16),
+                width: Some(24),
+                num_inference_steps: 3,
+                guidance_scale: 7.5,
+                seed: Some(5),
+                ..StableDiffusionCall::new(PROMPT)
+            })
+            .expect(class);
+        assert_close(
+            out.array().expect("images"),
+            &fx.values(&format!("sd_swap_{class}.images")),
+            None,
+            IMAGE,
+            class,
+        );
+    }
+}
