@@ -240,6 +240,88 @@ fn unused(flag: &str, set: bool, class: &str) -> Result<()> {
     Ok(())
 }
 
+/// The SD and SDXL arms of `generate`: the same flags on call structs with the same field
+/// names (diffusers' SD and SDXL pipelines take the same knobs).
+macro_rules! stable_diffusion_arm {
+    ($pipe:ident, $call:ident, $i2i_call:ident, $i2i_pipe:ident, $args:ident, $class:ident, $image:ident, $latents:ident, $prompt:ident, $negative:ident, $seed:ident, $output_type:ident, $device:ident, $on_step:ident, $tick:ident) => {{
+        let (args, class, image, latents, prompt, negative, seed, output_type, device) = (
+            $args,
+            $class,
+            $image,
+            $latents,
+            $prompt,
+            $negative,
+            $seed,
+            $output_type,
+            $device,
+        );
+        let mut pipe = $pipe;
+        let on_step = &$on_step;
+        let tick = &mut $tick;
+        unused("--true-cfg-scale", args.true_cfg_scale.is_some(), class)?;
+        unused(
+            "--max-sequence-length",
+            args.max_sequence_length.is_some(),
+            class,
+        )?;
+        if let Some(name) = &args.scheduler {
+            pipe.set_scheduler(scheduler_class(name)?)?;
+        }
+        let out = match image {
+            Some(image) => {
+                unused("--latents", latents.is_some(), "the img2img pipeline")?;
+                let d = $i2i_call::<B>::default();
+                let steps = args.steps.unwrap_or(d.num_inference_steps);
+                on_step(steps);
+                let call = $i2i_call {
+                    prompt,
+                    negative_prompt: negative,
+                    image: Some(image),
+                    strength: args.strength.unwrap_or(d.strength),
+                    num_inference_steps: steps,
+                    guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
+                    num_images_per_prompt: args.num_images,
+                    seed,
+                    clip_skip: args.clip_skip,
+                    output_type,
+                    ..d
+                };
+                $i2i_pipe::from(*pipe).call_with_callback(call, &mut |_, _, _| tick())?
+            }
+            None => {
+                unused("--strength", args.strength.is_some(), class)?;
+                let d = $call::<B>::default();
+                let steps = args.steps.unwrap_or(d.num_inference_steps);
+                on_step(steps);
+                let call = $call {
+                    prompt,
+                    negative_prompt: negative,
+                    height: args.height,
+                    width: args.width,
+                    num_inference_steps: steps,
+                    guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
+                    num_images_per_prompt: args.num_images,
+                    latents: latents_of_rank::<B, 4>(
+                        latents.as_ref(),
+                        args.latents.as_deref(),
+                        "latents [batch, 4, height / 8, width / 8]",
+                        device,
+                    )?,
+                    seed,
+                    clip_skip: args.clip_skip,
+                    output_type,
+                    ..d
+                };
+                pipe.call_with_callback(call, &mut |_, _, _| tick())?
+            }
+        };
+        Generated {
+            images: out.images,
+            latents: out.latents.map(flat),
+        }
+    }};
+}
+
 fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -> Result<()> {
     let start = Instant::now();
     let opts = PipelineOptions {
@@ -363,134 +445,40 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
                 latents: out.latents.map(flat),
             }
         }
-        DiffusionPipeline::StableDiffusion(mut pipe) => {
-            unused("--true-cfg-scale", args.true_cfg_scale.is_some(), class)?;
-            unused(
-                "--max-sequence-length",
-                args.max_sequence_length.is_some(),
-                class,
-            )?;
-            if let Some(name) = &args.scheduler {
-                pipe.set_scheduler(scheduler_class(name)?)?;
-            }
-            let out = match image {
-                Some(image) => {
-                    unused("--latents", latents.is_some(), "the img2img pipeline")?;
-                    let d = StableDiffusionImg2ImgCall::<B>::default();
-                    let steps = args.steps.unwrap_or(d.num_inference_steps);
-                    on_step(steps);
-                    let call = StableDiffusionImg2ImgCall {
-                        prompt,
-                        negative_prompt: negative,
-                        image: Some(image),
-                        strength: args.strength.unwrap_or(d.strength),
-                        num_inference_steps: steps,
-                        guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
-                        num_images_per_prompt: args.num_images,
-                        seed,
-                        clip_skip: args.clip_skip,
-                        output_type,
-                        ..d
-                    };
-                    StableDiffusionImg2ImgPipeline::from(*pipe)
-                        .call_with_callback(call, &mut |_, _, _| tick())?
-                }
-                None => {
-                    unused("--strength", args.strength.is_some(), class)?;
-                    let d = StableDiffusionCall::<B>::default();
-                    let steps = args.steps.unwrap_or(d.num_inference_steps);
-                    on_step(steps);
-                    let call = StableDiffusionCall {
-                        prompt,
-                        negative_prompt: negative,
-                        height: args.height,
-                        width: args.width,
-                        num_inference_steps: steps,
-                        guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
-                        num_images_per_prompt: args.num_images,
-                        latents: latents_of_rank::<B, 4>(
-                            latents.as_ref(),
-                            args.latents.as_deref(),
-                            "latents [batch, 4, height / 8, width / 8]",
-                            device,
-                        )?,
-                        seed,
-                        clip_skip: args.clip_skip,
-                        output_type,
-                        ..d
-                    };
-                    pipe.call_with_callback(call, &mut |_, _, _| tick())?
-                }
-            };
-            Generated {
-                images: out.images,
-                latents: out.latents.map(flat),
-            }
-        }
-        DiffusionPipeline::StableDiffusionXL(mut pipe) => {
-            unused("--true-cfg-scale", args.true_cfg_scale.is_some(), class)?;
-            unused(
-                "--max-sequence-length",
-                args.max_sequence_length.is_some(),
-                class,
-            )?;
-            if let Some(name) = &args.scheduler {
-                pipe.set_scheduler(scheduler_class(name)?)?;
-            }
-            let out = match image {
-                Some(image) => {
-                    unused("--latents", latents.is_some(), "the img2img pipeline")?;
-                    let d = StableDiffusionXLImg2ImgCall::<B>::default();
-                    let steps = args.steps.unwrap_or(d.num_inference_steps);
-                    on_step(steps);
-                    let call = StableDiffusionXLImg2ImgCall {
-                        prompt,
-                        negative_prompt: negative,
-                        image: Some(image),
-                        strength: args.strength.unwrap_or(d.strength),
-                        num_inference_steps: steps,
-                        guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
-                        num_images_per_prompt: args.num_images,
-                        seed,
-                        clip_skip: args.clip_skip,
-                        output_type,
-                        ..d
-                    };
-                    StableDiffusionXLImg2ImgPipeline::from(*pipe)
-                        .call_with_callback(call, &mut |_, _, _| tick())?
-                }
-                None => {
-                    unused("--strength", args.strength.is_some(), class)?;
-                    let d = StableDiffusionXLCall::<B>::default();
-                    let steps = args.steps.unwrap_or(d.num_inference_steps);
-                    on_step(steps);
-                    let call = StableDiffusionXLCall {
-                        prompt,
-                        negative_prompt: negative,
-                        height: args.height,
-                        width: args.width,
-                        num_inference_steps: steps,
-                        guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
-                        num_images_per_prompt: args.num_images,
-                        latents: latents_of_rank::<B, 4>(
-                            latents.as_ref(),
-                            args.latents.as_deref(),
-                            "latents [batch, 4, height / 8, width / 8]",
-                            device,
-                        )?,
-                        seed,
-                        clip_skip: args.clip_skip,
-                        output_type,
-                        ..d
-                    };
-                    pipe.call_with_callback(call, &mut |_, _, _| tick())?
-                }
-            };
-            Generated {
-                images: out.images,
-                latents: out.latents.map(flat),
-            }
-        }
+        DiffusionPipeline::StableDiffusion(pipe) => stable_diffusion_arm!(
+            pipe,
+            StableDiffusionCall,
+            StableDiffusionImg2ImgCall,
+            StableDiffusionImg2ImgPipeline,
+            args,
+            class,
+            image,
+            latents,
+            prompt,
+            negative,
+            seed,
+            output_type,
+            device,
+            on_step,
+            tick
+        ),
+        DiffusionPipeline::StableDiffusionXL(pipe) => stable_diffusion_arm!(
+            pipe,
+            StableDiffusionXLCall,
+            StableDiffusionXLImg2ImgCall,
+            StableDiffusionXLImg2ImgPipeline,
+            args,
+            class,
+            image,
+            latents,
+            prompt,
+            negative,
+            seed,
+            output_type,
+            device,
+            on_step,
+            tick
+        ),
         other => {
             return Err(CliError::Usage(format!(
                 "{}: `{}` is not supported by `generate` yet",
