@@ -374,7 +374,9 @@ impl<B: Backend> FeedForward<B> {
 }
 
 impl<B: Backend> FluxTransformerBlock<B> {
-    fn forward(
+    /// Applies the block to image states `x` and text states `ctx` with the conditioning `temb`
+    /// and the rotary `cos`/`sin` (`[text + image tokens, head_dim]`); returns `(ctx, x)`.
+    pub fn forward(
         &self,
         x: Tensor<B, 3>,
         ctx: Tensor<B, 3>,
@@ -403,7 +405,8 @@ impl<B: Backend> FluxTransformerBlock<B> {
 }
 
 impl<B: Backend> FluxSingleTransformerBlock<B> {
-    fn forward(
+    /// Applies the block to the joint `[text, image]` states `x`.
+    pub fn forward(
         &self,
         x: Tensor<B, 3>,
         temb: Tensor<B, 2>,

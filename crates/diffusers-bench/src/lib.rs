@@ -1,0 +1,699 @@
+//! Benchmarks of diffusers-rs.
+//!
+//! The same workloads serve two harnesses:
+//!
+//! - the criterion benches in `benches/components.rs` (random weights and inputs, at tiny and
+//!   at real widths: [`Source::Random`]);
+//! - the `diffusers-bench` binary, the Rust side of `cargo xtask bench-vs-torch`: it reads the
+//!   weights and inputs that `xtask/bench/torch_bench.py prepare` wrote ([`Source::Files`]), so
+//!   this library and PyTorch compute on the same numbers, and prints its timings as JSON.
+//!
+//! A workload is prepared once ([`prepare`]: building, loading, inputs) and then run any number
+//! of times ([`Prepared::run`]); each run ends with a device sync.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use burn::tensor::{DType, Distribution};
+use diffusers_core::weights::{LoadOptions, Weights, load_into};
+use diffusers_nn::attention::scaled_dot_product_attention;
+use diffusers_nn::conv::Conv2dConfig;
+use diffusers_nn::linear::{Linear, LinearConfig};
+use diffusers_nn::norm::GroupNormConfig;
+use diffusers_pipelines::pipeline_flux::FluxCall;
+use diffusers_pipelines::{DiffusionPipeline, PipelineOptions};
+use diffusers_transformers::transformer_flux::{
+    FluxTransformer2DModel, FluxTransformer2DModelConfig,
+};
+use diffusers_unets::unet_2d_blocks::{BlockArgs, CrossAttnDownBlock2D};
+use diffusers_vae::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
+use serde_json::{Value, json};
+
+/// The workloads compared with PyTorch on every device, in table order.
+pub const WORKLOADS: &[&str] = &[
+    "matmul",
+    "conv_64",
+    "conv_320",
+    "attn_flux",
+    "attn_sd",
+    "groupnorm",
+    "flux_double",
+    "flux_single",
+    "unet_down",
+    "vae_decoder",
+    "tiny_pipeline",
+    "load_1gb",
+];
+
+/// Extra workloads that only make sense on a GPU (`matmul_ceiling`: an 8192³ matmul, the
+/// achievable TFLOP/s).
+pub const CUDA_WORKLOADS: &[&str] = &["matmul_ceiling"];
+
+/// Widths of a random workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// Small shapes: seconds for the whole bench suite.
+    Tiny,
+    /// The shapes of the real models (SD 1.5, FLUX.1).
+    Real,
+}
+
+/// Where a workload's weights and inputs come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Random weights (burn's lazy initialisers) and standard-normal inputs.
+    Random(Scale),
+    /// The folder `torch_bench.py prepare` wrote for this workload: `meta.json`,
+    /// `inputs.safetensors`, and `weights.safetensors` or a diffusers model folder `model/`.
+    Files(PathBuf),
+}
+
+/// A workload ready to run.
+pub struct Prepared {
+    run: Box<dyn FnMut() -> Result<()>>,
+    /// Floating-point operations of one run, where they are counted (matmuls, convolutions,
+    /// attention, the Flux blocks' linears and attention).
+    pub flops: Option<f64>,
+    /// Seconds spent preparing (building the modules, loading weights, reading inputs).
+    pub prepare_s: f64,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("flops", &self.flops)
+            .field("prepare_s", &self.prepare_s)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Runs the workload once and waits for the device.
+    pub fn run(&mut self) -> Result<()> {
+        (self.run)()
+    }
+}
+
+/// The peak resident memory of this process in bytes (`VmHWM` of `/proc/self/status`), where
+/// the platform reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The median of some timings (the mean of the middle two for an even count); `None` if empty.
+pub fn median(times: &[f64]) -> Option<f64> {
+    let mut t: Vec<f64> = times.iter().copied().filter(|x| x.is_finite()).collect();
+    if t.is_empty() {
+        return None;
+    }
+    t.sort_by(f64::total_cmp);
+    let n = t.len();
+    Some(if n % 2 == 1 {
+        t[n / 2]
+    } else {
+        (t[n / 2 - 1] + t[n / 2]) / 2.0
+    })
+}
+
+/// The committed tiny Flux repository (`fixtures/pipelines/tiny_flux`; `DIFFUSERS_FIXTURES`
+/// moves the fixtures folder).
+pub fn tiny_flux_folder() -> PathBuf {
+    diffusers_core::testing::fixtures_dir().join("pipelines/tiny_flux")
+}
+
+/// What a workload reads: its folder's `meta.json` and `inputs.safetensors`, or nothing.
+struct Ctx<'a, B: Backend> {
+    dir: Option<&'a Path>,
+    scale: Scale,
+    meta: Value,
+    inputs: Option<Weights>,
+    dtype: DType,
+    device: &'a B::Device,
+}
+
+impl<'a, B: Backend> Ctx<'a, B> {
+    fn new(source: &'a Source, dtype: DType, device: &'a B::Device) -> Result<Self> {
+        let (dir, scale) = match source {
+            Source::Random(s) => (None, *s),
+            Source::Files(d) => (Some(d.as_path()), Scale::Real),
+        };
+        let (meta, inputs) = match dir {
+            None => (Value::Null, None),
+            Some(d) => {
+                let meta = match std::fs::read_to_string(d.join("meta.json")) {
+                    Ok(t) => serde_json::from_str(&t)
+                        .with_context(|| format!("{}/meta.json", d.display()))?,
+                    Err(_) => Value::Null,
+                };
+                let inputs = d.join("inputs.safetensors");
+                let inputs = if inputs.exists() {
+                    Some(Weights::open(&inputs)?)
+                } else {
+                    None
+                };
+                (meta, inputs)
+            }
+        };
+        Ok(Self {
+            dir,
+            scale,
+            meta,
+            inputs,
+            dtype,
+            device,
+        })
+    }
+
+    /// A size from `meta.json`, else `tiny` or `real` for random workloads.
+    fn size(&self, key: &str, tiny: usize, real: usize) -> usize {
+        self.meta[key]
+            .as_u64()
+            .map(|v| v as usize)
+            .unwrap_or(match self.scale {
+                Scale::Tiny => tiny,
+                Scale::Real => real,
+            })
+    }
+
+    /// An input tensor: read from `inputs.safetensors`, or standard normal of `shape`.
+    fn input<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+        let t = match &self.inputs {
+            Some(w) => {
+                let data = w.read(key).with_context(|| format!("input {key}"))?;
+                if data.shape.len() != D {
+                    bail!("input {key} has rank {}, expected {D}", data.shape.len());
+                }
+                Tensor::<B, D>::from_data(data, self.device)
+            }
+            None => Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), self.device),
+        };
+        Ok(t.cast(self.dtype))
+    }
+
+    /// Loads `weights.safetensors` into `module` (files mode) or keeps its random weights.
+    fn load<M: Module<B>>(&self, module: M, key_map: Option<&dyn Fn(&str) -> String>) -> Result<M> {
+        let Some(dir) = self.dir else {
+            return Ok(module);
+        };
+        let weights = Weights::open(dir.join("weights.safetensors"))?;
+        let (m, _) = load_into(
+            module,
+            &weights,
+            LoadOptions {
+                dtype: Some(self.dtype),
+                key_map,
+                ..Default::default()
+            },
+        )?;
+        Ok(m)
+    }
+
+    fn sync(device: &B::Device) -> Result<()> {
+        B::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))
+    }
+}
+
+/// A stack of `[dim, dim]` linear layers (`layers.N.weight`/`.bias`): the 1 GB loading workload.
+#[derive(Module, Debug)]
+pub struct LinearStack<B: Backend> {
+    /// The layers.
+    pub layers: Vec<Linear<B>>,
+}
+
+impl<B: Backend> LinearStack<B> {
+    /// `n` lazily initialised `[dim, dim]` layers.
+    pub fn new(n: usize, dim: usize, device: &B::Device) -> Self {
+        Self {
+            layers: (0..n)
+                .map(|_| LinearConfig::new(dim, dim).init(device))
+                .collect(),
+        }
+    }
+}
+
+/// Writes a safetensors file of `n` random `[dim, dim]` f32 linear layers (with biases), as
+/// `torch_bench.py prepare` writes `load_1gb`.
+pub fn write_linear_stack(path: &Path, n: usize, dim: usize) -> Result<()> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = |len: usize| -> Vec<u8> {
+        let mut out = Vec::with_capacity(len * 4);
+        for _ in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let v = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    };
+    let mut data = Vec::new();
+    for i in 0..n {
+        data.push((
+            format!("layers.{i}.weight"),
+            vec![dim, dim],
+            random(dim * dim),
+        ));
+        data.push((format!("layers.{i}.bias"), vec![dim], random(dim)));
+    }
+    let views = data
+        .iter()
+        .map(|(k, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (k.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    safetensors::serialize_to_file(views, None, path)?;
+    Ok(())
+}
+
+fn flux_config(c: &Ctx<'_, impl Backend>, double: bool) -> Result<FluxTransformer2DModelConfig> {
+    let (heads, head_dim, axes) = match c.scale {
+        Scale::Tiny => (2, 16, json!([4, 6, 6])),
+        Scale::Real => (24, 128, json!([16, 56, 56])),
+    };
+    let cfg = json!({
+        "_class_name": "FluxTransformer2DModel",
+        "attention_head_dim": head_dim,
+        "num_attention_heads": heads,
+        "axes_dims_rope": axes,
+        "guidance_embeds": false,
+        "in_channels": 64,
+        "joint_attention_dim": 64,
+        "pooled_projection_dim": 32,
+        "num_layers": usize::from(double),
+        "num_single_layers": usize::from(!double),
+        "patch_size": 1,
+    });
+    Ok(diffusers_core::config::parse_config(
+        &cfg.to_string(),
+        Path::new("flux_config"),
+    )?)
+}
+
+fn vae_config(c: &Ctx<'_, impl Backend>) -> Result<AutoencoderKLConfig> {
+    let (channels, groups) = match c.scale {
+        Scale::Tiny => (json!([32, 32]), 8),
+        Scale::Real => (json!([128, 256, 512, 512]), 32),
+    };
+    let n = channels.as_array().map_or(0, Vec::len);
+    let cfg = json!({
+        "_class_name": "AutoencoderKL",
+        "block_out_channels": channels,
+        "down_block_types": vec!["DownEncoderBlock2D"; n],
+        "up_block_types": vec!["UpDecoderBlock2D"; n],
+        "layers_per_block": 2,
+        "latent_channels": 4,
+        "norm_num_groups": groups,
+    });
+    Ok(diffusers_core::config::parse_config(
+        &cfg.to_string(),
+        Path::new("vae_config"),
+    )?)
+}
+
+/// Builds a workload by name (one of [`WORKLOADS`] or [`CUDA_WORKLOADS`]) on `device`, computing
+/// in `dtype`.
+pub fn prepare<B: Backend>(
+    name: &str,
+    source: &Source,
+    dtype: DType,
+    device: &B::Device,
+) -> Result<Prepared> {
+    let start = Instant::now();
+    let c = Ctx::<B>::new(source, dtype, device)?;
+    let dev = device.clone();
+    let (run, flops): (Box<dyn FnMut() -> Result<()>>, Option<f64>) = match name {
+        "matmul" | "matmul_ceiling" => {
+            let n = if name == "matmul" {
+                c.size("n", 64, 1024)
+            } else {
+                c.size("n", 256, 8192)
+            };
+            let (a, b) = if name == "matmul" {
+                (c.input("a", [n, n])?, c.input("b", [n, n])?)
+            } else {
+                let r = |s| Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), s);
+                (r(device).cast(dtype), r(device).cast(dtype))
+            };
+            let n = a.dims()[0] as f64;
+            (
+                Box::new(move || {
+                    let _out = a.clone().matmul(b.clone());
+                    Ctx::<B>::sync(&dev)
+                }),
+                Some(2.0 * n * n * n),
+            )
+        }
+        "conv_64" | "conv_320" => {
+            let ch = if name == "conv_64" {
+                c.size("channels", 8, 64)
+            } else {
+                c.size("channels", 32, 320)
+            };
+            let hw = c.size("size", 16, 64);
+            let x = c.input("x", [1, ch, hw, hw])?;
+            let conv = c.load(
+                Conv2dConfig::new(ch, ch, [3, 3])
+                    .with_padding([1, 1])
+                    .init::<B>(device),
+                None,
+            )?;
+            let [b, _, h, w] = x.dims();
+            let flops = 2.0 * (b * ch * ch * 9 * h * w) as f64;
+            (
+                Box::new(move || {
+                    let _out = conv.forward(x.clone());
+                    Ctx::<B>::sync(&dev)
+                }),
+                Some(flops),
+            )
+        }
+        "attn_flux" | "attn_sd" => {
+            let shape = if name == "attn_flux" {
+                match c.scale {
+                    Scale::Tiny => [1, 2, 64, 16],
+                    Scale::Real => [1, 24, 1280, 128],
+                }
+            } else {
+                match c.scale {
+                    Scale::Tiny => [2, 2, 128, 8],
+                    Scale::Real => [2, 8, 4096, 40],
+                }
+            };
+            let (q, k, v) = (
+                c.input("q", shape)?,
+                c.input("k", shape)?,
+                c.input("v", shape)?,
+            );
+            let [b, h, l, d] = q.dims();
+            let flops = 4.0 * (b * h * l * l * d) as f64;
+            (
+                Box::new(move || {
+                    let _out = scaled_dot_product_attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        None,
+                        None,
+                        false,
+                    );
+                    Ctx::<B>::sync(&dev)
+                }),
+                Some(flops),
+            )
+        }
+        "groupnorm" => {
+            let ch = c.size("channels", 32, 320);
+            let groups = c.size("groups", 8, 32);
+            let hw = c.size("size", 16, 64);
+            let x = c.input("x", [1, ch, hw, hw])?;
+            let gn = c.load(GroupNormConfig::new(groups, ch).init::<B>(device), None)?;
+            (
+                Box::new(move || {
+                    let _out = gn.forward(x.clone());
+                    Ctx::<B>::sync(&dev)
+                }),
+                None,
+            )
+        }
+        "flux_double" | "flux_single" => {
+            let double = name == "flux_double";
+            let model = match c.dir {
+                Some(d) => {
+                    FluxTransformer2DModel::<B>::from_folder(d.join("model"), Some(dtype), device)?
+                        .0
+                }
+                None => FluxTransformer2DModel::<B>::new(&flux_config(&c, double)?, device)?,
+            };
+            let img = c.size("image_tokens", 64, 1024);
+            let txt = c.size("text_tokens", 16, 256);
+            let (heads, head_dim) = match c.scale {
+                Scale::Tiny => (2, 16),
+                Scale::Real => (24, 128),
+            };
+            let dim = heads * head_dim;
+            let x = c.input("x", [1, img, dim])?;
+            let ctx = c.input("ctx", [1, txt, dim])?;
+            let temb = c.input("temb", [1, dim])?;
+            let cos = c.input("cos", [txt + img, head_dim])?;
+            let sin = c.input("sin", [txt + img, head_dim])?;
+            let [_, img, dim] = x.dims();
+            let s = (img + ctx.dims()[1]) as f64;
+            let d = dim as f64;
+            // Per token 12·dim² multiply-adds in the linears (q, k, v, out and the 4x MLP in the
+            // double block; q, k, v, the MLP and the fused output in the single block), plus
+            // QKᵀ and PV over the joint sequence.
+            let flops = 24.0 * d * d * s + 4.0 * s * s * d;
+            if double {
+                let Some(block) = model.transformer_blocks.into_iter().next() else {
+                    bail!("the flux_double model has no double-stream block");
+                };
+                (
+                    Box::new(move || {
+                        let _out = block.forward(
+                            x.clone(),
+                            ctx.clone(),
+                            temb.clone(),
+                            cos.clone(),
+                            sin.clone(),
+                        );
+                        Ctx::<B>::sync(&dev)
+                    }),
+                    Some(flops),
+                )
+            } else {
+                let Some(block) = model.single_transformer_blocks.into_iter().next() else {
+                    bail!("the flux_single model has no single-stream block");
+                };
+                (
+                    Box::new(move || {
+                        // diffusers' single block concatenates [text, image] itself.
+                        let joint = Tensor::cat(vec![ctx.clone(), x.clone()], 1);
+                        let _out = block.forward(joint, temb.clone(), cos.clone(), sin.clone());
+                        Ctx::<B>::sync(&dev)
+                    }),
+                    Some(flops),
+                )
+            }
+        }
+        "unet_down" => {
+            let ch = c.size("channels", 32, 320);
+            let hw = c.size("size", 16, 64);
+            let temb_ch = c.size("temb_channels", 64, 1280);
+            let cross = c.size("cross_attention_dim", 16, 768);
+            let tokens = c.size("tokens", 8, 77);
+            let args = BlockArgs {
+                in_channels: ch,
+                out_channels: ch,
+                prev_output_channel: ch,
+                temb_channels: temb_ch,
+                num_layers: 2,
+                transformer_layers: 1,
+                eps: 1e-5,
+                groups: c.size("groups", 8, 32),
+                heads: Some(c.size("heads", 2, 8)),
+                cross_attention_dim: cross,
+                use_linear_projection: false,
+                upcast_attention: false,
+                add_sample: true,
+                downsample_padding: 1,
+                output_scale_factor: 1.0,
+            };
+            let key_map = diffusers_unets::unet_2d_condition::checkpoint_key;
+            let block = c.load(
+                CrossAttnDownBlock2D::<B>::new(&args, device),
+                Some(&|p: &str| key_map(p)),
+            )?;
+            let x = c.input("x", [1, ch, hw, hw])?;
+            let temb = c.input("temb", [1, temb_ch])?;
+            let text = c.input("ctx", [1, tokens, cross])?;
+            (
+                Box::new(move || {
+                    let _out = block.forward(x.clone(), temb.clone(), text.clone());
+                    Ctx::<B>::sync(&dev)
+                }),
+                None,
+            )
+        }
+        "vae_decoder" => {
+            let vae = match c.dir {
+                Some(d) => AutoencoderKL::<B>::from_folder(d.join("model"), Some(dtype), device)?.0,
+                None => AutoencoderKL::<B>::new(&vae_config(&c)?, device)?,
+            };
+            let hw = c.size("latent_size", 8, 32);
+            let z = c.input("z", [1, 4, hw, hw])?;
+            (
+                Box::new(move || {
+                    let _out = vae.decode(z.clone());
+                    Ctx::<B>::sync(&dev)
+                }),
+                None,
+            )
+        }
+        "tiny_pipeline" => {
+            let folder = c.meta["folder"]
+                .as_str()
+                .map(PathBuf::from)
+                .unwrap_or_else(tiny_flux_folder);
+            let steps = c.size("steps", 4, 4);
+            let pipe = DiffusionPipeline::<B>::from_pretrained(
+                &folder.to_string_lossy(),
+                &PipelineOptions {
+                    dtype,
+                    ..Default::default()
+                },
+                device,
+            )?;
+            let DiffusionPipeline::Flux(mut flux) = pipe else {
+                bail!("{} is not a FluxPipeline", folder.display());
+            };
+            (
+                Box::new(move || {
+                    let _out = flux.call(FluxCall {
+                        height: Some(16),
+                        width: Some(24),
+                        num_inference_steps: steps,
+                        seed: Some(42),
+                        ..FluxCall::new("a photo of the cat")
+                    })?;
+                    Ctx::<B>::sync(&dev)
+                }),
+                None,
+            )
+        }
+        "load_1gb" => {
+            let layers = c.size("layers", 4, 16);
+            let dim = c.size("dim", 256, 4096);
+            let (path, keep) = match c.dir {
+                Some(d) => (d.join("weights.safetensors"), None),
+                None => {
+                    let tmp = tempfile::tempdir()?;
+                    let path = tmp.path().join("stack.safetensors");
+                    write_linear_stack(&path, layers, dim)?;
+                    (path, Some(tmp))
+                }
+            };
+            (
+                Box::new(move || {
+                    let _keep = &keep;
+                    let weights = Weights::open(&path)?;
+                    let (stack, _) = load_into(
+                        LinearStack::<B>::new(layers, dim, &dev),
+                        &weights,
+                        LoadOptions {
+                            dtype: Some(dtype),
+                            ..Default::default()
+                        },
+                    )?;
+                    Ctx::<B>::sync(&dev)?;
+                    drop(stack);
+                    Ok(())
+                }),
+                None,
+            )
+        }
+        other => bail!(
+            "unknown workload {other:?}; known: {}",
+            WORKLOADS
+                .iter()
+                .chain(CUDA_WORKLOADS)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Ok(Prepared {
+        run,
+        flops,
+        prepare_s: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Prepares `name`, runs it `warmup` times untimed and `iters` times timed, and returns the
+/// JSON record `diffusers-bench` prints (`times_s`, `median_s`, `flops`, `peak_rss_bytes`, ...).
+pub fn measure<B: Backend>(
+    name: &str,
+    source: &Source,
+    dtype: DType,
+    device: &B::Device,
+    warmup: usize,
+    iters: usize,
+) -> Result<Value> {
+    let mut w = prepare::<B>(name, source, dtype, device)?;
+    for _ in 0..warmup {
+        w.run()?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        w.run()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let median_s = median(&times);
+    Ok(json!({
+        "workload": name,
+        "impl": "diffusers-rs",
+        "dtype": format!("{dtype:?}"),
+        "prepare_s": w.prepare_s,
+        "times_s": times,
+        "median_s": median_s,
+        "flops": w.flops,
+        "flops_per_s": w.flops.zip(median_s).map(|(f, t)| f / t),
+        "peak_rss_bytes": peak_rss_bytes(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diffusers_core::backend::Cpu;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn peak_rss_is_reported_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes().is_some_and(|b| b > 0));
+        }
+    }
+
+    #[test]
+    fn unknown_workload_is_an_error() {
+        let device = Default::default();
+        let err = prepare::<Cpu>("nope", &Source::Random(Scale::Tiny), DType::F32, &device);
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn every_tiny_workload_runs() -> Result<()> {
+        let device = Default::default();
+        for name in WORKLOADS.iter().chain(CUDA_WORKLOADS) {
+            let r = measure::<Cpu>(
+                name,
+                &Source::Random(Scale::Tiny),
+                DType::F32,
+                &device,
+                0,
+                1,
+            )?;
+            assert!(r["median_s"].as_f64().is_some(), "{name}: {r}");
+        }
+        Ok(())
+    }
+}
