@@ -9,6 +9,13 @@
 //!   does) into `.device/` (only the named test targets, e.g. `layers flux`, when given) together
 //!   with a script that runs them (`--ignored` CUDA tests included) on a machine with an NVIDIA
 //!   GPU and no Rust toolchain.
+//! - `cargo xtask bench-vs-torch [--quick] [--device cpu|cuda] [--dtype f32|bf16] [--threads N]
+//!   [--rounds N] [--dir DIR] [--keep] [WORKLOAD...]`: the same workloads in diffusers-rs
+//!   (`diffusers-bench`, release build) and in eager PyTorch (`xtask/bench/torch_bench.py`),
+//!   on the same weights and inputs, interleaved, and one table of medians and peak memory
+//!   (see `bench.rs` and `docs/PERFORMANCE.md`).
+
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -169,8 +176,9 @@ fn main() -> Result<()> {
         Some("fixtures") => fixtures(&args[1..]),
         Some("oracle-env") => python().map(|_| ()),
         Some("cuda-bundle") => cuda_bundle(&args[1..]),
+        Some("bench-vs-torch") => bench::bench_vs_torch(&args[1..], &python()?, &root()),
         _ => bail!(
-            "usage: cargo xtask <fixtures [--check] [STAGE...] | oracle-env | cuda-bundle [TEST...]>"
+            "usage: cargo xtask <fixtures [--check] [STAGE...] | oracle-env | cuda-bundle [TEST...] | bench-vs-torch [--quick] [WORKLOAD...]>"
         ),
     }
 }

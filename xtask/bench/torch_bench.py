@@ -1,0 +1,277 @@
+"""The PyTorch side of `cargo xtask bench-vs-torch`.
+
+    torch_bench.py prepare DIR [--device cpu|cuda] [WORKLOAD...]
+    torch_bench.py run DIR WORKLOAD [--warmup N] [--iters N] [--threads N]
+                   [--device cpu|cuda] [--dtype f32|bf16|f16]
+
+`prepare` writes, for each workload, DIR/WORKLOAD/ with `meta.json` (the shapes), the inputs
+(`inputs.safetensors`) and the weights (`weights.safetensors`, or a diffusers model folder
+`model/` written by `save_pretrained`), all f32 and seeded. The Rust binary `diffusers-bench`
+reads the same files, so both sides compute on the same numbers.
+
+`run` loads one workload, runs it `--warmup` times untimed and `--iters` times timed (eager
+PyTorch under `torch.inference_mode`, `torch.set_num_threads`), and prints one JSON line in the
+format `diffusers-bench` prints: `times_s`, `median_s`, `flops`, `peak_rss_bytes` (`VmHWM`).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKLOADS = ["matmul", "conv_64", "conv_320", "attn_flux", "attn_sd", "groupnorm", "flux_double",
+             "flux_single", "unet_down", "vae_decoder", "tiny_pipeline", "load_1gb"]
+CUDA_WORKLOADS = ["matmul_ceiling"]
+
+FLUX = dict(patch_size=1, in_channels=64, num_attention_heads=24, attention_head_dim=128,
+            joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=False,
+            axes_dims_rope=(16, 56, 56))
+VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+           up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
+           layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=256)
+UNET_DOWN = dict(channels=320, size=64, temb_channels=1280, cross_attention_dim=768, tokens=77,
+                 groups=32, heads=8)
+
+
+def peak_rss_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def unet_down_block():
+    from diffusers.models.unets.unet_2d_blocks import CrossAttnDownBlock2D
+    m = UNET_DOWN
+    return CrossAttnDownBlock2D(
+        in_channels=m["channels"], out_channels=m["channels"], temb_channels=m["temb_channels"],
+        num_layers=2, transformer_layers_per_block=1, resnet_eps=1e-5, resnet_act_fn="silu",
+        resnet_groups=m["groups"], num_attention_heads=m["heads"],
+        cross_attention_dim=m["cross_attention_dim"], downsample_padding=1, add_downsample=True)
+
+
+def flux_rope(text_tokens, side):
+    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+    txt_ids = torch.zeros(text_tokens, 3)
+    img_ids = torch.zeros(side, side, 3)
+    img_ids[..., 1] = torch.arange(side)[:, None]
+    img_ids[..., 2] = torch.arange(side)[None, :]
+    ids = torch.cat([txt_ids, img_ids.reshape(-1, 3)])
+    cos, sin = FluxPosEmbed(theta=10000, axes_dim=list(FLUX["axes_dims_rope"]))(ids)
+    return cos.float().contiguous(), sin.float().contiguous()
+
+
+def prepare(out: Path, names):
+    for name in names:
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        meta, inputs = {}, {}
+        if name == "matmul":
+            meta = {"n": 1024}
+            inputs = {"a": torch.randn(1024, 1024), "b": torch.randn(1024, 1024)}
+        elif name == "matmul_ceiling":
+            meta = {"n": 8192}
+        elif name in ("conv_64", "conv_320"):
+            ch = 64 if name == "conv_64" else 320
+            meta = {"channels": ch, "size": 64}
+            save_file(torch.nn.Conv2d(ch, ch, 3, padding=1).state_dict(), d / "weights.safetensors")
+            inputs = {"x": torch.randn(1, ch, 64, 64)}
+        elif name in ("attn_flux", "attn_sd"):
+            shape = (1, 24, 1280, 128) if name == "attn_flux" else (2, 8, 4096, 40)
+            inputs = {k: torch.randn(*shape) for k in "qkv"}
+        elif name == "groupnorm":
+            meta = {"channels": 320, "groups": 32, "size": 64}
+            gn = torch.nn.GroupNorm(32, 320)
+            torch.nn.init.normal_(gn.weight)
+            torch.nn.init.normal_(gn.bias)
+            save_file(gn.state_dict(), d / "weights.safetensors")
+            inputs = {"x": torch.randn(1, 320, 64, 64)}
+        elif name in ("flux_double", "flux_single"):
+            from diffusers import FluxTransformer2DModel
+            double = name == "flux_double"
+            model = FluxTransformer2DModel(**FLUX, num_layers=int(double),
+                                           num_single_layers=int(not double))
+            model.save_pretrained(d / "model")
+            meta = {"image_tokens": 1024, "text_tokens": 256}
+            dim = FLUX["num_attention_heads"] * FLUX["attention_head_dim"]
+            cos, sin = flux_rope(256, 32)
+            inputs = {"x": torch.randn(1, 1024, dim), "ctx": torch.randn(1, 256, dim),
+                      "temb": torch.randn(1, dim), "cos": cos, "sin": sin}
+        elif name == "unet_down":
+            meta = dict(UNET_DOWN)
+            save_file(unet_down_block().state_dict(), d / "weights.safetensors")
+            m = UNET_DOWN
+            inputs = {"x": torch.randn(1, m["channels"], m["size"], m["size"]),
+                      "temb": torch.randn(1, m["temb_channels"]),
+                      "ctx": torch.randn(1, m["tokens"], m["cross_attention_dim"])}
+        elif name == "vae_decoder":
+            from diffusers import AutoencoderKL
+            AutoencoderKL(**VAE).save_pretrained(d / "model")
+            meta = {"latent_size": 32}
+            inputs = {"z": torch.randn(1, 4, 32, 32)}
+        elif name == "tiny_pipeline":
+            meta = {"folder": str(ROOT / "fixtures/pipelines/tiny_flux"), "steps": 4}
+        elif name == "load_1gb":
+            layers, dim = 16, 4096
+            meta = {"layers": layers, "dim": dim}
+            g = torch.Generator().manual_seed(0)
+            state = {}
+            for i in range(layers):
+                state[f"layers.{i}.weight"] = torch.randn(dim, dim, generator=g) * 0.02
+                state[f"layers.{i}.bias"] = torch.randn(dim, generator=g) * 0.02
+            save_file(state, d / "weights.safetensors")
+            del state
+        else:
+            sys.exit(f"unknown workload {name}")
+        (d / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if inputs:
+            save_file({k: v.contiguous() for k, v in inputs.items()}, d / "inputs.safetensors")
+        print(f"prepared {name}", file=sys.stderr)
+
+
+def build(d: Path, name: str, device, dtype):
+    """Returns (run, flops): a closure running the workload once, and its FLOPs if counted."""
+    meta = json.loads((d / "meta.json").read_text())
+    path = d / "inputs.safetensors"
+    inp = {k: v.to(device, dtype) for k, v in load_file(path).items()} if path.exists() else {}
+    if name in ("matmul", "matmul_ceiling"):
+        if name == "matmul":
+            a, b = inp["a"], inp["b"]
+        else:
+            n = meta["n"]
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+        n = a.shape[0]
+        return (lambda: a @ b), 2.0 * n ** 3
+    if name in ("conv_64", "conv_320"):
+        ch = meta["channels"]
+        conv = torch.nn.Conv2d(ch, ch, 3, padding=1)
+        conv.load_state_dict(load_file(d / "weights.safetensors"))
+        conv = conv.to(device, dtype)
+        x = inp["x"]
+        b, _, h, w = x.shape
+        return (lambda: conv(x)), 2.0 * b * ch * ch * 9 * h * w
+    if name in ("attn_flux", "attn_sd"):
+        q, k, v = inp["q"], inp["k"], inp["v"]
+        b, h, l, dh = q.shape
+        return (lambda: F.scaled_dot_product_attention(q, k, v)), 4.0 * b * h * l * l * dh
+    if name == "groupnorm":
+        gn = torch.nn.GroupNorm(meta["groups"], meta["channels"])
+        gn.load_state_dict(load_file(d / "weights.safetensors"))
+        gn = gn.to(device, dtype)
+        x = inp["x"]
+        return (lambda: gn(x)), None
+    if name in ("flux_double", "flux_single"):
+        from diffusers import FluxTransformer2DModel
+        model = FluxTransformer2DModel.from_pretrained(d / "model", dtype=dtype).to(device)
+        model.eval()
+        x, ctx, temb = inp["x"], inp["ctx"], inp["temb"]
+        rope = (inp["cos"], inp["sin"])
+        s = x.shape[1] + ctx.shape[1]
+        dim = x.shape[2]
+        flops = 24.0 * dim * dim * s + 4.0 * s * s * dim
+        block = (model.transformer_blocks if name == "flux_double"
+                 else model.single_transformer_blocks)[0]
+        return (lambda: block(hidden_states=x, encoder_hidden_states=ctx, temb=temb,
+                              image_rotary_emb=rope)), flops
+    if name == "unet_down":
+        block = unet_down_block()
+        block.load_state_dict(load_file(d / "weights.safetensors"))
+        block = block.to(device, dtype).eval()
+        x, temb, ctx = inp["x"], inp["temb"], inp["ctx"]
+        return (lambda: block(x, temb, ctx)), None
+    if name == "vae_decoder":
+        from diffusers import AutoencoderKL
+        vae = AutoencoderKL.from_pretrained(d / "model", dtype=dtype).to(device).eval()
+        z = inp["z"]
+        return (lambda: vae.decode(z).sample), None
+    if name == "tiny_pipeline":
+        from diffusers import FluxPipeline
+        pipe = FluxPipeline.from_pretrained(meta["folder"], dtype=dtype).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        steps = meta.get("steps", 4)
+
+        def call():
+            return pipe("a photo of the cat", height=16, width=24, num_inference_steps=steps,
+                        generator=torch.Generator("cpu").manual_seed(42), output_type="np").images
+        return call, None
+    if name == "load_1gb":
+        file = d / "weights.safetensors"
+
+        def load():
+            state = load_file(file, device=str(device))
+            if dtype != torch.float32:
+                state = {k: v.to(dtype) for k, v in state.items()}
+            del state
+        return load, None
+    sys.exit(f"unknown workload {name}")
+
+
+def run(args):
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    d = Path(args.dir) / args.workload
+    start = time.perf_counter()
+    with torch.inference_mode():
+        fn, flops = build(d, args.workload, device, dtype)
+        sync()
+        prepare_s = time.perf_counter() - start
+        for _ in range(args.warmup):
+            fn()
+            sync()
+        times = []
+        for _ in range(args.iters):
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times) if times else None
+    record = {
+        "workload": args.workload, "impl": f"torch {torch.__version__}", "dtype": args.dtype,
+        "prepare_s": prepare_s, "times_s": times, "median_s": med, "flops": flops,
+        "flops_per_s": flops / med if flops and med else None,
+        "peak_rss_bytes": peak_rss_bytes(), "device": args.device,
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        record["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    print(json.dumps(record))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("prepare")
+    pp.add_argument("dir")
+    pp.add_argument("workloads", nargs="*")
+    pp.add_argument("--device", default="cpu")
+    pr = sub.add_parser("run")
+    pr.add_argument("dir")
+    pr.add_argument("workload")
+    pr.add_argument("--warmup", type=int, default=1)
+    pr.add_argument("--iters", type=int, default=5)
+    pr.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--dtype", default="f32")
+    args = p.parse_args()
+    if args.cmd == "prepare":
+        names = args.workloads or WORKLOADS + (CUDA_WORKLOADS if args.device == "cuda" else [])
+        prepare(Path(args.dir), names)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+//! `cargo xtask bench-vs-torch`: the same workloads in diffusers-rs and in eager PyTorch.
+//!
+//! 1. `xtask/bench/torch_bench.py prepare DIR` writes each workload's weights and inputs
+//!    (seeded, f32 safetensors) under `DIR/<workload>/`;
+//! 2. the Rust side, `diffusers-bench` built in release mode, and the PyTorch side,
+//!    `torch_bench.py run`, read those same files; each process prepares the workload (not
+//!    timed), runs it `warmup` times untimed and `iters` times timed, and prints its timings and
+//!    its peak resident memory (`VmHWM`) as JSON;
+//! 3. the processes alternate (Rust, PyTorch, PyTorch, Rust, ... over `rounds` rounds) with the
+//!    same thread count (`RAYON_NUM_THREADS` for rayon, which burn's flex and gemm use;
+//!    `torch.set_num_threads` and `OMP_NUM_THREADS` for PyTorch), so load from other processes
+//!    on the machine hits both sides alike;
+//! 4. the table gives the median over all timed iterations of all rounds for each side, their
+//!    ratio, the largest peak RSS of any round, and the achieved GFLOP/s where FLOPs are counted.
+//!    Every timing is also written to `target/bench-vs-torch.json`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+const WORKLOADS: &[&str] = &[
+    "matmul",
+    "conv_64",
+    "conv_320",
+    "attn_flux",
+    "attn_sd",
+    "groupnorm",
+    "flux_double",
+    "flux_single",
+    "unet_down",
+    "vae_decoder",
+    "tiny_pipeline",
+    "load_1gb",
+];
+const CUDA_WORKLOADS: &[&str] = &["matmul_ceiling"];
+
+/// What each workload is, for the table.
+fn describe(name: &str) -> &'static str {
+    match name {
+        "matmul" => "matmul 1024x1024 @ 1024x1024",
+        "conv_64" => "conv 3x3 64->64, [1,64,64,64]",
+        "conv_320" => "conv 3x3 320->320, [1,320,64,64]",
+        "attn_flux" => "SDPA [1,24,1280,128]",
+        "attn_sd" => "SDPA [2,8,4096,40]",
+        "groupnorm" => "GroupNorm(32) [1,320,64,64]",
+        "flux_double" => "Flux double block, 3072 wide, 1024+256 tokens",
+        "flux_single" => "Flux single block, 3072 wide, 1024+256 tokens",
+        "unet_down" => "SD1.5 CrossAttnDownBlock2D 320ch, 64x64, 77x768 text",
+        "vae_decoder" => "SD VAE decode 4x32x32 -> 3x256x256",
+        "tiny_pipeline" => "tiny_flux pipeline, 16x24, 4 steps",
+        "load_1gb" => "load 1 GiB safetensors (16 x 4096x4096 f32)",
+        "matmul_ceiling" => "matmul 8192^3 (ceiling)",
+        _ => "",
+    }
+}
+
+/// `(warmup, timed iterations per process, rounds)` for each workload.
+fn plan(name: &str, quick: bool, cuda: bool) -> (usize, usize, usize) {
+    if quick {
+        return (1, 2, 1);
+    }
+    let (w, k, r) = match name {
+        "matmul" | "conv_64" | "groupnorm" => (3, 20, 3),
+        "conv_320" | "tiny_pipeline" | "matmul_ceiling" => (2, 10, 3),
+        "attn_flux" | "attn_sd" => (1, 5, 3),
+        "unet_down" | "load_1gb" => (1, 3, 3),
+        "flux_double" | "flux_single" | "vae_decoder" => (1, 2, 2),
+        _ => (1, 3, 2),
+    };
+    if cuda {
+        (w.max(3), k.max(10), r)
+    } else {
+        (w, k, r)
+    }
+}
+
+#[derive(Default)]
+struct Side {
+    times: Vec<f64>,
+    peak_rss: u64,
+    flops: Option<f64>,
+    records: Vec<Value>,
+}
+
+impl Side {
+    fn add(&mut self, v: Value) {
+        if let Some(t) = v["times_s"].as_array() {
+            self.times.extend(t.iter().filter_map(Value::as_f64));
+        }
+        self.peak_rss = self.peak_rss.max(v["peak_rss_bytes"].as_u64().unwrap_or(0));
+        self.flops = self.flops.or(v["flops"].as_f64());
+        self.records.push(v);
+    }
+
+    fn median(&self) -> Option<f64> {
+        let mut t = self.times.clone();
+        if t.is_empty() {
+            return None;
+        }
+        t.sort_by(f64::total_cmp);
+        let n = t.len();
+        Some(if n % 2 == 1 {
+            t[n / 2]
+        } else {
+            (t[n / 2 - 1] + t[n / 2]) / 2.0
+        })
+    }
+}
+
+fn last_json(stdout: &[u8]) -> Result<Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("no JSON line in the output")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn run_json(cmd: &mut Command) -> Result<Value> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    last_json(&out.stdout).with_context(|| format!("{cmd:?}"))
+}
+
+fn fmt_time(s: Option<f64>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s >= 1.0 => format!("{s:.2} s"),
+        Some(s) if s >= 1e-3 => format!("{:.1} ms", s * 1e3),
+        Some(s) => format!("{:.0} µs", s * 1e6),
+    }
+}
+
+fn fmt_mib(b: u64) -> String {
+    if b == 0 {
+        "-".into()
+    } else {
+        format!("{} MiB", b >> 20)
+    }
+}
+
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{model}, {cpus} CPUs")
+}
+
+/// Runs the comparison; `args` as after `cargo xtask bench-vs-torch`.
+pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
+    let mut quick = false;
+    let mut keep = false;
+    let mut device = "cpu".to_string();
+    let mut dtype = None;
+    let mut threads = 2usize;
+    let mut rounds_override = None;
+    let mut dir = None;
+    let mut names: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--keep" => keep = true,
+            "--device" => device = value("--device")?,
+            "--dtype" => dtype = Some(value("--dtype")?),
+            "--threads" => threads = value("--threads")?.parse()?,
+            "--rounds" => rounds_override = Some(value("--rounds")?.parse::<usize>()?),
+            "--dir" => dir = Some(PathBuf::from(value("--dir")?)),
+            s if s.starts_with('-') => bail!("unknown flag {s}"),
+            s => names.push(s.to_string()),
+        }
+    }
+    let cuda = device.starts_with("cuda");
+    let dtype = dtype.unwrap_or_else(|| if cuda { "bf16" } else { "f32" }.into());
+    let known: Vec<&str> = WORKLOADS
+        .iter()
+        .chain(if cuda { CUDA_WORKLOADS } else { &[] })
+        .copied()
+        .collect();
+    if names.is_empty() {
+        names = known.iter().map(|s| s.to_string()).collect();
+    }
+    if let Some(bad) = names.iter().find(|n| !known.contains(&n.as_str())) {
+        bail!("unknown workload {bad}; known: {}", known.join(" "));
+    }
+
+    // The Rust side, in release mode.
+    let mut build = Command::new("cargo");
+    build
+        .current_dir(root)
+        .args(["build", "--release", "-p", "diffusers-bench"]);
+    if cuda {
+        build.args(["--features", "cuda"]);
+    }
+    crate::run(&mut build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("release/diffusers-bench");
+
+    // The shared weights and inputs.
+    let (dir, temporary) = match dir {
+        Some(d) => (d, false),
+        None => (
+            std::env::temp_dir().join(format!("diffusers-bench-vs-torch-{}", std::process::id())),
+            !keep,
+        ),
+    };
+    let script = root.join("xtask/bench/torch_bench.py");
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !dir.join(n).join("meta.json").exists())
+        .collect();
+    if !missing.is_empty() {
+        crate::run(
+            Command::new(py)
+                .arg(&script)
+                .arg("prepare")
+                .arg(&dir)
+                .args(&missing)
+                .args(["--device", &device]),
+        )?;
+    }
+
+    let threads_s = threads.to_string();
+    let mut rows = Vec::new();
+    let mut all = Vec::new();
+    for name in &names {
+        let (warmup, iters, rounds) = plan(name, quick, cuda);
+        let rounds = rounds_override.unwrap_or(rounds);
+        let (warmup_s, iters_s) = (warmup.to_string(), iters.to_string());
+        let mut rs = Side::default();
+        let mut torch = Side::default();
+        for round in 0..rounds {
+            // Rust first in even rounds, PyTorch first in odd ones.
+            for rust_turn in [round % 2 == 0, round % 2 == 1] {
+                if rust_turn {
+                    eprintln!("xtask: {name} round {round}: diffusers-rs");
+                    rs.add(run_json(
+                        Command::new(&bin)
+                            .arg(name)
+                            .arg("--dir")
+                            .arg(&dir)
+                            .args(["--warmup", &warmup_s, "--iters", &iters_s])
+                            .args(["--device", &device, "--dtype", &dtype])
+                            .env("RAYON_NUM_THREADS", &threads_s),
+                    )?);
+                } else {
+                    eprintln!("xtask: {name} round {round}: torch");
+                    torch.add(run_json(
+                        Command::new(py)
+                            .arg(&script)
+                            .arg("run")
+                            .arg(&dir)
+                            .arg(name)
+                            .args(["--warmup", &warmup_s, "--iters", &iters_s])
+                            .args(["--threads", &threads_s])
+                            .args(["--device", &device, "--dtype", &dtype])
+                            .env("OMP_NUM_THREADS", &threads_s)
+                            .env("MKL_NUM_THREADS", &threads_s)
+                            .env("TRANSFORMERS_VERBOSITY", "error")
+                            .env("HF_HUB_OFFLINE", "1"),
+                    )?);
+                }
+            }
+        }
+        let (a, b) = (rs.median(), torch.median());
+        let gflops = |side: &Side, t: Option<f64>| match (side.flops, t) {
+            (Some(f), Some(t)) if t > 0.0 => format!("{:.0}", f / t / 1e9),
+            _ => "-".into(),
+        };
+        rows.push(vec![
+            format!("{name}: {}", describe(name)),
+            fmt_time(a),
+            fmt_time(b),
+            match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+                _ => "-".into(),
+            },
+            fmt_mib(rs.peak_rss),
+            fmt_mib(torch.peak_rss),
+            gflops(&rs, a),
+            gflops(&torch, b),
+            format!("{}x{}", rounds, iters),
+        ]);
+        all.push(json!({
+            "workload": name,
+            "diffusers_rs": {"median_s": a, "peak_rss_bytes": rs.peak_rss, "runs": rs.records},
+            "torch": {"median_s": b, "peak_rss_bytes": torch.peak_rss, "runs": torch.records},
+        }));
+    }
+    if temporary {
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    let head = [
+        "workload",
+        "diffusers-rs median",
+        "PyTorch median",
+        "ratio (rs / torch)",
+        "rs peak RSS",
+        "torch peak RSS",
+        "rs GFLOP/s",
+        "torch GFLOP/s",
+        "timed runs per side",
+    ];
+    let mut table = format!(
+        "machine: {}; device {device}, {dtype}, {threads} threads\n\n| {} |\n|{}\n",
+        machine(),
+        head.join(" | "),
+        "---|".repeat(head.len())
+    );
+    for r in &rows {
+        writeln!(table, "| {} |", r.join(" | "))?;
+    }
+    println!("{table}");
+    let out = target.join("bench-vs-torch.json");
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&json!({
+            "machine": machine(),
+            "device": device,
+            "dtype": dtype,
+            "threads": threads,
+            "workloads": all,
+        }))?,
+    )?;
+    eprintln!("xtask: every timing in {}", out.display());
+    Ok(())
+}
