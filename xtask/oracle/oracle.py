@@ -1449,6 +1449,29 @@ def stage_sd_pipelines(out: Path):
                       {"images": torch.from_numpy(image)})
             pipe.scheduler = default_sched
 
+            # An LCM-distilled UNet (`time_cond_proj_dim`: the guidance scale as an embedding, no
+            # CFG batch) with the LCM scheduler, as a repository of its own.
+            from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+            torch.manual_seed(13)
+            lcm_unet = UNet2DConditionModel.from_config({**pipe.unet.config, "time_cond_proj_dim": 8}).eval()
+            lcm = StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                          unet=lcm_unet, scheduler=LCMScheduler.from_config(default_sched.config),
+                                          safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+            lcm_folder = root / "tiny_sd_lcm"
+            if lcm_folder.exists():
+                shutil.rmtree(lcm_folder)
+            lcm.save_pretrained(lcm_folder)
+            for f in ["vocab.json", "merges.txt"]:
+                shutil.copy(folder / "tokenizer" / f, lcm_folder / "tokenizer" / f)
+            (lcm_folder / "tokenizer" / "tokenizer.json").unlink()
+            lcm = StableDiffusionPipeline.from_pretrained(lcm_folder)
+            image = lcm(prompt=prompt, height=height, width=width, num_inference_steps=4, guidance_scale=7.5,
+                        generator=torch.Generator("cpu").manual_seed(5), output_type="np").images
+            c.add("sd_lcm", "sd_pipeline", {**cfg, "folder": "pipelines/tiny_sd_lcm", "scheduler": "LCMScheduler",
+                                            "seed": 5, "num_inference_steps": 4}, {},
+                  {"images": torch.from_numpy(image)})
+
         if kind == "sd2":
             image = pipe(prompt=prompt, negative_prompt=negative, height=height, width=width,
                          num_inference_steps=steps, guidance_scale=7.5, guidance_rescale=0.7,

@@ -445,6 +445,8 @@ pub(crate) struct Denoise<'a, B: Backend> {
     pub guidance: bool,
     pub guidance_scale: f64,
     pub guidance_rescale: f64,
+    /// LCM's `time_cond_proj_dim`: the guidance scale goes in as an embedding.
+    pub time_cond_dim: Option<usize>,
     pub generator: Option<&'a mut TorchGenerator>,
 }
 
@@ -463,9 +465,15 @@ impl<B: Backend> Denoise<'_, B> {
             guidance,
             guidance_scale,
             guidance_rescale,
+            time_cond_dim,
             mut generator,
         } = self;
         let device = latents.device();
+        // diffusers: `get_guidance_scale_embedding(guidance_scale - 1)` for every batch entry.
+        let timestep_cond = time_cond_dim.map(|dim| {
+            guidance_scale_embedding::<B>(guidance_scale - 1.0, latents.dims()[0], dim, &device)
+                .cast(latents.dtype())
+        });
         for (i, t) in timesteps.into_iter().enumerate() {
             let input = if guidance {
                 Tensor::cat(vec![latents.clone(), latents.clone()], 0)
@@ -482,7 +490,7 @@ impl<B: Backend> Denoise<'_, B> {
                 timestep,
                 encoder_hidden_states: embeds.clone(),
                 added_cond: added_cond.clone(),
-                timestep_cond: None,
+                timestep_cond: timestep_cond.clone(),
             })?;
             let pred = if guidance {
                 let b = pred.dims()[0] / 2;
@@ -630,19 +638,23 @@ pub(crate) fn check_counts(
     Ok(())
 }
 
-/// Refuses UNets this pipeline cannot condition (LCM's `time_cond_proj_dim`).
-pub(crate) fn check_unet(
-    config: &UNet2DConditionModelConfig,
-    pipeline: &'static str,
-) -> Result<()> {
-    if config.time_cond_proj_dim.is_some() {
-        return Err(invalid(
-            pipeline,
-            "the UNet has time_cond_proj_dim (an LCM-distilled UNet): its guidance embedding is not \
-             supported by this pipeline yet",
-        ));
-    }
-    Ok(())
+/// diffusers' `get_guidance_scale_embedding`: sinusoidal features of `w * 1000` (f32), `[b, dim]`.
+pub fn guidance_scale_embedding<B: Backend>(
+    w: f64,
+    batch: usize,
+    dim: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let half = dim / 2;
+    let step = (10000f32).ln() / (half.max(2) - 1) as f32;
+    let w = (w as f32) * 1000.0;
+    let mut row: Vec<f32> = (0..half).map(|i| w * (i as f32 * -step).exp()).collect();
+    let cos: Vec<f32> = row.iter().map(|x| x.cos()).collect();
+    row.iter_mut().for_each(|x| *x = x.sin());
+    row.extend(cos);
+    row.resize(dim, 0.0);
+    let data: Vec<f32> = (0..batch).flat_map(|_| row.iter().copied()).collect();
+    Tensor::from_data(TensorData::new(data, [batch, dim]), (device, DType::F32))
 }
 
 impl<B: Backend> StableDiffusionPipeline<B> {
@@ -775,7 +787,6 @@ impl<B: Backend> StableDiffusionPipeline<B> {
         call: StableDiffusionCall<B>,
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 4>),
     ) -> Result<StableDiffusionOutput<B>> {
-        check_unet(&self.unet_config, PIPELINE)?;
         let f = self.vae_scale_factor();
         let (dh, dw) = match (call.height, call.width) {
             (Some(h), Some(w)) => (h, w),
@@ -784,7 +795,8 @@ impl<B: Backend> StableDiffusionPipeline<B> {
         let (height, width) = (call.height.unwrap_or(dh), call.width.unwrap_or(dw));
         check_size(height, width, PIPELINE)?;
         check_counts(call.prompt.len(), call.num_images_per_prompt, PIPELINE)?;
-        let guidance = call.guidance_scale > 1.0;
+        // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
+        let guidance = call.guidance_scale > 1.0 && self.unet_config.time_cond_proj_dim.is_none();
         let embeds = self.encode_prompt(
             &call.prompt,
             call.num_images_per_prompt,
@@ -826,6 +838,7 @@ impl<B: Backend> StableDiffusionPipeline<B> {
             guidance,
             guidance_scale: call.guidance_scale,
             guidance_rescale: call.guidance_rescale,
+            time_cond_dim: self.unet_config.time_cond_proj_dim,
             generator: Some(&mut generator),
         }
         .run(on_step_end)?;

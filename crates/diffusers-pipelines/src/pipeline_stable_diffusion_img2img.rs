@@ -13,7 +13,7 @@ use crate::Result;
 use crate::image_input::{img2img_latents, img2img_timesteps, preprocess};
 use crate::pipeline_stable_diffusion::{
     Components, Denoise, OutputType, SD_CLASSES, StableDiffusionOutput, StableDiffusionPipeline,
-    apply_eta, check_counts, check_unet, decode_latents, invalid,
+    apply_eta, check_counts, decode_latents, invalid,
 };
 
 const PIPELINE: &str = "StableDiffusionImg2ImgPipeline";
@@ -114,7 +114,6 @@ impl<B: Backend> StableDiffusionImg2ImgPipeline<B> {
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 4>),
     ) -> Result<StableDiffusionOutput<B>> {
         let p = &mut self.pipe;
-        check_unet(&p.unet_config, PIPELINE)?;
         check_counts(call.prompt.len(), call.num_images_per_prompt, PIPELINE)?;
         let image = call
             .image
@@ -125,7 +124,8 @@ impl<B: Backend> StableDiffusionImg2ImgPipeline<B> {
             p.vae_config.latent_channels,
             PIPELINE,
         )?;
-        let guidance = call.guidance_scale > 1.0;
+        // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
+        let guidance = call.guidance_scale > 1.0 && p.unet_config.time_cond_proj_dim.is_none();
         let embeds = p.encode_prompt(
             &call.prompt,
             call.num_images_per_prompt,
@@ -169,6 +169,7 @@ impl<B: Backend> StableDiffusionImg2ImgPipeline<B> {
             guidance,
             guidance_scale: call.guidance_scale,
             guidance_rescale: 0.0,
+            time_cond_dim: p.unet_config.time_cond_proj_dim,
             generator: Some(&mut generator),
         }
         .run(on_step_end)?;

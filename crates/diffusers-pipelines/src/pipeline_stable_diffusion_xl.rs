@@ -16,7 +16,7 @@ use diffusers_vae::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::Result;
 use crate::pipeline_stable_diffusion::{
     Components, Denoise, OutputType, StableDiffusionOutput, apply_eta, as_str, check_counts,
-    check_size, check_unet, decode_latents, default_size, ids_tensor, invalid, negative_prompts,
+    check_size, decode_latents, default_size, ids_tensor, invalid, negative_prompts,
     prepare_latents, repeat_per_prompt, set_timesteps, swap_scheduler,
 };
 
@@ -444,7 +444,6 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
         call: StableDiffusionXLCall<B>,
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 4>),
     ) -> Result<StableDiffusionOutput<B>> {
-        check_unet(&self.unet_config, PIPELINE)?;
         let f = self.vae_scale_factor();
         let (dh, dw) = match (call.height, call.width) {
             (Some(h), Some(w)) => (h, w),
@@ -453,7 +452,8 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
         let (height, width) = (call.height.unwrap_or(dh), call.width.unwrap_or(dw));
         check_size(height, width, PIPELINE)?;
         check_counts(call.prompt.len(), call.num_images_per_prompt, PIPELINE)?;
-        let guidance = call.guidance_scale > 1.0;
+        // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
+        let guidance = call.guidance_scale > 1.0 && self.unet_config.time_cond_proj_dim.is_none();
         let embeds = self.encode_prompt(
             &call.prompt,
             call.prompt_2.as_deref(),
@@ -510,6 +510,7 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
             guidance,
             guidance_scale: call.guidance_scale,
             guidance_rescale: call.guidance_rescale,
+            time_cond_dim: self.unet_config.time_cond_proj_dim,
             generator: Some(&mut generator),
         }
         .run(on_step_end)?;

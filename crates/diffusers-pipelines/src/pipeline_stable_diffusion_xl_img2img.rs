@@ -11,7 +11,7 @@ use diffusers_schedulers::TorchGenerator;
 use crate::Result;
 use crate::image_input::{img2img_latents, img2img_timesteps, preprocess};
 use crate::pipeline_stable_diffusion::{
-    Denoise, OutputType, StableDiffusionOutput, apply_eta, check_counts, check_unet, invalid,
+    Denoise, OutputType, StableDiffusionOutput, apply_eta, check_counts, invalid,
 };
 use crate::pipeline_stable_diffusion_xl::StableDiffusionXLPipeline;
 
@@ -144,14 +144,14 @@ impl<B: Backend> StableDiffusionXLImg2ImgPipeline<B> {
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 4>),
     ) -> Result<StableDiffusionOutput<B>> {
         let p = &mut self.pipe;
-        check_unet(&p.unet_config, PIPELINE)?;
         check_counts(call.prompt.len(), call.num_images_per_prompt, PIPELINE)?;
         let image = call
             .image
             .ok_or_else(|| invalid(PIPELINE, "image is required"))?;
         let f = p.vae_scale_factor();
         let image = preprocess(image, f, p.vae_config.latent_channels, PIPELINE)?;
-        let guidance = call.guidance_scale > 1.0;
+        // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
+        let guidance = call.guidance_scale > 1.0 && p.unet_config.time_cond_proj_dim.is_none();
         let embeds = p.encode_prompt(
             &call.prompt,
             call.prompt_2.as_deref(),
@@ -223,6 +223,7 @@ impl<B: Backend> StableDiffusionXLImg2ImgPipeline<B> {
             guidance,
             guidance_scale: call.guidance_scale,
             guidance_rescale: call.guidance_rescale,
+            time_cond_dim: p.unet_config.time_cond_proj_dim,
             generator: Some(&mut generator),
         }
         .run(on_step_end)?;

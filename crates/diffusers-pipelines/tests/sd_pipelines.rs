@@ -888,3 +888,35 @@ fn every_scheduler_swapped_in_matches_diffusers() {
         );
     }
 }
+
+/// An LCM-distilled UNet (`time_cond_proj_dim`): the guidance scale goes in as diffusers'
+/// `get_guidance_scale_embedding(guidance_scale - 1)`, without a CFG batch, with the LCM scheduler
+/// from the repository's config.
+#[test]
+fn lcm_distilled_unet_matches_diffusers() {
+    let fx = fixture();
+    let mut pipe = StableDiffusionPipeline::<Cpu>::from_folder(
+        folder("sd_lcm"),
+        DType::F32,
+        &Default::default(),
+    )
+    .expect("load lcm");
+    assert_eq!(pipe.scheduler.class_name(), "LCMScheduler");
+    let out = pipe
+        .call(StableDiffusionCall {
+            height: Some(16),
+            width: Some(24),
+            num_inference_steps: 4,
+            guidance_scale: 7.5,
+            seed: Some(5),
+            ..StableDiffusionCall::new(PROMPT)
+        })
+        .expect("call");
+    assert_close(
+        out.array().expect("images"),
+        &fx.values("sd_lcm.images"),
+        None,
+        IMAGE,
+        "lcm",
+    );
+}
