@@ -209,9 +209,10 @@ def build(d: Path, name: str, device, dtype):
         file = d / "weights.safetensors"
 
         def load():
+            # load_file maps the file lazily; copying every tensor out (as `load_into` copies
+            # out of its mmap) makes both sides end with the weights in process memory.
             state = load_file(file, device=str(device))
-            if dtype != torch.float32:
-                state = {k: v.to(dtype) for k, v in state.items()}
+            state = {k: v.to(dtype, copy=True) for k, v in state.items()}
             del state
         return load, None
     sys.exit(f"unknown workload {name}")
