@@ -1462,6 +1462,13 @@ def stage_sd_pipelines(out: Path):
             if lcm_folder.exists():
                 shutil.rmtree(lcm_folder)
             lcm.save_pretrained(lcm_folder)
+            # Components taken from a loaded pipeline record where they came from (an absolute
+            # path); drop it so the fixtures do not depend on the output folder.
+            for comp in ["vae", "unet"]:
+                cfg_path = lcm_folder / comp / "config.json"
+                conf = json.loads(cfg_path.read_text())
+                conf.pop("_name_or_path", None)
+                cfg_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
             for f in ["vocab.json", "merges.txt"]:
                 shutil.copy(folder / "tokenizer" / f, lcm_folder / "tokenizer" / f)
             (lcm_folder / "tokenizer" / "tokenizer.json").unlink()
