@@ -69,6 +69,14 @@ impl LinearConfig {
 impl<B: Backend> Linear<B> {
     /// Applies the layer to `[..., in_features]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if D > 2 {
+            // As one [rows, in] matrix: burn-flex's 2-D matmul reads the transposed weight
+            // through its strides, where the batched path copies it on every call.
+            let mut dims = x.dims();
+            let rows: Tensor<B, 2> = x.flatten(0, D - 2);
+            dims[D - 1] = self.dims().1;
+            return self.forward(rows).reshape(dims);
+        }
         let weight = self.weight.val();
         let y = linear(
             x.clone(),
