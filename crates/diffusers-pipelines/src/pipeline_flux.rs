@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::DType;
 use diffusers_schedulers::{
     FlowMatchEulerDiscreteScheduler, Generators, Scheduler, TimestepOptions, TorchGenerator,
     calculate_shift, linspace, randn_tensor, step_nd,
@@ -18,6 +18,7 @@ use diffusers_vae::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 
 use crate::image_processor::postprocess;
 use crate::model_index::ModelIndex;
+use crate::pipeline_stable_diffusion::{as_str, ids_tensor, repeat_per_prompt};
 use crate::{Error, Result};
 
 const PIPELINE: &str = "FluxPipeline";
@@ -158,26 +159,6 @@ pub struct FluxPromptEmbeds<B: Backend> {
     pub pooled_prompt_embeds: Tensor<B, 2>,
 }
 
-fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Core(diffusers_core::Error::io(path, e))
-}
-
-/// `[b, ...]` to `[b * n, ...]`, each entry repeated `n` times in place (diffusers'
-/// `repeat(1, n, 1).view(b * n, ...)`).
-fn repeat_per_prompt<B: Backend, const D: usize, const D1: usize>(
-    x: Tensor<B, D>,
-    n: usize,
-) -> Tensor<B, D> {
-    if n == 1 {
-        return x;
-    }
-    let mut dims = x.dims();
-    let x: Tensor<B, D1> = x.unsqueeze_dim(1);
-    let x = x.repeat_dim(1, n);
-    dims[0] *= n;
-    x.reshape(dims)
-}
-
 impl<B: Backend> FluxPipeline<B> {
     /// Loads a diffusers FLUX folder (`model_index.json`, `transformer/`, `vae/`, `scheduler/`,
     /// and the text encoders and tokenizers unless `model_index.json` has them null).
@@ -231,7 +212,8 @@ impl<B: Backend> FluxPipeline<B> {
         let (vae, vae_config) =
             AutoencoderKL::from_folder(folder.join("vae"), weights_dtype, device)?;
         let sched_path = folder.join("scheduler/scheduler_config.json");
-        let text = std::fs::read_to_string(&sched_path).map_err(|e| io_err(&sched_path, e))?;
+        let text = std::fs::read_to_string(&sched_path)
+            .map_err(|e| Error::Core(diffusers_core::Error::io(&sched_path, e)))?;
         let scheduler = FlowMatchEulerDiscreteScheduler::from_json(&text)?;
         let tokenizer = has_clip_tok
             .then(|| PromptTokenizer::from_pretrained(folder.join("tokenizer")))
@@ -281,12 +263,6 @@ impl<B: Backend> FluxPipeline<B> {
         self.dtype
     }
 
-    fn ids_tensor(&self, ids: Vec<Vec<u32>>) -> Tensor<B, 2, Int> {
-        let (b, n) = (ids.len(), ids.first().map_or(0, Vec::len));
-        let flat: Vec<i64> = ids.into_iter().flatten().map(i64::from).collect();
-        Tensor::from_data(TensorData::new(flat, [b, n]), &self.device)
-    }
-
     /// diffusers' `encode_prompt`: the CLIP pooled embedding of `prompt` (padded to the CLIP
     /// tokenizer's `model_max_length`, 77) and the T5 states of `prompt_2` (or `prompt`), padded
     /// and truncated to `max_sequence_length` tokens, each repeated `num_images_per_prompt` times.
@@ -327,14 +303,11 @@ impl<B: Backend> FluxPipeline<B> {
                 "this pipeline has no text encoders or tokenizers (null in model_index.json): pass prompt_embeds and pooled_prompt_embeds".into(),
             ));
         };
-        fn as_str(v: &[String]) -> Vec<&str> {
-            v.iter().map(String::as_str).collect()
-        }
         let clip_len = tok.model_max_length().unwrap_or(77);
         let clip_ids = tok.encode_padded(&as_str(prompt), clip_len)?;
-        let pooled = clip.forward(self.ids_tensor(clip_ids.ids))?.pooled;
+        let pooled = clip.forward(ids_tensor(clip_ids.ids, &self.device))?.pooled;
         let t5_ids = tok2.encode_padded(&as_str(prompt_2), max_sequence_length)?;
-        let states = t5.forward(self.ids_tensor(t5_ids.ids))?;
+        let states = t5.forward(ids_tensor(t5_ids.ids, &self.device))?;
         Ok(FluxPromptEmbeds {
             prompt_embeds: repeat_per_prompt::<B, 3, 4>(
                 states.cast(self.dtype),
@@ -401,8 +374,8 @@ impl<B: Backend> FluxPipeline<B> {
             return Err(bad("num_images_per_prompt must be at least 1".into()));
         }
         if let Some((image, strength)) = &img2img {
-            let [_, c, h, w] = image.dims();
-            if c != 3 || (h, w) != (height, width) {
+            let [b, c, h, w] = image.dims();
+            if b == 0 || c != 3 || (h, w) != (height, width) {
                 return Err(bad(format!(
                     "image is {:?}; expected [batch, 3, {height}, {width}] (resizing is not supported: pass an image of the output size)",
                     image.dims()

@@ -548,7 +548,16 @@ fn img2img_from_png_matches_diffusers_step_by_step() {
         "img2img",
     );
 
-    // A wrong image size and a strength that leaves no step are errors.
+    // An empty image batch, a wrong image size and a strength that leaves no step are errors.
+    let empty = FluxImg2ImgCall {
+        call: FluxCall::new("x"),
+        image: Tensor::zeros([0, 3, 16, 24], &dev),
+        strength: 0.6,
+    };
+    assert!(matches!(
+        pipe.call(empty),
+        Err(Error::InvalidArgument { .. })
+    ));
     let bad = FluxImg2ImgCall {
         call: FluxCall {
             height: Some(32),
