@@ -13,6 +13,17 @@ use crate::{Error, Result};
 /// The CPU backend used by tests and the `cpu` device: burn's `flex` (f32, f16 and bf16).
 pub type Cpu = burn::backend::Flex;
 
+/// Whether `B` is the [`Cpu`] backend: layers with a host-only fast path (see
+/// `diffusers_nn::attention`) check this and use burn's generic op on every other backend.
+///
+/// ```
+/// use diffusers_core::backend::{Cpu, is_cpu};
+/// assert!(is_cpu::<Cpu>());
+/// ```
+pub fn is_cpu<B: burn::tensor::backend::Backend>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<Cpu>()
+}
+
 /// The CUDA backend (kernels compiled with NVRTC at run time), with kernel fusion.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;

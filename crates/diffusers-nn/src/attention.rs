@@ -1,10 +1,11 @@
 //! Scaled dot-product attention through burn's fused `attention` op, with PyTorch's mask
-//! conventions.
+//! conventions; on the CPU backend, unmasked f32 attention runs a multi-threaded host kernel
+//! (`host_attention`) instead.
 
 use burn::prelude::*;
-use burn::tensor::Bool;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, DType, TensorData};
 
 /// An attention mask in PyTorch's convention, broadcastable to `[batch, heads, q_len, k_len]`.
 #[derive(Debug, Clone)]
@@ -28,8 +29,21 @@ pub fn scaled_dot_product_attention<B: Backend>(
     scale: Option<f64>,
     causal: bool,
 ) -> Tensor<B, 4> {
-    let [b, h, lq, _] = q.dims();
+    let [b, h, lq, d] = q.dims();
     let lk = k.dims()[2];
+    let host_path = mask.is_none()
+        && !causal
+        && diffusers_core::backend::is_cpu::<B>()
+        && q.dtype() == DType::F32;
+    let (q, k, v) = if host_path {
+        let host_scale = scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
+        match host(q, k, v, host_scale) {
+            Ok(out) => return out,
+            Err(inputs) => inputs,
+        }
+    } else {
+        (q, k, v)
+    };
     let full = [b, h, lq, lk];
     let (bool_mask, bias) = match mask {
         None => (None, None),
@@ -55,4 +69,45 @@ pub fn scaled_dot_product_attention<B: Backend>(
             is_causal: causal,
         },
     )
+}
+
+/// Unmasked f32 attention through [`crate::host_attention`]; gives the inputs back when
+/// their data is not f32 or their shapes disagree, for burn's op to handle (and report).
+#[allow(clippy::type_complexity)]
+fn host<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f32,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    let device = q.device();
+    let [b, h, lq, d] = q.dims();
+    let [_, _, lk, dv] = v.dims();
+    let dims = crate::host_attention::Dims {
+        bh: b * h,
+        lq,
+        lk,
+        d,
+        dv,
+    };
+    let (qd, kd, vd) = (q.into_data(), k.into_data(), v.into_data());
+    let out = match (
+        qd.as_slice::<f32>(),
+        kd.as_slice::<f32>(),
+        vd.as_slice::<f32>(),
+    ) {
+        (Ok(qs), Ok(ks), Ok(vs)) => crate::host_attention::attention_f32(qs, ks, vs, dims, scale),
+        _ => None,
+    };
+    match out {
+        Some(out) => Ok(Tensor::from_data(
+            TensorData::new(out, [b, h, lq, dv]),
+            &device,
+        )),
+        None => Err((
+            Tensor::from_data(qd, &device),
+            Tensor::from_data(kd, &device),
+            Tensor::from_data(vd, &device),
+        )),
+    }
 }

@@ -7,7 +7,8 @@
 //! - [`conv::Conv2d`], [`conv::Conv3d`] (causal and replicate padding),
 //! - [`norm::GroupNorm`], [`norm::LayerNorm`], [`norm::RmsNorm`],
 //! - [`activation`]: SiLU, GELU (exact, tanh), quick-GELU, `GELU` and `GEGLU` modules,
-//! - [`attention::scaled_dot_product_attention`] with PyTorch's mask conventions,
+//! - [`attention::scaled_dot_product_attention`] with PyTorch's mask conventions (a
+//!   multi-threaded host kernel on the CPU backend),
 //! - [`embeddings`]: sinusoidal timestep embeddings and rotary position embeddings,
 //! - [`resnet::ResnetBlock2D`], [`downsampling::Downsample2D`], [`upsampling::Upsample2D`]: the
 //!   convolutional blocks the UNets and VAEs share (diffusers' `resnet.py`, `downsampling.py`,
@@ -34,6 +35,7 @@ pub mod conv;
 pub mod downsampling;
 pub mod embedding;
 pub mod embeddings;
+mod host_attention;
 pub mod linear;
 pub mod norm;
 pub mod pad;
