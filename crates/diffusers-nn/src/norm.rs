@@ -67,19 +67,27 @@ impl<B: Backend> GroupNorm<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let shape = x.dims();
         let (n, c) = (shape[0], shape[1]);
+        let g = self.num_groups;
         let (x, dtype) = upcast(x);
-        let grouped: Tensor<B, 3> = x.reshape([n as i32, self.num_groups as i32, -1]);
-        let (var, mean) = grouped.clone().var_mean_bias(2);
-        let normed = (grouped - mean) / (var + self.eps).sqrt();
-        let mut y: Tensor<B, D> = normed.reshape(shape);
-        let mut bshape = [1usize; D];
-        bshape[1] = c;
+        let grouped: Tensor<B, 3> = x.clone().reshape([n as i32, g as i32, -1]);
+        let (var, mean) = grouped.var_mean_bias(2);
+        let rstd = (var + self.eps).sqrt().recip();
+        // As PyTorch's kernel: y = x·a + b per (sample, channel), a = γ·rstd and
+        // b = β - mean·a. Two passes over x, each broadcasting one contiguous scalar per
+        // channel row (the CPU backend's SIMD fast path, for any batch size).
+        let per_group = [n, g, c / g];
+        let mut a = rstd.expand(per_group);
         if let Some(w) = &self.weight {
-            y = y * w.val().cast(DType::F32).reshape(bshape);
+            a = a * w.val().cast(DType::F32).reshape([1, g, c / g]);
         }
-        if let Some(b) = &self.bias {
-            y = y + b.val().cast(DType::F32).reshape(bshape);
+        let mut b = (mean.expand(per_group) * a.clone()).neg();
+        if let Some(bias) = &self.bias {
+            b = b + bias.val().cast(DType::F32).reshape([1, g, c / g]);
         }
+        let mut pshape = [1usize; D];
+        pshape[0] = n;
+        pshape[1] = c;
+        let y = x * a.reshape(pshape) + b.reshape(pshape);
         downcast(y, dtype)
     }
 }
