@@ -16,6 +16,12 @@ use anyhow::{Context, Result, bail};
 use diffusers_bench::{Scale, Source, measure};
 use diffusers_core::backend::{Cpu, DeviceSpec, Precision};
 
+/// mimalloc: burn-flex allocates a fresh buffer for most op outputs, and glibc's malloc
+/// serves large ones with new mappings that are page-faulted in (zeroed) every time; mimalloc
+/// reuses freed blocks (GroupNorm at [1, 320, 64, 64]: 4.4 ms -> 1.3 ms).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: diffusers-bench WORKLOAD [--dir DIR] [--scale tiny|real] \
     [--warmup N] [--iters N] [--device cpu|cuda[:N]] [--dtype f32|bf16|f16]";
 

@@ -36,6 +36,7 @@ pub mod downsampling;
 pub mod embedding;
 pub mod embeddings;
 mod host_attention;
+mod host_group_norm;
 pub mod linear;
 pub mod norm;
 pub mod pad;

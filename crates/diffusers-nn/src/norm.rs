@@ -65,6 +65,17 @@ impl GroupNormConfig {
 impl<B: Backend> GroupNorm<B> {
     /// Normalises `x` of rank `D >= 3` (`[N, C, ...]`).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let c = x.dims()[1];
+        let g = self.num_groups;
+        if diffusers_core::backend::is_cpu::<B>() && x.dtype() == DType::F32 && c.is_multiple_of(g)
+        {
+            return self.host_forward(x);
+        }
+        self.ops_forward(x)
+    }
+
+    /// The forward pass in burn ops (every backend but the CPU one in f32).
+    fn ops_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let shape = x.dims();
         let (n, c) = (shape[0], shape[1]);
         let g = self.num_groups;
@@ -74,7 +85,7 @@ impl<B: Backend> GroupNorm<B> {
         let rstd = (var + self.eps).sqrt().recip();
         // As PyTorch's kernel: y = x·a + b per (sample, channel), a = γ·rstd and
         // b = β - mean·a. Two passes over x, each broadcasting one contiguous scalar per
-        // channel row (the CPU backend's SIMD fast path, for any batch size).
+        // channel row (the CPU backend's SIMD fast path in half precision, any batch size).
         let per_group = [n, g, c / g];
         let mut a = rstd.expand(per_group);
         if let Some(w) = &self.weight {
@@ -89,6 +100,37 @@ impl<B: Backend> GroupNorm<B> {
         pshape[1] = c;
         let y = x * a.reshape(pshape) + b.reshape(pshape);
         downcast(y, dtype)
+    }
+
+    /// f32 on the CPU backend: [`crate::host_group_norm`], in place on `x`'s data.
+    fn host_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let device = x.device();
+        let shape = x.dims();
+        let spatial = shape[2..].iter().product::<usize>();
+        let host = |p: &Option<Param<Tensor<B, 1>>>| {
+            p.as_ref().map(|p| p.val().cast(DType::F32).into_data())
+        };
+        let (weight, bias) = (host(&self.weight), host(&self.bias));
+        let mut data = x.into_data();
+        if let Ok(values) = data.as_mut_slice::<f32>() {
+            let w = weight.as_ref().and_then(|w| w.as_slice::<f32>().ok());
+            let b = bias.as_ref().and_then(|b| b.as_slice::<f32>().ok());
+            if weight.is_some() == w.is_some()
+                && bias.is_some() == b.is_some()
+                && crate::host_group_norm::group_norm_f32(
+                    values,
+                    [shape[0], shape[1], spatial],
+                    self.num_groups,
+                    self.eps as f32,
+                    w,
+                    b,
+                )
+            {
+                return Tensor::from_data(data, &device);
+            }
+        }
+        // Sizes the kernel refuses (the caller checks them, so not expected): burn's ops.
+        self.ops_forward(Tensor::from_data(data, &device))
     }
 }
 

@@ -1,0 +1,160 @@
+//! Group normalisation for the CPU backend ([`Cpu`](diffusers_core::backend::Cpu)), f32.
+//!
+//! Composed of burn ops, `GroupNorm` makes six passes over its input on burn-flex (the mean,
+//! `x - mean`, its square, the sum, then `x·a` and `+ b`), each allocating a fresh tensor:
+//! 18x PyTorch's one-pass kernel at `[1, 320, 64, 64]` (docs/PERFORMANCE.md). This kernel does
+//! what PyTorch's CPU kernel does: per `(sample, group)`, in parallel on rayon's pool, the mean
+//! and the biased variance of the group's contiguous values, then `y = x·a + b` per channel with
+//! `a = γ·rstd`, `b = β - mean·a`, in place; the loops vectorise (AVX-512/AVX2 chosen at run
+//! time).
+
+use rayon::prelude::*;
+
+/// Normalises `x` (`[n, c, spatial]` contiguous, `spatial` = the product of the trailing dims)
+/// in place over `groups` groups of channels. `weight`/`bias` hold `c` values. `false` (and `x`
+/// untouched) when the sizes do not fit.
+pub(crate) fn group_norm_f32(
+    x: &mut [f32],
+    [n, c, spatial]: [usize; 3],
+    groups: usize,
+    eps: f32,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) -> bool {
+    if groups == 0
+        || !c.is_multiple_of(groups)
+        || x.len() != n * c * spatial
+        || spatial == 0
+        || n == 0
+    {
+        return false;
+    }
+    if weight.is_some_and(|w| w.len() != c) || bias.is_some_and(|b| b.len() != c) {
+        return false;
+    }
+    let per_group = c / groups;
+    x.par_chunks_mut(per_group * spatial)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let first_channel = (i % groups) * per_group;
+            let range = first_channel..first_channel + per_group;
+            pulp::Arch::new().dispatch(NormalizeGroup {
+                chunk,
+                spatial,
+                eps,
+                weight: weight.map(|w| &w[range.clone()]),
+                bias: bias.map(|b| &b[range]),
+            });
+        });
+    true
+}
+
+/// One `(sample, group)`: `per_group` channel rows of `spatial` values.
+struct NormalizeGroup<'a> {
+    chunk: &'a mut [f32],
+    spatial: usize,
+    eps: f32,
+    weight: Option<&'a [f32]>,
+    bias: Option<&'a [f32]>,
+}
+
+/// Lanes of the vectorised reductions: one AVX-512 register (two AVX2 ones).
+const LANES: usize = 16;
+
+impl pulp::WithSimd for NormalizeGroup<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let len = self.chunk.len() as f64;
+        let mean = (lane_sum(self.chunk, |x| x) / len) as f32;
+        let var = (lane_sum(self.chunk, |x| (x - mean) * (x - mean)) / len) as f32;
+        let rstd = 1.0 / (var + self.eps).sqrt();
+        for (ch, row) in self.chunk.chunks_exact_mut(self.spatial).enumerate() {
+            let a = self.weight.map_or(1.0, |w| w[ch]) * rstd;
+            let b = self.bias.map_or(0.0, |b| b[ch]) - mean * a;
+            for v in row.iter_mut() {
+                *v = *v * a + b;
+            }
+        }
+    }
+}
+
+/// `Σ f(x)`: `LANES` f32 partial sums (so the loop vectorises) over blocks of `BLOCK` values,
+/// each block's total added up in f64 (so a VAE's 262144-value groups lose no precision).
+#[inline(always)]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    const BLOCK: usize = 64 * LANES;
+    let mut total = 0.0f64;
+    for block in xs.chunks(BLOCK) {
+        let mut lanes = [0.0f32; LANES];
+        let mut chunks = block.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (acc, &x) in lanes.iter_mut().zip(chunk) {
+                *acc += f(x);
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+        total += (tail + lanes.iter().sum::<f32>()) as f64;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_an_f64_reference() {
+        let (n, c, spatial, groups) = (2, 6, 37, 3);
+        let mut s = 7u32;
+        let x: Vec<f32> = (0..n * c * spatial)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 * 6.0 + 3.0
+            })
+            .collect();
+        let w: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.25).collect();
+        let b: Vec<f32> = (0..c).map(|i| i as f32 * -0.1).collect();
+        let mut got = x.clone();
+        assert!(group_norm_f32(
+            &mut got,
+            [n, c, spatial],
+            groups,
+            1e-5,
+            Some(&w),
+            Some(&b)
+        ));
+        let per = c / groups * spatial;
+        for (gi, group) in x.chunks(per).enumerate() {
+            let mean = group.iter().map(|&v| v as f64).sum::<f64>() / per as f64;
+            let var = group
+                .iter()
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum::<f64>()
+                / per as f64;
+            for (j, &v) in group.iter().enumerate() {
+                let ch = (gi % groups) * (c / groups) + j / spatial;
+                let want = (v as f64 - mean) / (var + 1e-5).sqrt() * w[ch] as f64 + b[ch] as f64;
+                let err = (got[gi * per + j] as f64 - want).abs();
+                assert!(err < 2e-6, "group {gi}, element {j}: error {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_that_do_not_fit_are_refused() {
+        let mut x = vec![1.0f32; 12];
+        assert!(!group_norm_f32(&mut x, [1, 6, 2], 4, 1e-5, None, None));
+        assert!(!group_norm_f32(&mut x, [1, 6, 3], 3, 1e-5, None, None));
+        assert!(!group_norm_f32(
+            &mut x,
+            [1, 6, 2],
+            3,
+            1e-5,
+            Some(&[1.0; 5]),
+            None
+        ));
+        assert_eq!(x, vec![1.0f32; 12]);
+    }
+}
