@@ -3,13 +3,17 @@
 
 use burn::module::Module;
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation;
 
 use crate::linear::{Linear, LinearConfig};
 
 /// `x * sigmoid(x)`.
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    activation::silu(x)
+    match host(x, crate::host_activation::silu_f32) {
+        Ok(y) => y,
+        Err(x) => activation::silu(x),
+    }
 }
 
 /// Exact GELU, `x * Φ(x)` (`approximate="none"`).
@@ -19,9 +23,33 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 
 /// The tanh approximation of GELU (`approximate="tanh"`).
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let x = match host(x, crate::host_activation::gelu_tanh_f32) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let c = (2.0f64 / std::f64::consts::PI).sqrt();
     let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
     x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// On the CPU backend in f32, applies `f` to `x`'s data in place (the host kernels of
+/// `crate::host_activation`); gives `x` back on every other backend and dtype.
+fn host<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    f: fn(&mut [f32]),
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !diffusers_core::backend::is_cpu::<B>() || x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    let device = x.device();
+    let mut data = x.into_data();
+    match data.as_mut_slice::<f32>() {
+        Ok(values) => {
+            f(values);
+            Ok(Tensor::from_data(data, &device))
+        }
+        Err(_) => Err(Tensor::from_data(data, &device)),
+    }
 }
 
 /// CLIP's quick GELU, `x * sigmoid(1.702 x)`.

@@ -15,6 +15,8 @@
 
 use rayon::prelude::*;
 
+use crate::host_math::{LANES, exp_f32};
+
 /// Shapes of one call: `bh` independent `(batch, head)` pairs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dims {
@@ -103,9 +105,6 @@ impl pulp::WithSimd for SoftmaxRows<'_> {
     }
 }
 
-/// Lanes of the vectorised loops: one AVX-512 register (two AVX2 ones).
-const LANES: usize = 16;
-
 /// `row[i] = exp(row[i] - max(row))`; returns the sum. Written with `LANES` independent
 /// accumulators so the compiler vectorises the max, the `exp` and the sum.
 #[inline(always)]
@@ -137,33 +136,6 @@ fn exp_row_minus_max(row: &mut [f32]) -> f32 {
         sum += e;
     }
     sum + sums.iter().sum::<f32>()
-}
-
-/// `exp(x)` for `x <= 0` (softmax inputs) without branches, so loops over it vectorise:
-/// Cephes' `expf` (range reduction by `ln 2` in two parts, degree-6 polynomial, `2ⁿ` built in
-/// the exponent bits). Inputs below -87.3 give the smallest normal `f32`'s neighbourhood
-/// (~1e-38) instead of 0, which no softmax sum can tell apart.
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // 1.5 · 2²³: adding it rounds to an integer held in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.336_55, 88.376_26);
-    let t = x * LOG2E + MAGIC;
-    let n = t - MAGIC;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
-    let p = p * r * r + r + 1.0;
-    let n_int = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let pow2n = f32::from_bits((n_int.wrapping_add(127) << 23) as u32);
-    p * pow2n
 }
 
 /// `dst[m, n] = alpha · a[m, k] · b` (row-major, dense), `b` is `[k, n]`, or `[n, k]` read
@@ -292,20 +264,6 @@ mod tests {
                 .fold(0.0, f32::max);
             assert!(err < 2e-5, "{dims:?}: max abs error {err}");
         }
-    }
-
-    #[test]
-    fn exp_is_within_two_ulp_of_libm() {
-        let mut worst = 0u32;
-        let mut x = -87.0f32;
-        while x <= 0.0 {
-            let (a, b) = (exp_f32(x), x.exp());
-            worst = worst.max(a.to_bits().abs_diff(b.to_bits()));
-            x += 0.000_7;
-        }
-        assert!(worst <= 2, "worst ulp distance {worst}");
-        assert_eq!(exp_f32(0.0), 1.0);
-        assert!(exp_f32(-1000.0) < 1e-37);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use crate::host_math::LANES;
+
 /// Normalises `x` (`[n, c, spatial]` contiguous, `spatial` = the product of the trailing dims)
 /// in place over `groups` groups of channels. `weight`/`bias` hold `c` values. `false` (and `x`
 /// untouched) when the sizes do not fit.
@@ -57,9 +59,6 @@ struct NormalizeGroup<'a> {
     weight: Option<&'a [f32]>,
     bias: Option<&'a [f32]>,
 }
-
-/// Lanes of the vectorised reductions: one AVX-512 register (two AVX2 ones).
-const LANES: usize = 16;
 
 impl pulp::WithSimd for NormalizeGroup<'_> {
     type Output = ();

@@ -1,0 +1,52 @@
+//! Branch-free f32 math shared by the CPU backend's host kernels (`host_*` modules): written
+//! so loops over it vectorise inside a `pulp` dispatch (AVX-512 or AVX2, chosen at run time).
+
+/// Lanes of the vectorised loops: one AVX-512 register (two AVX2 ones).
+pub(crate) const LANES: usize = 16;
+
+/// `exp(x)` without branches, so loops over it vectorise: Cephes' `expf` (range reduction by
+/// `ln 2` in two parts, degree-6 polynomial, `2ⁿ` built in the exponent bits). Inputs are
+/// clamped to [-87.3, 88.4]: below, the result is ~1e-38 instead of 0 (which no softmax sum or
+/// `1 + exp` can tell apart); above, ~2.4e38 instead of infinity (`x / (1 + exp(-x))` still
+/// rounds to 0).
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // 1.5 · 2²³: adding it rounds to an integer held in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.336_55, 88.376_26);
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
+    let p = p * r * r + r + 1.0;
+    let n_int = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let pow2n = f32::from_bits((n_int.wrapping_add(127) << 23) as u32);
+    p * pow2n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0u32;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let (a, b) = (exp_f32(x), x.exp());
+            worst = worst.max(a.to_bits().abs_diff(b.to_bits()));
+            x += 0.000_7;
+        }
+        assert!(worst <= 2, "worst ulp distance {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(-1000.0) < 1e-37);
+    }
+}
