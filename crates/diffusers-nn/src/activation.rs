@@ -3,8 +3,8 @@
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::tensor::DType;
 use burn::tensor::activation;
+use burn::tensor::{DType, TensorData};
 
 use crate::linear::{Linear, LinearConfig};
 
@@ -49,6 +49,29 @@ fn host<B: Backend, const D: usize>(
             Ok(Tensor::from_data(data, &device))
         }
         Err(_) => Err(Tensor::from_data(data, &device)),
+    }
+}
+
+/// GEGLU's gating on the CPU backend in f32 ([`crate::host_activation::geglu_f32`], one pass
+/// over the projection instead of two strided views); gives `h` back otherwise.
+fn host_geglu<B: Backend, const D: usize>(h: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let mut dims = h.dims();
+    if !diffusers_core::backend::is_cpu::<B>() || h.dtype() != DType::F32 || dims[D - 1] % 2 != 0 {
+        return Err(h);
+    }
+    let device = h.device();
+    let inner = dims[D - 1] / 2;
+    let data = h.into_data();
+    let out = data
+        .as_slice::<f32>()
+        .ok()
+        .and_then(|p| crate::host_activation::geglu_f32(p, inner));
+    match out {
+        Some(out) => {
+            dims[D - 1] = inner;
+            Ok(Tensor::from_data(TensorData::new(out, dims), &device))
+        }
+        None => Err(Tensor::from_data(data, &device)),
     }
 }
 
@@ -145,6 +168,10 @@ impl<B: Backend> Geglu<B> {
     /// Applies the gated GELU.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let h = self.proj.forward(x);
+        let h = match host_geglu(h) {
+            Ok(y) => return y,
+            Err(h) => h,
+        };
         let mut halves = h.chunk(2, D - 1);
         let gate = halves.pop().expect("chunk(2) yields two halves");
         let hidden = halves.pop().expect("chunk(2) yields two halves");

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::host_math::exp_f32;
+use crate::host_math::{erf_f32, exp_f32};
 
 /// Elements per rayon task.
 const PIECE: usize = 1 << 16;
@@ -24,6 +24,46 @@ pub(crate) fn silu_f32(xs: &mut [f32]) {
 /// `x = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
 pub(crate) fn gelu_tanh_f32(xs: &mut [f32]) {
     map_in_place(xs, Act::GeluTanh);
+}
+
+/// GEGLU's `hidden · gelu(gate)` (exact GELU, `0.5 g (1 + erf(g / √2))`) for `proj: [rows,
+/// 2·inner]` holding `[hidden | gate]` in each row; returns `[rows, inner]`. `None` when
+/// `proj`'s length is not a multiple of `2·inner`.
+pub(crate) fn geglu_f32(proj: &[f32], inner: usize) -> Option<Vec<f32>> {
+    if inner == 0 || !proj.len().is_multiple_of(2 * inner) {
+        return None;
+    }
+    let mut out = vec![0.0f32; proj.len() / 2];
+    let rows_per_piece = (PIECE / inner).max(1);
+    out.par_chunks_mut(rows_per_piece * inner)
+        .zip(proj.par_chunks(rows_per_piece * 2 * inner))
+        .for_each(|(out, proj)| pulp::Arch::new().dispatch(Geglu { out, proj, inner }));
+    Some(out)
+}
+
+struct Geglu<'a> {
+    out: &'a mut [f32],
+    proj: &'a [f32],
+    inner: usize,
+}
+
+impl pulp::WithSimd for Geglu<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+        for (out, row) in self
+            .out
+            .chunks_exact_mut(self.inner)
+            .zip(self.proj.chunks_exact(2 * self.inner))
+        {
+            let (hidden, gate) = row.split_at(self.inner);
+            for ((o, &h), &g) in out.iter_mut().zip(hidden).zip(gate) {
+                *o = h * (0.5 * g * (1.0 + erf_f32(g * FRAC_1_SQRT_2)));
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -104,6 +144,42 @@ mod tests {
                 "gelu_tanh({x}) = {y}, want {want}"
             );
         }
+    }
+
+    #[test]
+    fn geglu_matches_f64() {
+        let inner = 300;
+        let proj: Vec<f32> = (0..7 * 2 * inner)
+            .map(|i| ((i * 37) % 1000) as f32 * 8e-3 - 4.0)
+            .collect();
+        let got = geglu_f32(&proj, inner).expect("a multiple of 2 * inner");
+        for (r, row) in proj.chunks(2 * inner).enumerate() {
+            for j in 0..inner {
+                let (h, g) = (row[j] as f64, row[inner + j] as f64);
+                let phi = 0.5 * (1.0 + erf64(g / std::f64::consts::SQRT_2));
+                let want = h * g * phi;
+                let y = got[r * inner + j] as f64;
+                // The f32 erf's bound (5e-7 absolute, see host_math::erf_f32) through h · g / 2,
+                // plus f32 rounding.
+                let bound = 2.5e-7 * (h * g).abs() + 1e-6 * want.abs().max(1e-3);
+                assert!(
+                    (y - want).abs() <= bound,
+                    "geglu({h}, {g}) = {y}, want {want}"
+                );
+            }
+        }
+        assert!(geglu_f32(&proj[1..], inner).is_none());
+    }
+
+    /// erf by its Taylor series, f64 (enough for |x| < 3).
+    fn erf64(x: f64) -> f64 {
+        let (mut term, mut sum, mut n) = (x, x, 0.0);
+        while term.abs() > 1e-17 {
+            n += 1.0;
+            term *= -x * x / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
     #[test]

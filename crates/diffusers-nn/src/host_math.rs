@@ -32,9 +32,62 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     p * pow2n
 }
 
+/// `erf(x)` without branches: Abramowitz and Stegun 7.1.26 (`1 - t·P(t)·exp(-x²)`,
+/// `t = 1 / (1 + p|x|)`, absolute error <= 1.5e-7 in exact arithmetic; 4.4e-7 measured in f32
+/// over [-6, 6], from `1 - t·P·exp` cancelling near |x| = 0.2), the same formula and constants
+/// as PyTorch's vectorised CPU `erf` (`Vectorized<float>::erf`), with the sign restored.
+#[inline(always)]
+pub(crate) fn erf_f32(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A1: f32 = 0.254_829_6;
+    const A2: f32 = -0.284_496_72;
+    const A3: f32 = 1.421_413_8;
+    const A4: f32 = -1.453_152;
+    const A5: f32 = 1.061_405_4;
+    let a = x.abs();
+    let t = 1.0 / (1.0 + P * a);
+    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
+    let r = 1.0 - poly * exp_f32(-a * a);
+    r.copysign(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn erf_is_within_the_approximations_bound() {
+        let mut worst = 0.0f64;
+        let mut x = -6.0f64;
+        while x <= 6.0 {
+            worst = worst.max((erf_f32(x as f32) as f64 - erf64(x)).abs());
+            x += 1e-3;
+        }
+        assert!(worst < 5e-7, "worst absolute error {worst}");
+        assert!(erf_f32(0.0).abs() < 2e-7);
+        assert_eq!(erf_f32(-0.7), -erf_f32(0.7));
+    }
+
+    /// erf by its Taylor series (|x| < 3) or continued fraction (|x| >= 3), in f64.
+    fn erf64(x: f64) -> f64 {
+        if x.abs() < 3.0 {
+            let (mut term, mut sum, mut n) = (x, x, 0.0);
+            while term.abs() > 1e-17 {
+                n += 1.0;
+                term *= -x * x / n;
+                sum += term / (2.0 * n + 1.0);
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            let a = x.abs();
+            let mut f = a;
+            for k in (1..60).rev() {
+                f = a + (k as f64 / 2.0) / f;
+            }
+            let erfc = (-a * a).exp() / std::f64::consts::PI.sqrt() / f;
+            (1.0 - erfc).copysign(x)
+        }
+    }
 
     #[test]
     fn exp_is_within_two_ulp_of_libm() {
