@@ -56,7 +56,10 @@ fn host<B: Backend, const D: usize>(
 /// over the projection instead of two strided views); gives `h` back otherwise.
 fn host_geglu<B: Backend, const D: usize>(h: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
     let mut dims = h.dims();
-    if !diffusers_core::backend::is_cpu::<B>() || h.dtype() != DType::F32 || dims[D - 1] % 2 != 0 {
+    if !diffusers_core::backend::is_cpu::<B>()
+        || h.dtype() != DType::F32
+        || !dims[D - 1].is_multiple_of(2)
+    {
         return Err(h);
     }
     let device = h.device();
