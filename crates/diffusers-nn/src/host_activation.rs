@@ -110,6 +110,7 @@ impl pulp::WithSimd for Apply<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host_math::tests::erf64;
 
     fn inputs() -> Vec<f32> {
         (0..200_001)
@@ -169,17 +170,6 @@ mod tests {
             }
         }
         assert!(geglu_f32(&proj[1..], inner).is_none());
-    }
-
-    /// erf by its Taylor series, f64 (enough for |x| < 3).
-    fn erf64(x: f64) -> f64 {
-        let (mut term, mut sum, mut n) = (x, x, 0.0);
-        while term.abs() > 1e-17 {
-            n += 1.0;
-            term *= -x * x / n;
-            sum += term / (2.0 * n + 1.0);
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub(crate) fn erf_f32(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -68,8 +68,9 @@ mod tests {
         assert_eq!(erf_f32(-0.7), -erf_f32(0.7));
     }
 
-    /// erf by its Taylor series (|x| < 3) or continued fraction (|x| >= 3), in f64.
-    fn erf64(x: f64) -> f64 {
+    /// erf by its Taylor series (|x| < 3) or continued fraction (|x| >= 3), in f64: the
+    /// reference of the erf-based kernels' tests.
+    pub(crate) fn erf64(x: f64) -> f64 {
         if x.abs() < 3.0 {
             let (mut term, mut sum, mut n) = (x, x, 0.0);
             while term.abs() > 1e-17 {
