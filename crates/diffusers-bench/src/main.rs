@@ -18,7 +18,7 @@ use diffusers_core::backend::{Cpu, DeviceSpec, Precision};
 
 /// mimalloc: burn-flex allocates a fresh buffer for most op outputs, and glibc's malloc
 /// serves large ones with new mappings that are page-faulted in (zeroed) every time; mimalloc
-/// reuses freed blocks (GroupNorm at [1, 320, 64, 64]: 4.4 ms -> 1.3 ms).
+/// reuses freed blocks (GroupNorm at [1, 320, 64, 64]: 4.4 ms -> 1.6 ms).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

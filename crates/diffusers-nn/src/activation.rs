@@ -3,14 +3,18 @@
 
 use burn::module::Module;
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::tensor::activation;
-use burn::tensor::{DType, TensorData};
 
 use crate::linear::{Linear, LinearConfig};
 
 /// `x * sigmoid(x)`.
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    match host(x, crate::host_activation::silu_f32) {
+    let silu_f32 = |v: &mut [f32]| {
+        crate::host_activation::silu_f32(v);
+        true
+    };
+    match crate::host::in_place_f32(x, silu_f32) {
         Ok(y) => y,
         Err(x) => activation::silu(x),
     }
@@ -23,7 +27,11 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 
 /// The tanh approximation of GELU (`approximate="tanh"`).
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let x = match host(x, crate::host_activation::gelu_tanh_f32) {
+    let gelu_tanh_f32 = |v: &mut [f32]| {
+        crate::host_activation::gelu_tanh_f32(v);
+        true
+    };
+    let x = match crate::host::in_place_f32(x, gelu_tanh_f32) {
         Ok(y) => return y,
         Err(x) => x,
     };
@@ -32,34 +40,11 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x * (inner.tanh() + 1.0) * 0.5
 }
 
-/// On the CPU backend in f32, applies `f` to `x`'s data in place (the host kernels of
-/// `crate::host_activation`); gives `x` back on every other backend and dtype.
-fn host<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    f: fn(&mut [f32]),
-) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    if !diffusers_core::backend::is_cpu::<B>() || x.dtype() != DType::F32 {
-        return Err(x);
-    }
-    let device = x.device();
-    let mut data = x.into_data();
-    match data.as_mut_slice::<f32>() {
-        Ok(values) => {
-            f(values);
-            Ok(Tensor::from_data(data, &device))
-        }
-        Err(_) => Err(Tensor::from_data(data, &device)),
-    }
-}
-
 /// GEGLU's gating on the CPU backend in f32 ([`crate::host_activation::geglu_f32`], one pass
 /// over the projection instead of two strided views); gives `h` back otherwise.
 fn host_geglu<B: Backend, const D: usize>(h: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
     let mut dims = h.dims();
-    if !diffusers_core::backend::is_cpu::<B>()
-        || h.dtype() != DType::F32
-        || !dims[D - 1].is_multiple_of(2)
-    {
+    if !crate::host::applies::<B>(h.dtype()) || !dims[D - 1].is_multiple_of(2) {
         return Err(h);
     }
     let device = h.device();

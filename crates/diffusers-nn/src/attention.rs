@@ -5,7 +5,7 @@
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, DType, TensorData};
+use burn::tensor::{Bool, TensorData};
 
 /// An attention mask in PyTorch's convention, broadcastable to `[batch, heads, q_len, k_len]`.
 #[derive(Debug, Clone)]
@@ -31,10 +31,7 @@ pub fn scaled_dot_product_attention<B: Backend>(
 ) -> Tensor<B, 4> {
     let [b, h, lq, d] = q.dims();
     let lk = k.dims()[2];
-    let host_path = mask.is_none()
-        && !causal
-        && diffusers_core::backend::is_cpu::<B>()
-        && q.dtype() == DType::F32;
+    let host_path = mask.is_none() && !causal && crate::host::applies::<B>(q.dtype());
     let (q, k, v) = if host_path {
         let host_scale = scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
         match host(q, k, v, host_scale) {

@@ -35,6 +35,7 @@ pub mod conv;
 pub mod downsampling;
 pub mod embedding;
 pub mod embeddings;
+mod host;
 mod host_activation;
 mod host_attention;
 mod host_group_norm;

@@ -65,13 +65,10 @@ impl GroupNormConfig {
 impl<B: Backend> GroupNorm<B> {
     /// Normalises `x` of rank `D >= 3` (`[N, C, ...]`).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let c = x.dims()[1];
-        let g = self.num_groups;
-        if diffusers_core::backend::is_cpu::<B>() && x.dtype() == DType::F32 && c.is_multiple_of(g)
-        {
-            return self.host_forward(x);
+        match self.host_forward(x) {
+            Ok(y) => y,
+            Err(x) => self.ops_forward(x),
         }
-        self.ops_forward(x)
     }
 
     /// The forward pass in burn ops (every backend but the CPU one in f32).
@@ -102,35 +99,32 @@ impl<B: Backend> GroupNorm<B> {
         downcast(y, dtype)
     }
 
-    /// f32 on the CPU backend: [`crate::host_group_norm`], in place on `x`'s data.
-    fn host_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let device = x.device();
-        let shape = x.dims();
-        let spatial = shape[2..].iter().product::<usize>();
-        let host = |p: &Option<Param<Tensor<B, 1>>>| {
-            p.as_ref().map(|p| p.val().cast(DType::F32).into_data())
-        };
-        let (weight, bias) = (host(&self.weight), host(&self.bias));
-        let mut data = x.into_data();
-        if let Ok(values) = data.as_mut_slice::<f32>() {
-            let w = weight.as_ref().and_then(|w| w.as_slice::<f32>().ok());
-            let b = bias.as_ref().and_then(|b| b.as_slice::<f32>().ok());
-            if weight.is_some() == w.is_some()
-                && bias.is_some() == b.is_some()
-                && crate::host_group_norm::group_norm_f32(
-                    values,
-                    [shape[0], shape[1], spatial],
-                    self.num_groups,
-                    self.eps as f32,
-                    w,
-                    b,
-                )
-            {
-                return Tensor::from_data(data, &device);
-            }
+    /// f32 on the CPU backend: [`crate::host_group_norm`], in place on `x`'s data; gives `x`
+    /// back elsewhere (and for sizes the kernel refuses).
+    fn host_forward<const D: usize>(&self, x: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        if !crate::host::applies::<B>(x.dtype()) {
+            return Err(x);
         }
-        // Sizes the kernel refuses (the caller checks them, so not expected): burn's ops.
-        self.ops_forward(Tensor::from_data(data, &device))
+        let shape = x.dims();
+        let sizes = [shape[0], shape[1], shape[2..].iter().product::<usize>()];
+        let f32_data = |p: &Option<Param<Tensor<B, 1>>>| {
+            p.as_ref()
+                .map(|p| p.val().cast(DType::F32).into_data().into_vec::<f32>())
+                .transpose()
+        };
+        let (Ok(weight), Ok(bias)) = (f32_data(&self.weight), f32_data(&self.bias)) else {
+            return Err(x);
+        };
+        crate::host::in_place_f32(x, |values| {
+            crate::host_group_norm::group_norm_f32(
+                values,
+                sizes,
+                self.num_groups,
+                self.eps as f32,
+                weight.as_deref(),
+                bias.as_deref(),
+            )
+        })
     }
 }
 
