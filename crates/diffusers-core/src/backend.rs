@@ -24,6 +24,36 @@ pub fn is_cpu<B: burn::tensor::backend::Backend>() -> bool {
     std::any::TypeId::of::<B>() == std::any::TypeId::of::<Cpu>()
 }
 
+/// Runs `f` over the f32 elements of `x` when `B` is the [`Cpu`] backend and `x` is a
+/// contiguous f32 tensor, borrowing its storage (no copy, even when the storage is shared with
+/// other tensors, as a layer's weights are); `None` otherwise. The CPU host kernels
+/// (`diffusers_nn`'s `host_*` modules) read their inputs through this.
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use diffusers_core::backend::{Cpu, with_cpu_f32};
+///
+/// let x = Tensor::<Cpu, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &Default::default());
+/// assert_eq!(with_cpu_f32(&x, |s| s.iter().sum::<f32>()), Some(10.0));
+/// assert_eq!(with_cpu_f32(&x.transpose(), |s| s.len()), None); // not contiguous
+/// ```
+pub fn with_cpu_f32<B: burn::tensor::backend::Backend, const D: usize, R>(
+    x: &burn::tensor::Tensor<B, D>,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Option<R> {
+    if !is_cpu::<B>() || x.dtype() != DType::F32 {
+        return None;
+    }
+    match x.clone().into_primitive() {
+        burn::tensor::TensorPrimitive::Float(t) => {
+            let t: &dyn std::any::Any = &t;
+            let t = t.downcast_ref::<burn_flex::FlexTensor>()?;
+            t.as_slice::<f32>().map(f)
+        }
+        burn::tensor::TensorPrimitive::QFloat(_) => None,
+    }
+}
+
 /// The CUDA backend (kernels compiled with NVRTC at run time), with kernel fusion.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;

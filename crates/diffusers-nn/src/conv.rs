@@ -4,6 +4,7 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::module::{conv2d, conv3d};
 use burn::tensor::ops::ConvOptions;
+use diffusers_core::backend::with_cpu_f32;
 
 use crate::pad::{PadMode, pad_dim};
 
@@ -76,13 +77,61 @@ impl Conv2dConfig {
 
 impl<B: Backend> Conv2d<B> {
     /// Applies the convolution.
+    ///
+    /// On the CPU backend in f32, stride-1 undilated single-group convolutions run on
+    /// [`crate::host_conv`] (no im2col matrix); everything else on burn's `conv2d`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if let Some(y) = self.host_forward(&x) {
+            return y;
+        }
         conv2d(
             x,
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
             ConvOptions::new(self.stride, self.padding, self.dilation, self.groups),
         )
+    }
+}
+
+impl<B: Backend> Conv2d<B> {
+    fn host_forward(&self, x: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+        if self.stride != [1, 1] || self.dilation != [1, 1] || self.groups != 1 {
+            return None;
+        }
+        let weight = self.weight.val();
+        let [batch, c_in, h, w] = x.dims();
+        let [c_out, w_in, kh, kw] = weight.dims();
+        if w_in != c_in {
+            return None;
+        }
+        let dims = crate::host_conv::ConvDims {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            ph: self.padding[0],
+            pw: self.padding[1],
+        };
+        let (h_out, w_out) = dims.out_hw()?;
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let out = with_cpu_f32(x, |xs| {
+            with_cpu_f32(&weight, |ws| match &bias {
+                Some(b) => {
+                    with_cpu_f32(b, |bs| crate::host_conv::conv2d_f32(xs, ws, Some(bs), dims))
+                        .flatten()
+                }
+                None => crate::host_conv::conv2d_f32(xs, ws, None, dims),
+            })
+        })
+        .flatten()
+        .flatten()?;
+        Some(Tensor::from_data(
+            TensorData::new(out, [batch, c_out, h_out, w_out]),
+            &x.device(),
+        ))
     }
 }
 

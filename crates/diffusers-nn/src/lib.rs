@@ -38,6 +38,7 @@ pub mod embeddings;
 mod host;
 mod host_activation;
 mod host_attention;
+mod host_conv;
 mod host_group_norm;
 mod host_math;
 pub mod linear;

@@ -1,0 +1,323 @@
+//! 2D convolution (stride 1, no dilation, one group) for the CPU backend
+//! ([`Cpu`](diffusers_core::backend::Cpu)), f32.
+//!
+//! burn-flex 0.21 convolves through im2col: it transposes the input to NHWC on one thread,
+//! builds a `[positions, c_in · kh · kw]` patch matrix per tile of 512 output positions, runs a
+//! `gemm` per tile, and scatters each result back one element at a time with a stride of the
+//! whole output plane. At SD's 3x3 convolutions that was 1.5x-2.4x PyTorch's time
+//! (docs/PERFORMANCE.md).
+//!
+//! This kernel builds no patch matrix. The input is copied once into a zero-padded plane per
+//! channel (`[c_in, hp, wp]`, rows of `wp = w + 2·pw`). An output is computed at every column
+//! of the padded width (`oh · wp + ow`, the last `kw - 1` columns of each row are discarded),
+//! and then the kernel tap `(i, j)` reads the input at a *constant* offset `i · wp + j` from
+//! the output position: for each tap, the patch values form a plain strided matrix
+//! `[positions, c_in]` (column stride `hp · wp`) inside the padded input. A convolution is then
+//! `kh · kw` accumulating `gemm`s, `out[q, co] += x_pad[ci, q + i·wp + j] · w[co, ci, i, j]`,
+//! over blocks of output rows run in parallel on rayon's pool. Sums are over `c_in` per tap,
+//! taps in order, in f32, as PyTorch's CPU convolutions accumulate (not bit-equal to them:
+//! oneDNN orders its sums differently).
+
+use rayon::prelude::*;
+
+/// Shapes of one call: input `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`, symmetric
+/// zero padding `[ph, pw]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvDims {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub ph: usize,
+    pub pw: usize,
+}
+
+/// Output positions (of the padded width) per task, about: `gemm` packs each tap's weights once
+/// per task, so tasks are large (measured at SD's 320-channel 3x3: 512 positions 30.1 ms,
+/// 2048 25.6 ms, 4096 25.4 ms; the rows are then split evenly over the pool's threads).
+const POSITIONS_PER_TASK: usize = 4096;
+
+impl ConvDims {
+    /// `(h_out, w_out)`, or `None` when the kernel does not fit the padded input.
+    pub(crate) fn out_hw(&self) -> Option<(usize, usize)> {
+        let (hp, wp) = (self.h + 2 * self.ph, self.w + 2 * self.pw);
+        (self.kh >= 1 && self.kw >= 1 && hp >= self.kh && wp >= self.kw)
+            .then(|| (hp - self.kh + 1, wp - self.kw + 1))
+    }
+}
+
+/// `conv2d(x, w, bias)` for contiguous `x: [batch, c_in, h, w]`, `w: [c_out, c_in, kh, kw]`,
+/// `bias: [c_out]`; returns `[batch, c_out, h_out, w_out]`. `None` when a slice does not have
+/// the size `dims` names or a dimension is zero (the caller falls back to burn's op).
+pub(crate) fn conv2d_f32(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    dims: ConvDims,
+) -> Option<Vec<f32>> {
+    let ConvDims {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh,
+        kw,
+        ph,
+        pw,
+    } = dims;
+    let (h_out, w_out) = dims.out_hw()?;
+    if batch == 0 || c_in == 0 || c_out == 0 || h == 0 || w == 0 {
+        return None;
+    }
+    if x.len() != batch * c_in * h * w
+        || weight.len() != c_out * c_in * kh * kw
+        || bias.is_some_and(|b| b.len() != c_out)
+    {
+        return None;
+    }
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let plane = hp * wp;
+    let image = c_in * plane;
+    let taps = kh * kw;
+
+    // Zero-padded input, one image after another, and `kw - 1` zeros of slack at the end: the
+    // discarded columns of the last row read up to `kw - 1` values past the last plane.
+    let mut xp = vec![0f32; batch * image + kw - 1];
+    xp[..batch * image]
+        .par_chunks_mut(plane)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            for (r, row) in src.chunks_exact(w).enumerate() {
+                let at = (r + ph) * wp + pw;
+                dst[at..at + w].copy_from_slice(row);
+            }
+        });
+
+    // Blocks of output rows of about POSITIONS_PER_TASK positions, as many in all as a
+    // multiple of the pool's threads so none idles at the end.
+    let threads = rayon::current_num_threads().max(1);
+    let per_image = (h_out * wp).div_ceil(POSITIONS_PER_TASK);
+    let per_image = (batch * per_image)
+        .next_multiple_of(threads)
+        .div_ceil(batch);
+    let rows_per_task = h_out.div_ceil(per_image.clamp(1, h_out));
+    let blocks = h_out.div_ceil(rows_per_task);
+    let mut out = vec![0f32; batch * c_out * h_out * w_out];
+    let out_image = c_out * h_out * w_out;
+    // Tasks: (image, block of output rows); each writes its rows of every output channel.
+    let tasks: Vec<(usize, usize)> = (0..batch)
+        .flat_map(|b| (0..blocks).map(move |k| (b, k)))
+        .collect();
+    let results: Vec<(usize, usize, Vec<f32>)> = tasks
+        .into_par_iter()
+        .map(|(b, k)| {
+            let r0 = k * rows_per_task;
+            let rows = rows_per_task.min(h_out - r0);
+            let m = rows * wp;
+            let mut acc = vec![0f32; m * c_out];
+            let base = b * image + r0 * wp;
+            for i in 0..kh {
+                for j in 0..kw {
+                    let t = i * kw + j;
+                    let off = base + i * wp + j;
+                    gemm_tap(
+                        &mut acc,
+                        &xp[off..],
+                        &weight[t..],
+                        [m, c_out, c_in],
+                        [taps, c_in * taps],
+                        plane,
+                        t > 0,
+                    );
+                }
+            }
+            (b, r0, acc)
+        })
+        .collect();
+    // Scatter the blocks' valid columns (with the bias) into the output, in parallel over
+    // (image, output channel) planes.
+    let results = &results;
+    out.par_chunks_mut(h_out * w_out)
+        .enumerate()
+        .for_each(|(plane_idx, dst)| {
+            let (b, co) = (plane_idx / c_out, plane_idx % c_out);
+            let add = bias.map_or(0.0, |bias| bias[co]);
+            for (_, r0, acc) in results.iter().filter(|(rb, ..)| *rb == b) {
+                let m = acc.len() / c_out;
+                let src = &acc[co * m..(co + 1) * m];
+                for (r, row) in src.chunks_exact(wp).enumerate() {
+                    let d = &mut dst[(r0 + r) * w_out..(r0 + r + 1) * w_out];
+                    for (d, s) in d.iter_mut().zip(&row[..w_out]) {
+                        *d = s + add;
+                    }
+                }
+            }
+        });
+    debug_assert_eq!(out.len(), batch * out_image);
+    Some(out)
+}
+
+/// `acc[q, co] (+)= Σ_ci x[ci · plane + q] · w[ci · w_rs + co · w_cs]` for `q < m`: `acc` is
+/// column-major `[m, c_out]` (`acc[co · m + q]`), `x` a patch matrix with column stride
+/// `plane`, `w` one tap of the weight read in place (`w_rs = kh · kw`, `w_cs = c_in · kh · kw`:
+/// `gemm` packs it, a reordered copy measured slower). Accumulates into `acc` when
+/// `accumulate`, else overwrites it. Single-threaded (the callers run in parallel).
+fn gemm_tap(
+    acc: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    [m, n, k]: [usize; 3],
+    [w_rs, w_cs]: [usize; 2],
+    plane: usize,
+    accumulate: bool,
+) {
+    assert!(
+        acc.len() == m * n
+            && (k - 1) * w_rs + (n - 1) * w_cs < w.len()
+            && (k - 1) * plane + m <= x.len(),
+        "gemm_tap: slice sizes do not match [{m}, {n}, {k}] with plane {plane}"
+    );
+    // SAFETY: the assertion above bounds every index gemm touches: dst is m x n with (row,
+    // column) strides (1, m) inside `acc`; lhs is m x k with strides (1, plane), whose largest
+    // index (m - 1) + (k - 1) · plane is inside `x`; rhs is k x n with strides (w_rs, w_cs),
+    // whose largest index (k - 1) · w_rs + (n - 1) · w_cs is inside `w`. `acc` is a unique
+    // borrow, so it aliases neither input.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            acc.as_mut_ptr(),
+            m as isize,
+            1,
+            accumulate,
+            x.as_ptr(),
+            plane as isize,
+            1,
+            w.as_ptr(),
+            w_cs as isize,
+            w_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w: &[f32], bias: Option<&[f32]>, d: ConvDims) -> Vec<f64> {
+        let (ho, wo) = d.out_hw().expect("the kernel fits");
+        let mut out = vec![0f64; d.batch * d.c_out * ho * wo];
+        for b in 0..d.batch {
+            for co in 0..d.c_out {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut s = bias.map_or(0.0, |bias| f64::from(bias[co]));
+                        for ci in 0..d.c_in {
+                            for i in 0..d.kh {
+                                for j in 0..d.kw {
+                                    let (y, xx) = (oy + i, ox + j);
+                                    if y < d.ph || xx < d.pw || y - d.ph >= d.h || xx - d.pw >= d.w
+                                    {
+                                        continue;
+                                    }
+                                    let xv =
+                                        x[((b * d.c_in + ci) * d.h + y - d.ph) * d.w + xx - d.pw];
+                                    let wv = w[((co * d.c_in + ci) * d.kh + i) * d.kw + j];
+                                    s += f64::from(xv) * f64::from(wv);
+                                }
+                            }
+                        }
+                        out[((b * d.c_out + co) * ho + oy) * wo + ox] = s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check(d: ConvDims, with_bias: bool) {
+        let x = data(d.batch * d.c_in * d.h * d.w, 1);
+        let w = data(d.c_out * d.c_in * d.kh * d.kw, 2);
+        let bias = data(d.c_out, 3);
+        let bias = with_bias.then_some(bias.as_slice());
+        let got = conv2d_f32(&x, &w, bias, d).expect("sizes match");
+        let want = reference(&x, &w, bias, d);
+        assert_eq!(got.len(), want.len());
+        let scale = ((d.c_in * d.kh * d.kw) as f64).sqrt();
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (f64::from(*g) - w).abs())
+            .fold(0.0, f64::max);
+        assert!(err <= 2e-6 * scale, "{d:?}: max error {err}");
+    }
+
+    #[test]
+    fn matches_f64_reference() {
+        let d = |batch, c_in, h, w, c_out, kh, kw, ph, pw| ConvDims {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            ph,
+            pw,
+        };
+        // SD's 3x3 with padding 1, several row blocks (wp = 42: 12 rows per block) and two
+        // images; a 1x1; no padding; uneven kernel and padding; a kernel as wide as the input.
+        check(d(2, 5, 37, 40, 7, 3, 3, 1, 1), true);
+        check(d(1, 3, 9, 11, 4, 1, 1, 0, 0), true);
+        check(d(1, 4, 8, 6, 3, 3, 3, 0, 0), false);
+        check(d(2, 3, 7, 9, 5, 3, 2, 2, 1), true);
+        check(d(1, 2, 5, 4, 3, 5, 4, 0, 0), true);
+    }
+
+    #[test]
+    fn wrong_sizes_are_refused() {
+        let d = ConvDims {
+            batch: 1,
+            c_in: 2,
+            h: 4,
+            w: 4,
+            c_out: 3,
+            kh: 3,
+            kw: 3,
+            ph: 1,
+            pw: 1,
+        };
+        let x = vec![0f32; 32];
+        let w = vec![0f32; 54];
+        assert!(conv2d_f32(&x, &w, None, d).is_some());
+        assert!(conv2d_f32(&x[..31], &w, None, d).is_none());
+        assert!(conv2d_f32(&x, &w[..53], None, d).is_none());
+        assert!(conv2d_f32(&x, &w, Some(&[0.0; 2]), d).is_none());
+        let too_big = ConvDims { kh: 7, ..d };
+        assert!(conv2d_f32(&x, &w, None, too_big).is_none());
+    }
+}
