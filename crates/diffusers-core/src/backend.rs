@@ -54,6 +54,42 @@ pub fn with_cpu_f32<B: burn::tensor::backend::Backend, const D: usize, R>(
     }
 }
 
+/// Whether `x`, a [`Cpu`] tensor, shares its storage with another tensor (a layer's input kept
+/// for a residual connection, say): writing into it in place would first copy it. `None` on
+/// other backends. Gives `x` back.
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use diffusers_core::backend::{Cpu, cpu_storage_is_shared};
+///
+/// let x = Tensor::<Cpu, 1>::from_floats([1.0, 2.0], &Default::default());
+/// let (x, shared) = cpu_storage_is_shared(x);
+/// assert_eq!(shared, Some(false));
+/// let kept = x.clone();
+/// assert_eq!(cpu_storage_is_shared(x).1, Some(true));
+/// # drop(kept);
+/// ```
+pub fn cpu_storage_is_shared<B: burn::tensor::backend::Backend, const D: usize>(
+    x: burn::tensor::Tensor<B, D>,
+) -> (burn::tensor::Tensor<B, D>, Option<bool>) {
+    if !is_cpu::<B>() {
+        return (x, None);
+    }
+    match x.into_primitive() {
+        burn::tensor::TensorPrimitive::Float(t) => {
+            let any: &dyn std::any::Any = &t;
+            let shared = any
+                .downcast_ref::<burn_flex::FlexTensor>()
+                .map(|t| !t.is_unique());
+            (
+                burn::tensor::Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t)),
+                shared,
+            )
+        }
+        q => (burn::tensor::Tensor::from_primitive(q), None),
+    }
+}
+
 /// The CUDA backend (kernels compiled with NVRTC at run time), with kernel fusion.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;

@@ -17,47 +17,119 @@ use crate::host_math::LANES;
 /// untouched) when the sizes do not fit.
 pub(crate) fn group_norm_f32(
     x: &mut [f32],
-    [n, c, spatial]: [usize; 3],
+    sizes: [usize; 3],
     groups: usize,
     eps: f32,
     weight: Option<&[f32]>,
     bias: Option<&[f32]>,
 ) -> bool {
-    if groups == 0
-        || !c.is_multiple_of(groups)
-        || x.len() != n * c * spatial
-        || spatial == 0
-        || n == 0
-    {
+    let Some(group_len) = group_len(x.len(), sizes, groups, weight, bias) else {
         return false;
-    }
-    if weight.is_some_and(|w| w.len() != c) || bias.is_some_and(|b| b.len() != c) {
-        return false;
-    }
-    let per_group = c / groups;
-    x.par_chunks_mut(per_group * spatial)
+    };
+    x.par_chunks_mut(group_len)
         .enumerate()
         .for_each(|(i, chunk)| {
-            let first_channel = (i % groups) * per_group;
-            let range = first_channel..first_channel + per_group;
+            let group = Group::new(i, sizes, groups, eps, weight, bias);
             pulp::Arch::new().dispatch(NormalizeGroup {
-                chunk,
-                spatial,
-                eps,
-                weight: weight.map(|w| &w[range.clone()]),
-                bias: bias.map(|b| &b[range]),
+                group,
+                target: Target::InPlace(chunk),
             });
         });
     true
 }
 
-/// One `(sample, group)`: `per_group` channel rows of `spatial` values.
-struct NormalizeGroup<'a> {
-    chunk: &'a mut [f32],
+/// [`group_norm_f32`] reading `src` and writing a fresh vector (for an input whose storage is
+/// shared, which normalising in place would first copy); `None` when the sizes do not fit.
+pub(crate) fn group_norm_into_f32(
+    src: &[f32],
+    sizes: [usize; 3],
+    groups: usize,
+    eps: f32,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) -> Option<Vec<f32>> {
+    let group_len = group_len(src.len(), sizes, groups, weight, bias)?;
+    let mut out = Vec::with_capacity(src.len());
+    out.spare_capacity_mut()[..src.len()]
+        .par_chunks_mut(group_len)
+        .zip(src.par_chunks(group_len))
+        .enumerate()
+        .for_each(|(i, (chunk, src))| {
+            let group = Group::new(i, sizes, groups, eps, weight, bias);
+            pulp::Arch::new().dispatch(NormalizeGroup {
+                group,
+                target: Target::Fresh(src, chunk),
+            });
+        });
+    // SAFETY: the first `src.len()` elements of the capacity were all initialised: the
+    // chunks above cover them exactly (`group_len` divides `src.len()`), and
+    // `NormalizeGroup` writes every element of its chunk (the rows of `spatial` values of
+    // `chunk` and `src` pair up one to one, since `spatial` divides `group_len`).
+    #[allow(unsafe_code)]
+    unsafe {
+        out.set_len(src.len());
+    }
+    Some(out)
+}
+
+/// Values per `(sample, group)`, when `len` values of `[n, c, spatial]` split into `groups`
+/// groups and the affine parameters hold `c` values; `None` otherwise.
+fn group_len(
+    len: usize,
+    [n, c, spatial]: [usize; 3],
+    groups: usize,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) -> Option<usize> {
+    let fits = groups > 0
+        && c.is_multiple_of(groups)
+        && len == n * c * spatial
+        && spatial > 0
+        && n > 0
+        && weight.is_none_or(|w| w.len() == c)
+        && bias.is_none_or(|b| b.len() == c);
+    fits.then(|| c / groups * spatial)
+}
+
+/// The `(sample, group)` number `i`: its channels' slices of the affine parameters.
+struct Group<'a> {
     spatial: usize,
     eps: f32,
     weight: Option<&'a [f32]>,
     bias: Option<&'a [f32]>,
+}
+
+impl<'a> Group<'a> {
+    fn new(
+        i: usize,
+        [_, c, spatial]: [usize; 3],
+        groups: usize,
+        eps: f32,
+        weight: Option<&'a [f32]>,
+        bias: Option<&'a [f32]>,
+    ) -> Self {
+        let per_group = c / groups;
+        let first = (i % groups) * per_group;
+        let range = first..first + per_group;
+        Group {
+            spatial,
+            eps,
+            weight: weight.map(|w| &w[range.clone()]),
+            bias: bias.map(|b| &b[range]),
+        }
+    }
+}
+
+/// Where a group's values come from and go.
+enum Target<'a> {
+    InPlace(&'a mut [f32]),
+    Fresh(&'a [f32], &'a mut [std::mem::MaybeUninit<f32>]),
+}
+
+/// One `(sample, group)`: `per_group` channel rows of `spatial` values.
+struct NormalizeGroup<'a> {
+    group: Group<'a>,
+    target: Target<'a>,
 }
 
 impl pulp::WithSimd for NormalizeGroup<'_> {
@@ -65,15 +137,41 @@ impl pulp::WithSimd for NormalizeGroup<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let len = self.chunk.len() as f64;
-        let mean = (lane_sum(self.chunk, |x| x) / len) as f32;
-        let var = (lane_sum(self.chunk, |x| (x - mean) * (x - mean)) / len) as f32;
-        let rstd = 1.0 / (var + self.eps).sqrt();
-        for (ch, row) in self.chunk.chunks_exact_mut(self.spatial).enumerate() {
-            let a = self.weight.map_or(1.0, |w| w[ch]) * rstd;
-            let b = self.bias.map_or(0.0, |b| b[ch]) - mean * a;
-            for v in row.iter_mut() {
-                *v = *v * a + b;
+        let Group {
+            spatial,
+            eps,
+            weight,
+            bias,
+        } = self.group;
+        let values: &[f32] = match &self.target {
+            Target::InPlace(chunk) => chunk,
+            Target::Fresh(src, _) => src,
+        };
+        let len = values.len() as f64;
+        let mean = (lane_sum(values, |x| x) / len) as f32;
+        let var = (lane_sum(values, |x| (x - mean) * (x - mean)) / len) as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let coefficients = |ch: usize| {
+            let a = weight.map_or(1.0, |w| w[ch]) * rstd;
+            (a, bias.map_or(0.0, |b| b[ch]) - mean * a)
+        };
+        match self.target {
+            Target::InPlace(chunk) => {
+                for (ch, row) in chunk.chunks_exact_mut(spatial).enumerate() {
+                    let (a, b) = coefficients(ch);
+                    for v in row.iter_mut() {
+                        *v = *v * a + b;
+                    }
+                }
+            }
+            Target::Fresh(src, out) => {
+                let rows = out.chunks_exact_mut(spatial).zip(src.chunks_exact(spatial));
+                for (ch, (row, src_row)) in rows.enumerate() {
+                    let (a, b) = coefficients(ch);
+                    for (v, &x) in row.iter_mut().zip(src_row) {
+                        v.write(x * a + b);
+                    }
+                }
             }
         }
     }
@@ -124,6 +222,12 @@ mod tests {
             Some(&w),
             Some(&b)
         ));
+        let fresh = group_norm_into_f32(&x, [n, c, spatial], groups, 1e-5, Some(&w), Some(&b));
+        assert_eq!(
+            fresh.as_ref(),
+            Some(&got),
+            "into a fresh vector and in place agree"
+        );
         let per = c / groups * spatial;
         for (gi, group) in x.chunks(per).enumerate() {
             let mean = group.iter().map(|&v| v as f64).sum::<f64>() / per as f64;
@@ -154,6 +258,8 @@ mod tests {
             Some(&[1.0; 5]),
             None
         ));
+        assert!(group_norm_into_f32(&x[..11], [1, 6, 2], 3, 1e-5, None, None).is_none());
+        assert!(group_norm_into_f32(&x, [1, 6, 2], 4, 1e-5, None, None).is_none());
         assert_eq!(x, vec![1.0f32; 12]);
     }
 }

@@ -99,7 +99,8 @@ impl<B: Backend> GroupNorm<B> {
         downcast(y, dtype)
     }
 
-    /// f32 on the CPU backend: [`crate::host_group_norm`], in place on `x`'s data; gives `x`
+    /// f32 on the CPU backend: [`crate::host_group_norm`], in place on `x`'s data (into a fresh
+    /// tensor when `x` is shared, as a resnet's input kept for the residual is); gives `x`
     /// back elsewhere (and for sizes the kernel refuses).
     fn host_forward<const D: usize>(&self, x: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
         if !crate::host::applies::<B>(x.dtype()) {
@@ -115,16 +116,17 @@ impl<B: Backend> GroupNorm<B> {
         let (Ok(weight), Ok(bias)) = (f32_data(&self.weight), f32_data(&self.bias)) else {
             return Err(x);
         };
-        crate::host::in_place_f32(x, |values| {
-            crate::host_group_norm::group_norm_f32(
-                values,
-                sizes,
-                self.num_groups,
-                self.eps as f32,
-                weight.as_deref(),
-                bias.as_deref(),
-            )
-        })
+        let (groups, eps) = (self.num_groups, self.eps as f32);
+        let (weight, bias) = (weight.as_deref(), bias.as_deref());
+        crate::host::map_f32(
+            x,
+            |values| {
+                crate::host_group_norm::group_norm_f32(values, sizes, groups, eps, weight, bias)
+            },
+            |src| {
+                crate::host_group_norm::group_norm_into_f32(src, sizes, groups, eps, weight, bias)
+            },
+        )
     }
 }
 
