@@ -196,24 +196,39 @@ impl SafetensorsFile {
             key: key.to_string(),
             dtype: info.dtype.clone(),
         })?;
-        let bytes = copy_out(&self.mmap[self.data_start + start..self.data_start + end]);
-        Ok(TensorData::from_bytes_vec(bytes, info.shape.clone(), dtype))
+        let src = &self.mmap[self.data_start + start..self.data_start + end];
+        let bytes = match dtype.size() {
+            8 => copy_out::<u64>(src),
+            4 => copy_out::<u32>(src),
+            _ => copy_out::<u16>(src),
+        };
+        Ok(TensorData::from_bytes(bytes, info.shape.clone(), dtype))
     }
 }
 
-/// Copies `src` (a region of the mapping) into a new buffer; large tensors in 1 MiB pieces
-/// on rayon's pool, so the page faults of both the mapping and the fresh buffer, and the
-/// copy itself, are spread over every core (one thread moved about 1 GB/s).
-fn copy_out(src: &[u8]) -> Vec<u8> {
+/// Copies `src` (a region of the mapping) into a new buffer of `T`s (the tensor's element
+/// size, so the buffer is aligned for its dtype: burn's `from_bytes_vec` would copy a byte
+/// vector a second time, on one thread, to align it); large tensors in 1 MiB pieces on
+/// rayon's pool, so the page faults of both the mapping and the fresh buffer, and the copy
+/// itself, are spread over every core (one thread moved about 1 GB/s). `src.len()` is a
+/// multiple of `T`'s size (the header's shape times the dtype's size).
+fn copy_out<T: bytemuck::Pod + Send + Sync>(src: &[u8]) -> burn::tensor::Bytes {
     use rayon::prelude::*;
     const PIECE: usize = 1 << 20;
-    if src.len() < 4 * PIECE {
-        return src.to_vec();
+    if !src.len().is_multiple_of(size_of::<T>()) {
+        // Not reached: the header's sizes were checked against the dtype when opening.
+        return burn::tensor::Bytes::from_bytes_vec(src.to_vec());
     }
-    // Zeroed allocation: fresh zero pages from the OS, touched first by the parallel copy.
-    let mut dst = vec![0u8; src.len()];
-    dst.par_chunks_mut(PIECE)
-        .zip(src.par_chunks(PIECE))
-        .for_each(|(d, s)| d.copy_from_slice(s));
-    dst
+    // Zeroed allocation: fresh zero pages from the OS, touched first by the copy.
+    let mut dst = vec![T::zeroed(); src.len() / size_of::<T>()];
+    let dst_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut dst);
+    if src.len() < 4 * PIECE {
+        dst_bytes.copy_from_slice(src);
+    } else {
+        dst_bytes
+            .par_chunks_mut(PIECE)
+            .zip(src.par_chunks(PIECE))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    }
+    burn::tensor::Bytes::from_elems(dst)
 }
