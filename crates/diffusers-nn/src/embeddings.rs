@@ -2,6 +2,7 @@
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
+use diffusers_core::backend::with_cpu_f32;
 
 /// diffusers' `get_timestep_embedding`: `timesteps: [N]` to `[N, embedding_dim]`.
 ///
@@ -161,6 +162,34 @@ pub fn multi_axis_rotary_pos_embed<B: Backend>(
     )
 }
 
+/// f32 on the CPU backend: [`crate::host_rotary`], in place on `x`'s data, reading `cos` and
+/// `sin` where they are; gives `x` back elsewhere (other backends and dtypes, `cos`/`sin` not
+/// contiguous f32, sizes the kernel refuses).
+fn host_rotary<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+    pairing: RotaryPairing,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let [_, _, s, d] = x.dims();
+    if cos.dims() != [s, d] || sin.dims() != [s, d] || !crate::host::applies::<B>(x.dtype()) {
+        return Err(x);
+    }
+    // Only when both tables can be borrowed (checked before `x`'s data is taken).
+    if with_cpu_f32(cos, |_| ()).is_none() || with_cpu_f32(sin, |_| ()).is_none() {
+        return Err(x);
+    }
+    crate::host::in_place_f32(x, |values| {
+        with_cpu_f32(cos, |c| {
+            with_cpu_f32(sin, |sn| {
+                crate::host_rotary::rotary_f32(values, c, sn, [s, d], pairing)
+            })
+        })
+        .flatten()
+        .unwrap_or(false)
+    })
+}
+
 /// How [`apply_rotary_emb`] pairs features (diffusers' `use_real_unbind_dim`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RotaryPairing {
@@ -180,6 +209,10 @@ pub fn apply_rotary_emb<B: Backend>(
 ) -> Tensor<B, 4> {
     let dtype = x.dtype();
     let [b, h, s, d] = x.dims();
+    let x = match host_rotary(x, &cos, &sin, pairing) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let x = x.cast(DType::F32);
     let rotated = match pairing {
         RotaryPairing::Interleaved => {
