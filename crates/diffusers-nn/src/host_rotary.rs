@@ -66,7 +66,7 @@ mod tests {
     use super::*;
 
     fn values(n: usize, k: f32) -> Vec<f32> {
-        (0..n).map(|i| ((i as f32 * k).sin() * 3.0)).collect()
+        (0..n).map(|i| (i as f32 * k).sin() * 3.0).collect()
     }
 
     #[test]
