@@ -5,7 +5,9 @@
 pub(crate) const LANES: usize = 16;
 
 /// `exp(x)` without branches, so loops over it vectorise: Cephes' `expf` (range reduction by
-/// `ln 2` in two parts, degree-6 polynomial, `2ⁿ` built in the exponent bits). Inputs are
+/// `ln 2` in two parts, degree-6 polynomial, `2ⁿ` built in the exponent bits), with fused
+/// multiply-adds: every caller runs inside a `pulp` dispatch whose instruction sets (AVX-512,
+/// AVX2+FMA) have them (`mul_add` elsewhere is a libm call: correct, slow). Inputs are
 /// clamped to [-87.3, 88.4]: below, the result is ~1e-38 instead of 0 (which no softmax sum or
 /// `1 + exp` can tell apart); above, ~2.4e38 instead of infinity (`x / (1 + exp(-x))` still
 /// rounds to 0).
@@ -17,16 +19,16 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.336_55, 88.376_26);
-    let t = x * LOG2E + MAGIC;
+    let t = x.mul_add(LOG2E, MAGIC);
     let n = t - MAGIC;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
-    let p = p * r * r + r + 1.0;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5); // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
+    let p = (p * r).mul_add(r, r) + 1.0;
     let n_int = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let pow2n = f32::from_bits((n_int.wrapping_add(127) << 23) as u32);
     p * pow2n
@@ -45,9 +47,15 @@ pub(crate) fn erf_f32(x: f32) -> f32 {
     const A4: f32 = -1.453_152;
     const A5: f32 = 1.061_405_4;
     let a = x.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
-    let r = 1.0 - poly * exp_f32(-a * a);
+    // In the order of PyTorch's AVX-512/AVX2 code: t = 1 / fma(p, |x|, 1), the polynomial by
+    // fmas, then fma(-exp(-x²) · t, poly, 1).
+    let t = 1.0 / P.mul_add(a, 1.0);
+    let poly = A5
+        .mul_add(t, A4)
+        .mul_add(t, A3)
+        .mul_add(t, A2)
+        .mul_add(t, A1);
+    let r = (-exp_f32(-(x * x)) * t).mul_add(poly, 1.0);
     r.copysign(x)
 }
 
