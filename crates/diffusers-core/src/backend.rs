@@ -54,6 +54,119 @@ pub fn with_cpu_f32<B: burn::tensor::backend::Backend, const D: usize, R>(
     }
 }
 
+/// A [`Cpu`] f32 tensor's storage as it lies: the whole buffer, where the tensor starts in it,
+/// and its strides (in elements), for kernels that read views (a permuted `[b, n, h, d]`
+/// projection, say) without copying them contiguous first.
+#[derive(Debug, Clone, Copy)]
+pub struct StridedF32<'a, const D: usize> {
+    /// The whole storage buffer.
+    pub data: &'a [f32],
+    /// Index of element `[0, ..., 0]`.
+    pub offset: usize,
+    /// Distance between neighbours along each dimension.
+    pub strides: [usize; D],
+    /// The tensor's shape.
+    pub shape: [usize; D],
+}
+
+impl<const D: usize> StridedF32<'_, D> {
+    /// Index in [`Self::data`] of the element at `index`.
+    pub fn index(&self, index: [usize; D]) -> usize {
+        self.offset
+            + index
+                .iter()
+                .zip(&self.strides)
+                .map(|(i, s)| i * s)
+                .sum::<usize>()
+    }
+}
+
+/// Runs `f` over `x`'s storage as it lies ([`StridedF32`]) when `B` is the [`Cpu`] backend and
+/// `x` is f32 with non-negative strides, every element of it inside the buffer; `None`
+/// otherwise.
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use diffusers_core::backend::{Cpu, with_cpu_f32_strided};
+///
+/// let x = Tensor::<Cpu, 2>::from_floats([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], &Default::default());
+/// let t = x.transpose(); // [3, 2], a view
+/// assert_eq!(with_cpu_f32_strided(&t, |v| (v.strides, v.data[v.index([2, 1])])), Some(([1, 3], 6.0)));
+/// ```
+pub fn with_cpu_f32_strided<B: burn::tensor::backend::Backend, const D: usize, R>(
+    x: &burn::tensor::Tensor<B, D>,
+    f: impl FnOnce(StridedF32<'_, D>) -> R,
+) -> Option<R> {
+    if !is_cpu::<B>() || x.dtype() != DType::F32 {
+        return None;
+    }
+    let burn::tensor::TensorPrimitive::Float(t) = x.clone().into_primitive() else {
+        return None;
+    };
+    let t: &dyn std::any::Any = &t;
+    let t = t.downcast_ref::<burn_flex::FlexTensor>()?;
+    let layout = t.layout();
+    let shape: [usize; D] = layout.shape().as_slice().try_into().ok()?;
+    let mut strides = [0usize; D];
+    for (s, &l) in strides.iter_mut().zip(layout.strides()) {
+        *s = usize::try_from(l).ok()?;
+    }
+    if t.dtype() != DType::F32 || t.bytes().len() % 4 != 0 {
+        return None;
+    }
+    let view = StridedF32 {
+        data: t.storage::<f32>(),
+        offset: layout.start_offset(),
+        strides,
+        shape,
+    };
+    let empty = shape.contains(&0);
+    let last = view.index(shape.map(|n| n.saturating_sub(1)));
+    (!empty && last < view.data.len()).then(|| f(view))
+}
+
+/// A [`Cpu`] f32 tensor of `shape` over `data` laid out with `strides` (in elements): a kernel
+/// that wrote its result in another order (`[b, n, h, d]` for a `[b, h, n, d]` result, say)
+/// hands it over as a view, so the caller's permute back is free. `None` on other backends,
+/// or when an element would fall outside `data`.
+///
+/// ```
+/// use diffusers_core::backend::{Cpu, cpu_f32_from_layout};
+///
+/// // [[1, 2, 3], [4, 5, 6]] stored column by column.
+/// let t = cpu_f32_from_layout::<Cpu, 2>(vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0], [2, 3], [1, 2]);
+/// let t = t.unwrap();
+/// assert_eq!(t.into_data().to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+/// ```
+pub fn cpu_f32_from_layout<B: burn::tensor::backend::Backend, const D: usize>(
+    data: Vec<f32>,
+    shape: [usize; D],
+    strides: [usize; D],
+) -> Option<burn::tensor::Tensor<B, D>> {
+    if !is_cpu::<B>() {
+        return None;
+    }
+    let last: usize = shape
+        .iter()
+        .zip(&strides)
+        .map(|(n, s)| n.saturating_sub(1) * s)
+        .sum();
+    if shape.contains(&0) || last >= data.len() {
+        return None;
+    }
+    let layout = burn_flex::Layout::new(
+        burn::tensor::Shape::from(shape.to_vec()),
+        strides.iter().map(|&s| s as isize).collect(),
+        0,
+    );
+    let t = burn_flex::FlexTensor::new(burn::tensor::Bytes::from_elems(data), layout, DType::F32);
+    let t: Box<dyn std::any::Any> = Box::new(t);
+    let t = t.downcast::<B::FloatTensorPrimitive>().ok()?;
+    Some(burn::tensor::Tensor::from_primitive(
+        burn::tensor::TensorPrimitive::Float(*t),
+    ))
+}
+
 /// Whether `x`, a [`Cpu`] tensor, shares its storage with another tensor (a layer's input kept
 /// for a residual connection, say): writing into it in place would first copy it. `None` on
 /// other backends. Gives `x` back.

@@ -3,9 +3,10 @@
 //! (`host_attention`) instead.
 
 use burn::prelude::*;
+use burn::tensor::Bool;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, TensorData};
+use diffusers_core::backend::{StridedF32, cpu_f32_from_layout, with_cpu_f32_strided};
 
 /// An attention mask in PyTorch's convention, broadcastable to `[batch, heads, q_len, k_len]`.
 #[derive(Debug, Clone)]
@@ -68,8 +69,20 @@ pub fn scaled_dot_product_attention<B: Backend>(
     )
 }
 
-/// Unmasked f32 attention through [`crate::host_attention`]; gives the inputs back when
-/// their data is not f32 or their shapes disagree, for burn's op to handle (and report).
+/// The kernel's view of a CPU tensor's storage.
+fn view(s: StridedF32<'_, 4>) -> crate::host_attention::View<'_> {
+    crate::host_attention::View {
+        data: s.data,
+        offset: s.offset,
+        strides: [s.strides[0], s.strides[1], s.strides[2]],
+    }
+}
+
+/// Unmasked f32 attention through [`crate::host_attention`], reading `q`, `k`, `v` where they
+/// lie (permuted views included) and returning the result as a `[b, h, lq, dv]` view of
+/// `[b, lq, h, dv]` storage, so the usual `swap_dims(1, 2)` and reshape that follow cost
+/// nothing. Gives the inputs back when they are not CPU f32 tensors with their last dimension
+/// contiguous, or their shapes disagree, for burn's op to handle (and report).
 #[allow(clippy::type_complexity)]
 fn host<B: Backend>(
     q: Tensor<B, 4>,
@@ -77,34 +90,45 @@ fn host<B: Backend>(
     v: Tensor<B, 4>,
     scale: f32,
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
-    let device = q.device();
     let [b, h, lq, d] = q.dims();
-    let [_, _, lk, dv] = v.dims();
+    let [kb, kh, lk, kd] = k.dims();
+    let [vb, vh, vl, dv] = v.dims();
+    if [kb, kh, kd] != [b, h, d] || [vb, vh, vl] != [b, h, lk] {
+        return Err((q, k, v));
+    }
     let dims = crate::host_attention::Dims {
-        bh: b * h,
+        batch: b,
+        heads: h,
         lq,
         lk,
         d,
         dv,
     };
-    let (qd, kd, vd) = (q.into_data(), k.into_data(), v.into_data());
-    let out = match (
-        qd.as_slice::<f32>(),
-        kd.as_slice::<f32>(),
-        vd.as_slice::<f32>(),
-    ) {
-        (Ok(qs), Ok(ks), Ok(vs)) => crate::host_attention::attention_f32(qs, ks, vs, dims, scale),
-        _ => None,
+    // Inputs whose rows are not contiguous are copied contiguous first.
+    let contiguous_rows = |t: Tensor<B, 4>| {
+        let ok = with_cpu_f32_strided(&t, |s| s.strides[3] == 1 || s.shape[3] == 1);
+        if ok == Some(false) {
+            let device = t.device();
+            Tensor::from_data(t.into_data(), &device)
+        } else {
+            t
+        }
     };
-    match out {
-        Some(out) => Ok(Tensor::from_data(
-            TensorData::new(out, [b, h, lq, dv]),
-            &device,
-        )),
-        None => Err((
-            Tensor::from_data(qd, &device),
-            Tensor::from_data(kd, &device),
-            Tensor::from_data(vd, &device),
-        )),
+    let (q, k, v) = (contiguous_rows(q), contiguous_rows(k), contiguous_rows(v));
+    let out = with_cpu_f32_strided(&q, |qs| {
+        with_cpu_f32_strided(&k, |ks| {
+            with_cpu_f32_strided(&v, |vs| {
+                crate::host_attention::attention_f32(view(qs), view(ks), view(vs), dims, scale)
+            })
+        })
+    })
+    .flatten()
+    .flatten()
+    .flatten();
+    match out.and_then(|out| {
+        cpu_f32_from_layout::<B, 4>(out, [b, h, lq, dv], [lq * h * dv, dv, h * dv, 1])
+    }) {
+        Some(out) => Ok(out),
+        None => Err((q, k, v)),
     }
 }

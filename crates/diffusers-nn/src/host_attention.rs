@@ -17,10 +17,35 @@ use rayon::prelude::*;
 
 use crate::host_math::{LANES, exp_f32};
 
-/// Shapes of one call: `bh` independent `(batch, head)` pairs.
+/// One input as it lies in memory: element `[batch, head, row, col]` of a `[b, h, rows, cols]`
+/// tensor is `data[offset + batch·s[0] + head·s[1] + row·s[2] + col]` (rows are contiguous,
+/// anything else may be a permuted view, e.g. a `[b, n, h, d]` projection seen as
+/// `[b, h, n, d]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub strides: [usize; 3],
+}
+
+impl View<'_> {
+    /// Start of `(batch, head)`'s rows.
+    fn at(&self, batch: usize, head: usize) -> usize {
+        self.offset + batch * self.strides[0] + head * self.strides[1]
+    }
+
+    /// Whether every element of a `[b, h, rows, cols]` tensor is inside `data`.
+    fn fits(&self, [b, h, rows, cols]: [usize; 4]) -> bool {
+        let last = self.at(b - 1, h - 1) + (rows - 1) * self.strides[2] + cols - 1;
+        last < self.data.len()
+    }
+}
+
+/// Shapes of one call: `batch · heads` independent `(batch, head)` pairs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dims {
-    pub bh: usize,
+    pub batch: usize,
+    pub heads: usize,
     pub lq: usize,
     pub lk: usize,
     pub d: usize,
@@ -31,48 +56,101 @@ pub(crate) struct Dims {
 /// at `[2, 8, 4096, 40]`: `gemm` packs the block's keys and values once per block).
 const SCORE_BUDGET: usize = 512 * 1024;
 
-/// `softmax(q kᵀ · scale) v` for contiguous row-major `q: [bh, lq, d]`, `k: [bh, lk, d]`,
-/// `v: [bh, lk, dv]`; returns `[bh, lq, dv]`. `None` when the slices do not have the sizes
-/// `dims` names (the caller falls back to burn's op).
+/// `softmax(q kᵀ · scale) v` for `q: [b, h, lq, d]`, `k: [b, h, lk, d]`, `v: [b, h, lk, dv]`
+/// read where they lie; returns the result laid out as `[b, lq, h, dv]` (what attention
+/// layers reshape it to next), i.e. `[b, h, lq, dv]` with strides `(lq·h·dv, dv, h·dv, 1)`.
+/// `None` when a view does not fit its buffer or a size is zero (the caller falls back to
+/// burn's op).
 pub(crate) fn attention_f32(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: View<'_>,
+    k: View<'_>,
+    v: View<'_>,
     dims: Dims,
     scale: f32,
 ) -> Option<Vec<f32>> {
-    let Dims { bh, lq, lk, d, dv } = dims;
-    if q.len() != bh * lq * d || k.len() != bh * lk * d || v.len() != bh * lk * dv {
+    let Dims {
+        batch,
+        heads,
+        lq,
+        lk,
+        d,
+        dv,
+    } = dims;
+    if [batch, heads, lq, lk, d, dv].contains(&0) {
         return None;
     }
-    if lk == 0 || d == 0 || dv == 0 || lq == 0 || bh == 0 {
+    if !q.fits([batch, heads, lq, d]) || !k.fits([batch, heads, lk, d]) {
+        return None;
+    }
+    if !v.fits([batch, heads, lk, dv]) {
         return None;
     }
     let block = (SCORE_BUDGET / lk).clamp(8, 256).min(lq);
-    let mut out = vec![0f32; bh * lq * dv];
-    out.par_chunks_mut(lq * dv)
+    let blocks = lq.div_ceil(block);
+    // Each (batch, head, block of query rows) task computes its `[rows, dv]` result; a second
+    // pass lays them out as `[b, lq, h, dv]`.
+    let results: Vec<Vec<f32>> = (0..batch * heads * blocks)
+        .into_par_iter()
+        .map_init(Vec::new, |scores: &mut Vec<f32>, task| {
+            let (bh, blk) = (task / blocks, task % blocks);
+            let (b, h) = (bh / heads, bh % heads);
+            let row0 = blk * block;
+            let m = block.min(lq - row0);
+            scores.clear();
+            scores.resize(m * lk, 0.0);
+            let q_rows = Operand {
+                data: q.data,
+                at: q.at(b, h) + row0 * q.strides[2],
+                row_stride: q.strides[2],
+            };
+            let k_rows = Operand {
+                data: k.data,
+                at: k.at(b, h),
+                row_stride: k.strides[2],
+            };
+            gemm_f32(scores, q_rows, k_rows, [m, lk, d], true, scale);
+            let inv_sums = softmax_rows(scores, lk);
+            let mut out = vec![0.0f32; m * dv];
+            let p_rows = Operand {
+                data: scores,
+                at: 0,
+                row_stride: lk,
+            };
+            let v_rows = Operand {
+                data: v.data,
+                at: v.at(b, h),
+                row_stride: v.strides[2],
+            };
+            gemm_f32(&mut out, p_rows, v_rows, [m, dv, lk], false, 1.0);
+            for (row, inv) in out.chunks_exact_mut(dv).zip(inv_sums) {
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+            out
+        })
+        .collect();
+    let mut out = vec![0f32; batch * lq * heads * dv];
+    out.par_chunks_mut(lq * heads * dv)
         .enumerate()
-        .for_each(|(h, out_h)| {
-            let qh = &q[h * lq * d..(h + 1) * lq * d];
-            let kh = &k[h * lk * d..(h + 1) * lk * d];
-            let vh = &v[h * lk * dv..(h + 1) * lk * dv];
-            out_h.par_chunks_mut(block * dv).enumerate().for_each_init(
-                Vec::new,
-                |scores: &mut Vec<f32>, (blk, out_blk)| {
-                    let m = out_blk.len() / dv;
-                    let q_blk = &qh[blk * block * d..(blk * block + m) * d];
-                    scores.clear();
-                    scores.resize(m * lk, 0.0);
-                    gemm_f32(scores, q_blk, kh, [m, lk, d], true, scale);
-                    let inv_sums = softmax_rows(scores, lk);
-                    gemm_f32(out_blk, scores, vh, [m, dv, lk], false, 1.0);
-                    for (row, inv) in out_blk.chunks_exact_mut(dv).zip(inv_sums) {
-                        row.iter_mut().for_each(|x| *x *= inv);
+        .for_each(|(b, out_b)| {
+            for (blk, rows) in out_b.chunks_mut(block * heads * dv).enumerate() {
+                for h in 0..heads {
+                    let src = &results[(b * heads + h) * blocks + blk];
+                    for (dst, src) in rows.chunks_exact_mut(heads * dv).zip(src.chunks_exact(dv)) {
+                        dst[h * dv..(h + 1) * dv].copy_from_slice(src);
                     }
-                },
-            );
+                }
+            }
         });
     Some(out)
+}
+
+/// A matrix operand of [`gemm_f32`]: row `i` starts at `data[at + i · row_stride]`, its
+/// elements contiguous.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    at: usize,
+    row_stride: usize,
 }
 
 /// Replaces each row of `scores` (rows of `len`) by `exp(x - max(row))` and returns each
@@ -138,29 +216,38 @@ fn exp_row_minus_max(row: &mut [f32]) -> f32 {
     sum + sums.iter().sum::<f32>()
 }
 
-/// `dst[m, n] = alpha · a[m, k] · b` (row-major, dense), `b` is `[k, n]`, or `[n, k]` read
-/// transposed when `b_transposed`; single-threaded (the callers run in parallel).
+/// `dst[m, n] = alpha · a[m, k] · b` (`dst` dense row-major), `b` is `[k, n]`, or `[n, k]`
+/// read transposed when `b_transposed`; single-threaded (the callers run in parallel).
 fn gemm_f32(
     dst: &mut [f32],
-    a: &[f32],
-    b: &[f32],
+    a: Operand<'_>,
+    b: Operand<'_>,
     [m, n, k]: [usize; 3],
     b_transposed: bool,
     alpha: f32,
 ) {
+    let (b_rows, b_cols) = if b_transposed { (n, k) } else { (k, n) };
+    let last = |o: Operand<'_>, rows: usize, cols: usize| o.at + (rows - 1) * o.row_stride + cols;
     assert!(
-        dst.len() == m * n && a.len() == m * k && b.len() == n * k,
-        "gemm_f32: slice sizes do not match [{m}, {n}, {k}]"
+        m > 0
+            && n > 0
+            && k > 0
+            && dst.len() == m * n
+            && last(a, m, k) <= a.data.len()
+            && last(b, b_rows, b_cols) <= b.data.len(),
+        "gemm_f32: operands do not hold [{m}, {n}, {k}]"
     );
     let (b_cs, b_rs) = if b_transposed {
-        (k as isize, 1)
+        (b.row_stride as isize, 1)
     } else {
-        (1, n as isize)
+        (1, b.row_stride as isize)
     };
     // SAFETY: the assertion above makes every index gemm reads or writes lie inside the
-    // slices: dst is m x n with row stride n, a is m x k with row stride k, b is k x n with
-    // (row, column) strides (n, 1), or (1, k) when stored transposed as n x k. `dst` is a
-    // unique borrow, so it aliases neither input.
+    // slices: dst is m x n with row stride n; a is m x k from `a.at` with (row, column)
+    // strides (a.row_stride, 1), its last element at a.at + (m - 1)·a.row_stride + k - 1; b is
+    // k x n from `b.at` with strides (b.row_stride, 1), or (1, b.row_stride) when stored
+    // transposed as n x k, its last element likewise inside. `dst` is a unique borrow, so it
+    // aliases neither input.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
@@ -171,10 +258,10 @@ fn gemm_f32(
             1,
             n as isize,
             false,
-            a.as_ptr(),
+            a.data.as_ptr().add(a.at),
             1,
-            k as isize,
-            b.as_ptr(),
+            a.row_stride as isize,
+            b.data.as_ptr().add(b.at),
             b_cs,
             b_rs,
             0.0,
@@ -191,8 +278,17 @@ fn gemm_f32(
 mod tests {
     use super::*;
 
+    /// Dense `[b·h, l, d]` inputs, f64 math; the result as `[b·h, lq, dv]`.
     fn reference(q: &[f32], k: &[f32], v: &[f32], dims: Dims, scale: f32) -> Vec<f32> {
-        let Dims { bh, lq, lk, d, dv } = dims;
+        let Dims {
+            batch,
+            heads,
+            lq,
+            lk,
+            d,
+            dv,
+        } = dims;
+        let bh = batch * heads;
         let mut out = vec![0f64; bh * lq * dv];
         for h in 0..bh {
             for i in 0..lq {
@@ -231,50 +327,144 @@ mod tests {
             .collect()
     }
 
+    /// A dense `[b, h, rows, cols]` view.
+    fn dense(data: &[f32], [_, h, rows, cols]: [usize; 4]) -> View<'_> {
+        View {
+            data,
+            offset: 0,
+            strides: [h * rows * cols, rows * cols, cols],
+        }
+    }
+
+    /// `[b, h, rows, cols]` values stored as `[b, rows, h, cols]` after `pad` unused values,
+    /// and the view reading them.
+    fn permuted(values: &[f32], [b, h, rows, cols]: [usize; 4], pad: usize) -> Vec<f32> {
+        let mut out = vec![f32::NAN; pad + values.len()];
+        for bi in 0..b {
+            for hi in 0..h {
+                for r in 0..rows {
+                    for c in 0..cols {
+                        out[pad + ((bi * rows + r) * h + hi) * cols + c] =
+                            values[((bi * h + hi) * rows + r) * cols + c];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The kernel's `[b, lq, h, dv]` result as `[b·h, lq, dv]`.
+    fn heads_first(out: &[f32], dims: Dims) -> Vec<f32> {
+        let Dims {
+            batch,
+            heads,
+            lq,
+            dv,
+            ..
+        } = dims;
+        let mut r = vec![0f32; out.len()];
+        for b in 0..batch {
+            for h in 0..heads {
+                for i in 0..lq {
+                    for c in 0..dv {
+                        r[((b * heads + h) * lq + i) * dv + c] =
+                            out[((b * lq + i) * heads + h) * dv + c];
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    fn max_err(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
     #[test]
     fn matches_f64_reference_across_block_edges() {
         // lq = 300 is not a multiple of the block (256 rows at lk = 1030), and rows of 1030
         // leave a 6-element tail after the 16-lane loops.
         for dims in [
             Dims {
-                bh: 3,
+                batch: 3,
+                heads: 1,
                 lq: 300,
                 lk: 1030,
                 d: 40,
                 dv: 40,
             },
             Dims {
-                bh: 2,
+                batch: 2,
+                heads: 3,
                 lq: 7,
                 lk: 5,
                 d: 8,
                 dv: 3,
             },
         ] {
-            let q = data(dims.bh * dims.lq * dims.d, 1);
-            let k = data(dims.bh * dims.lk * dims.d, 2);
-            let v = data(dims.bh * dims.lk * dims.dv, 3);
-            let scale = 1.0 / (dims.d as f32).sqrt();
-            let got = attention_f32(&q, &k, &v, dims, scale).expect("sizes match");
+            let Dims {
+                batch: b,
+                heads: h,
+                lq,
+                lk,
+                d,
+                dv,
+            } = dims;
+            let q = data(b * h * lq * d, 1);
+            let k = data(b * h * lk * d, 2);
+            let v = data(b * h * lk * dv, 3);
+            let scale = 1.0 / (d as f32).sqrt();
             let want = reference(&q, &k, &v, dims, scale);
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let (qs, ks, vs) = ([b, h, lq, d], [b, h, lk, d], [b, h, lk, dv]);
+            let got = attention_f32(dense(&q, qs), dense(&k, ks), dense(&v, vs), dims, scale)
+                .expect("sizes match");
+            let err = max_err(&heads_first(&got, dims), &want);
             assert!(err < 2e-5, "{dims:?}: max abs error {err}");
+
+            // The same values read from `[b, n, h, d]` storage, with an offset.
+            let (qp, kp, vp) = (
+                permuted(&q, qs, 3),
+                permuted(&k, ks, 1),
+                permuted(&v, vs, 0),
+            );
+            let view = |data, offset, rows: usize, cols: usize| View {
+                data,
+                offset,
+                strides: [rows * h * cols, cols, h * cols],
+            };
+            let strided = attention_f32(
+                view(&qp, 3, lq, d),
+                view(&kp, 1, lk, d),
+                view(&vp, 0, lk, dv),
+                dims,
+                scale,
+            )
+            .expect("sizes match");
+            assert_eq!(strided, got, "{dims:?}: views and dense inputs agree");
         }
     }
 
     #[test]
     fn wrong_sizes_are_refused() {
         let dims = Dims {
-            bh: 1,
+            batch: 1,
+            heads: 1,
             lq: 2,
             lk: 2,
             d: 2,
             dv: 2,
         };
-        assert!(attention_f32(&[0.0; 3], &[0.0; 4], &[0.0; 4], dims, 1.0).is_none());
+        let s = [1, 2, 2, 2];
+        let (short, ok) = ([0.0f32; 3], [0.0f32; 4]);
+        let run = |q, k, v, dims| attention_f32(dense(q, s), dense(k, s), dense(v, s), dims, 1.0);
+        assert!(run(&ok, &ok, &ok, dims).is_some());
+        assert!(run(&short, &ok, &ok, dims).is_none());
+        assert!(run(&ok, &short, &ok, dims).is_none());
+        assert!(run(&ok, &ok, &short, dims).is_none());
+        assert!(run(&ok, &ok, &ok, Dims { lk: 0, ..dims }).is_none());
     }
 }
