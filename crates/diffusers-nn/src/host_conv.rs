@@ -18,6 +18,8 @@
 //! taps in order, in f32, as PyTorch's CPU convolutions accumulate (not bit-equal to them:
 //! oneDNN orders its sums differently).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Shapes of one call: input `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`, symmetric
@@ -85,17 +87,43 @@ pub(crate) fn conv2d_f32(
     let taps = kh * kw;
 
     // Zero-padded input, one image after another, and `kw - 1` zeros of slack at the end: the
-    // discarded columns of the last row read up to `kw - 1` values past the last plane.
-    let mut xp = vec![0f32; batch * image + kw - 1];
-    xp[..batch * image]
+    // discarded columns of the last row read up to `kw - 1` values past the last plane. Every
+    // value is written once (no zeroing pass first).
+    let xp_len = batch * image + kw - 1;
+    let mut xp: Vec<f32> = Vec::with_capacity(xp_len);
+    let (planes, slack) = xp.spare_capacity_mut()[..xp_len].split_at_mut(batch * image);
+    slack.iter_mut().for_each(|v| {
+        v.write(0.0);
+    });
+    planes
         .par_chunks_mut(plane)
         .zip(x.par_chunks(h * w))
         .for_each(|(dst, src)| {
-            for (r, row) in src.chunks_exact(w).enumerate() {
-                let at = (r + ph) * wp + pw;
-                dst[at..at + w].copy_from_slice(row);
+            let (top, rest) = dst.split_at_mut(ph * wp);
+            let (middle, bottom) = rest.split_at_mut(h * wp);
+            for v in top.iter_mut().chain(bottom.iter_mut()) {
+                v.write(0.0);
+            }
+            for (row, src) in middle.chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
+                let (left, rest) = row.split_at_mut(pw);
+                let (inner, right) = rest.split_at_mut(w);
+                for v in left.iter_mut().chain(right.iter_mut()) {
+                    v.write(0.0);
+                }
+                for (d, &s) in inner.iter_mut().zip(src) {
+                    d.write(s);
+                }
             }
         });
+    // SAFETY: the first `xp_len` elements were all written just above: the slack, and every
+    // plane (`x` has exactly `batch · c_in` planes of `h · w`, checked at the top, so the zip
+    // pairs each of the `batch · c_in` padded planes with one) in full: its `ph` top and
+    // `hp - ph - h = ph` bottom rows, and each of its `h` middle rows' left padding, `w`
+    // values and right padding (`pw + w + pw = wp`).
+    #[allow(unsafe_code)]
+    unsafe {
+        xp.set_len(xp_len);
+    }
 
     // Blocks of output rows of about POSITIONS_PER_TASK positions, as many in all as a
     // multiple of the pool's threads so none idles at the end.
@@ -106,26 +134,39 @@ pub(crate) fn conv2d_f32(
         .div_ceil(batch);
     let rows_per_task = h_out.div_ceil(per_image.clamp(1, h_out));
     let blocks = h_out.div_ceil(rows_per_task);
-    let mut out = vec![0f32; batch * c_out * h_out * w_out];
     let out_image = c_out * h_out * w_out;
-    // Tasks: (image, block of output rows); each writes its rows of every output channel.
-    let tasks: Vec<(usize, usize)> = (0..batch)
-        .flat_map(|b| (0..blocks).map(move |k| (b, k)))
+    let mut out: Vec<f32> = Vec::with_capacity(batch * out_image);
+    // Tasks: (image, block of output rows); each writes its rows of every output channel, so
+    // its destination is one slice per channel plane.
+    let mut tasks: Vec<Vec<&mut [MaybeUninit<f32>]>> = (0..batch * blocks)
+        .map(|_| Vec::with_capacity(c_out))
         .collect();
-    let results: Vec<(usize, usize, Vec<f32>)> = tasks
-        .into_par_iter()
-        .map(|(b, k)| {
+    let planes = &mut out.spare_capacity_mut()[..batch * out_image];
+    for (p, plane_out) in planes.chunks_mut(h_out * w_out).enumerate() {
+        let b = p / c_out;
+        for (k, rows) in plane_out.chunks_mut(rows_per_task * w_out).enumerate() {
+            tasks[b * blocks + k].push(rows);
+        }
+    }
+    tasks.into_par_iter().enumerate().for_each_init(
+        Vec::new,
+        |acc: &mut Vec<f32>, (task, mut dst)| {
+            let (b, k) = (task / blocks, task % blocks);
             let r0 = k * rows_per_task;
             let rows = rows_per_task.min(h_out - r0);
             let m = rows * wp;
-            let mut acc = vec![0f32; m * c_out];
+            // The thread's scratch, reused from task to task: the first tap overwrites it.
+            if acc.len() < m * c_out {
+                acc.resize(m * c_out, 0.0);
+            }
+            let acc = &mut acc[..m * c_out];
             let base = b * image + r0 * wp;
             for i in 0..kh {
                 for j in 0..kw {
                     let t = i * kw + j;
                     let off = base + i * wp + j;
                     gemm_tap(
-                        &mut acc,
+                        acc,
                         &xp[off..],
                         &weight[t..],
                         [m, c_out, c_in],
@@ -135,29 +176,27 @@ pub(crate) fn conv2d_f32(
                     );
                 }
             }
-            (b, r0, acc)
-        })
-        .collect();
-    // Scatter the blocks' valid columns (with the bias) into the output, in parallel over
-    // (image, output channel) planes.
-    let results = &results;
-    out.par_chunks_mut(h_out * w_out)
-        .enumerate()
-        .for_each(|(plane_idx, dst)| {
-            let (b, co) = (plane_idx / c_out, plane_idx % c_out);
-            let add = bias.map_or(0.0, |bias| bias[co]);
-            for (_, r0, acc) in results.iter().filter(|(rb, ..)| *rb == b) {
-                let m = acc.len() / c_out;
+            // The valid columns of each row, with the bias.
+            for (co, dst) in dst.iter_mut().enumerate() {
+                let add = bias.map_or(0.0, |bias| bias[co]);
                 let src = &acc[co * m..(co + 1) * m];
-                for (r, row) in src.chunks_exact(wp).enumerate() {
-                    let d = &mut dst[(r0 + r) * w_out..(r0 + r + 1) * w_out];
+                for (d, row) in dst.chunks_exact_mut(w_out).zip(src.chunks_exact(wp)) {
                     for (d, s) in d.iter_mut().zip(&row[..w_out]) {
-                        *d = s + add;
+                        d.write(s + add);
                     }
                 }
             }
-        });
-    debug_assert_eq!(out.len(), batch * out_image);
+        },
+    );
+    // SAFETY: the first `batch · out_image` elements were all written just above: they split
+    // into the `batch · c_out` planes, each plane into `blocks` row blocks handed to exactly
+    // one task (block `k` of image `b` to task `b · blocks + k`), and each task writes all
+    // `w_out` values of each of its rows in every one of its `c_out` planes (its block holds
+    // `rows` rows, matched one to one with the `rows` rows of its sums).
+    #[allow(unsafe_code)]
+    unsafe {
+        out.set_len(batch * out_image);
+    }
     Some(out)
 }
 
@@ -289,9 +328,10 @@ mod tests {
             ph,
             pw,
         };
-        // SD's 3x3 with padding 1, several row blocks (wp = 42: 12 rows per block) and two
-        // images; a 1x1; no padding; uneven kernel and padding; a kernel as wide as the input.
+        // SD's 3x3 with padding 1, two images; a 1x1; no padding; uneven kernel and padding; a kernel as wide as the input.
         check(d(2, 5, 37, 40, 7, 3, 3, 1, 1), true);
+        // 131 x 42 padded positions: more than one block of rows, the last one shorter.
+        check(d(1, 3, 131, 40, 4, 3, 3, 1, 1), true);
         check(d(1, 3, 9, 11, 4, 1, 1, 0, 0), true);
         check(d(1, 4, 8, 6, 3, 3, 3, 0, 0), false);
         check(d(2, 3, 7, 9, 5, 3, 2, 2, 1), true);
