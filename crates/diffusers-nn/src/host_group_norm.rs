@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::host_math::LANES;
+use crate::host_math::lane_sum;
 
 /// Normalises `x` (`[n, c, spatial]` contiguous, `spatial` = the product of the trailing dims)
 /// in place over `groups` groups of channels. `weight`/`bias` hold `c` values. `false` (and `x`
@@ -175,26 +175,6 @@ impl pulp::WithSimd for NormalizeGroup<'_> {
             }
         }
     }
-}
-
-/// `Σ f(x)`: `LANES` f32 partial sums (so the loop vectorises) over blocks of `BLOCK` values,
-/// each block's total added up in f64 (so a VAE's 262144-value groups lose no precision).
-#[inline(always)]
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    const BLOCK: usize = 64 * LANES;
-    let mut total = 0.0f64;
-    for block in xs.chunks(BLOCK) {
-        let mut lanes = [0.0f32; LANES];
-        let mut chunks = block.chunks_exact(LANES);
-        for chunk in &mut chunks {
-            for (acc, &x) in lanes.iter_mut().zip(chunk) {
-                *acc += f(x);
-            }
-        }
-        let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
-        total += (tail + lanes.iter().sum::<f32>()) as f64;
-    }
-    total
 }
 
 #[cfg(test)]

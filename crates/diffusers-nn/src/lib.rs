@@ -41,6 +41,7 @@ mod host_attention;
 mod host_conv;
 mod host_group_norm;
 mod host_math;
+mod host_norm;
 mod host_rotary;
 pub mod linear;
 pub mod norm;

@@ -5,6 +5,7 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::DType;
+use diffusers_core::backend::with_cpu_f32;
 
 fn upcast<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, DType) {
     let dtype = x.dtype();
@@ -174,6 +175,10 @@ impl LayerNormConfig {
 impl<B: Backend> LayerNorm<B> {
     /// Normalises the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let x = match self.host_forward(x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
         let (x, dtype) = upcast(x);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
         let mut y = (x - mean) / (var + self.eps).sqrt();
@@ -185,6 +190,60 @@ impl<B: Backend> LayerNorm<B> {
         }
         downcast(y, dtype)
     }
+
+    /// f32 on the CPU backend: [`crate::host_norm`], in place on `x`'s data (into a fresh
+    /// tensor when `x` is shared); gives `x` back elsewhere.
+    fn host_forward<const D: usize>(&self, x: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        let param = |p: &Option<Param<Tensor<B, 1>>>| p.as_ref().map(|p| p.val());
+        let (weight, bias) = (param(&self.weight), param(&self.bias));
+        let eps = self.eps as f32;
+        row_norm_host(x, weight.as_ref(), bias.as_ref(), |weight, bias| {
+            crate::host_norm::RowNorm::Layer { eps, weight, bias }
+        })
+    }
+}
+
+/// A kernel call given the (borrowed) weight and bias.
+type WithParams<'f> = dyn FnMut(Option<&[f32]>, Option<&[f32]>) -> bool + 'f;
+
+/// Runs [`crate::host_norm::row_norm_f32`] over `x`'s last dimension with the affine
+/// parameters borrowed where they lie; gives `x` back when it does not apply (other backends
+/// or dtypes, parameters that are not contiguous f32, sizes the kernel refuses).
+fn row_norm_host<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Option<&Tensor<B, 1>>,
+    bias: Option<&Tensor<B, 1>>,
+    norm: impl for<'a> Fn(Option<&'a [f32]>, Option<&'a [f32]>) -> crate::host_norm::RowNorm<'a>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !crate::host::applies::<B>(x.dtype()) {
+        return Err(x);
+    }
+    let dim = x.dims()[D - 1];
+    let borrowable = |p: Option<&Tensor<B, 1>>| p.is_none_or(|p| with_cpu_f32(p, |_| ()).is_some());
+    if !borrowable(weight) || !borrowable(bias) {
+        return Err(x);
+    }
+    // Borrows the parameters (checked above) and runs `f` with them.
+    let with_params = |f: &mut WithParams<'_>| -> bool {
+        let with = |p: Option<&Tensor<B, 1>>, g: &mut dyn FnMut(Option<&[f32]>) -> bool| match p {
+            Some(p) => with_cpu_f32(p, |s| g(Some(s))).unwrap_or(false),
+            None => g(None),
+        };
+        with(weight, &mut |w| with(bias, &mut |b| f(w, b)))
+    };
+    crate::host::map_f32(
+        x,
+        |values| {
+            with_params(&mut |w, b| crate::host_norm::row_norm_f32(None, values, dim, norm(w, b)))
+        },
+        |src| {
+            let mut out = vec![0f32; src.len()];
+            with_params(&mut |w, b| {
+                crate::host_norm::row_norm_f32(Some(src), &mut out, dim, norm(w, b))
+            })
+            .then_some(out)
+        },
+    )
 }
 
 /// Configuration of diffusers' [`RMSNorm`].
@@ -224,6 +283,10 @@ impl<B: Backend> RmsNorm<B> {
     /// Normalises the last dimension as diffusers does: variance in f32, then the weight in
     /// the weight's dtype when that is a half type.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let x = match self.host_forward(x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
         let (xf, dtype) = upcast(x);
         let var = xf.clone().powi_scalar(2).mean_dim(D - 1);
         let y = xf * (var + self.eps).sqrt().recip();
@@ -239,5 +302,18 @@ impl<B: Backend> RmsNorm<B> {
             }
             None => downcast(y, dtype),
         }
+    }
+
+    /// f32 input and f32 weight on the CPU backend: [`crate::host_norm`]; gives `x` back
+    /// elsewhere (a half-precision weight takes the path above, which rounds as diffusers).
+    fn host_forward<const D: usize>(&self, x: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        let weight = self.weight.as_ref().map(|p| p.val());
+        if weight.as_ref().is_some_and(|w| w.dtype() != DType::F32) {
+            return Err(x);
+        }
+        let eps = self.eps as f32;
+        row_norm_host(x, weight.as_ref(), None, |weight, _| {
+            crate::host_norm::RowNorm::Rms { eps, weight }
+        })
     }
 }
