@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use crate::host_gemm::{Mat, gemm_f32};
 use crate::host_math::{LANES, exp_f32};
 
 /// One input as it lies in memory: element `[batch, head, row, col]` of a `[b, h, rows, cols]`
@@ -98,30 +99,35 @@ pub(crate) fn attention_f32(
             let m = block.min(lq - row0);
             scores.clear();
             scores.resize(m * lk, 0.0);
-            let q_rows = Operand {
+            let q_rows = Mat {
                 data: q.data,
                 at: q.at(b, h) + row0 * q.strides[2],
-                row_stride: q.strides[2],
+                rs: q.strides[2],
+                cs: 1,
             };
-            let k_rows = Operand {
+            // kᵀ: column j is key row j.
+            let k_t = Mat {
                 data: k.data,
                 at: k.at(b, h),
-                row_stride: k.strides[2],
+                rs: 1,
+                cs: k.strides[2],
             };
-            gemm_f32(scores, q_rows, k_rows, [m, lk, d], true, scale);
+            gemm_f32(scores, [lk, 1], q_rows, k_t, [m, lk, d], false, scale);
             let inv_sums = softmax_rows(scores, lk);
             let mut out = vec![0.0f32; m * dv];
-            let p_rows = Operand {
+            let p_rows = Mat {
                 data: scores,
                 at: 0,
-                row_stride: lk,
+                rs: lk,
+                cs: 1,
             };
-            let v_rows = Operand {
+            let v_rows = Mat {
                 data: v.data,
                 at: v.at(b, h),
-                row_stride: v.strides[2],
+                rs: v.strides[2],
+                cs: 1,
             };
-            gemm_f32(&mut out, p_rows, v_rows, [m, dv, lk], false, 1.0);
+            gemm_f32(&mut out, [dv, 1], p_rows, v_rows, [m, dv, lk], false, 1.0);
             for (row, inv) in out.chunks_exact_mut(dv).zip(inv_sums) {
                 row.iter_mut().for_each(|x| *x *= inv);
             }
@@ -142,15 +148,6 @@ pub(crate) fn attention_f32(
             }
         });
     Some(out)
-}
-
-/// A matrix operand of [`gemm_f32`]: row `i` starts at `data[at + i · row_stride]`, its
-/// elements contiguous.
-#[derive(Clone, Copy)]
-struct Operand<'a> {
-    data: &'a [f32],
-    at: usize,
-    row_stride: usize,
 }
 
 /// Replaces each row of `scores` (rows of `len`) by `exp(x - max(row))` and returns each
@@ -214,64 +211,6 @@ fn exp_row_minus_max(row: &mut [f32]) -> f32 {
         sum += e;
     }
     sum + sums.iter().sum::<f32>()
-}
-
-/// `dst[m, n] = alpha · a[m, k] · b` (`dst` dense row-major), `b` is `[k, n]`, or `[n, k]`
-/// read transposed when `b_transposed`; single-threaded (the callers run in parallel).
-fn gemm_f32(
-    dst: &mut [f32],
-    a: Operand<'_>,
-    b: Operand<'_>,
-    [m, n, k]: [usize; 3],
-    b_transposed: bool,
-    alpha: f32,
-) {
-    let (b_rows, b_cols) = if b_transposed { (n, k) } else { (k, n) };
-    let last = |o: Operand<'_>, rows: usize, cols: usize| o.at + (rows - 1) * o.row_stride + cols;
-    assert!(
-        m > 0
-            && n > 0
-            && k > 0
-            && dst.len() == m * n
-            && last(a, m, k) <= a.data.len()
-            && last(b, b_rows, b_cols) <= b.data.len(),
-        "gemm_f32: operands do not hold [{m}, {n}, {k}]"
-    );
-    let (b_cs, b_rs) = if b_transposed {
-        (b.row_stride as isize, 1)
-    } else {
-        (1, b.row_stride as isize)
-    };
-    // SAFETY: the assertion above makes every index gemm reads or writes lie inside the
-    // slices: dst is m x n with row stride n; a is m x k from `a.at` with (row, column)
-    // strides (a.row_stride, 1), its last element at a.at + (m - 1)·a.row_stride + k - 1; b is
-    // k x n from `b.at` with strides (b.row_stride, 1), or (1, b.row_stride) when stored
-    // transposed as n x k, its last element likewise inside. `dst` is a unique borrow, so it
-    // aliases neither input.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr().add(a.at),
-            1,
-            a.row_stride as isize,
-            b.data.as_ptr().add(b.at),
-            b_cs,
-            b_rs,
-            0.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 #[cfg(test)]

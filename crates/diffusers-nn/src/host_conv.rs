@@ -22,6 +22,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use crate::host_gemm::{Mat, gemm_f32};
+
 /// Shapes of one call: input `[batch, c_in, h, w]`, weight `[c_out, c_in, kh, kw]`, symmetric
 /// zero padding `[ph, pw]`.
 #[derive(Debug, Clone, Copy)]
@@ -165,15 +167,22 @@ pub(crate) fn conv2d_f32(
                 for j in 0..kw {
                     let t = i * kw + j;
                     let off = base + i * wp + j;
-                    gemm_tap(
-                        acc,
-                        &xp[off..],
-                        &weight[t..],
-                        [m, c_out, c_in],
-                        [taps, c_in * taps],
-                        plane,
-                        t > 0,
-                    );
+                    // acc[q, co] (+)= Σ_ci xp[off + ci·plane + q] · w[co, ci, i, j]: the patch
+                    // matrix is a strided view of the padded input, the tap's weights are
+                    // read in place (`gemm` packs them; a reordered copy measured slower).
+                    let patches = Mat {
+                        data: &xp,
+                        at: off,
+                        rs: 1,
+                        cs: plane,
+                    };
+                    let w_tap = Mat {
+                        data: weight,
+                        at: t,
+                        rs: taps,
+                        cs: c_in * taps,
+                    };
+                    gemm_f32(acc, [1, m], patches, w_tap, [m, c_out, c_in], t > 0, 1.0);
                 }
             }
             // The valid columns of each row, with the bias.
@@ -198,57 +207,6 @@ pub(crate) fn conv2d_f32(
         out.set_len(batch * out_image);
     }
     Some(out)
-}
-
-/// `acc[q, co] (+)= Σ_ci x[ci · plane + q] · w[ci · w_rs + co · w_cs]` for `q < m`: `acc` is
-/// column-major `[m, c_out]` (`acc[co · m + q]`), `x` a patch matrix with column stride
-/// `plane`, `w` one tap of the weight read in place (`w_rs = kh · kw`, `w_cs = c_in · kh · kw`:
-/// `gemm` packs it, a reordered copy measured slower). Accumulates into `acc` when
-/// `accumulate`, else overwrites it. Single-threaded (the callers run in parallel).
-fn gemm_tap(
-    acc: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    [m, n, k]: [usize; 3],
-    [w_rs, w_cs]: [usize; 2],
-    plane: usize,
-    accumulate: bool,
-) {
-    assert!(
-        acc.len() == m * n
-            && (k - 1) * w_rs + (n - 1) * w_cs < w.len()
-            && (k - 1) * plane + m <= x.len(),
-        "gemm_tap: slice sizes do not match [{m}, {n}, {k}] with plane {plane}"
-    );
-    // SAFETY: the assertion above bounds every index gemm touches: dst is m x n with (row,
-    // column) strides (1, m) inside `acc`; lhs is m x k with strides (1, plane), whose largest
-    // index (m - 1) + (k - 1) · plane is inside `x`; rhs is k x n with strides (w_rs, w_cs),
-    // whose largest index (k - 1) · w_rs + (n - 1) · w_cs is inside `w`. `acc` is a unique
-    // borrow, so it aliases neither input.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            acc.as_mut_ptr(),
-            m as isize,
-            1,
-            accumulate,
-            x.as_ptr(),
-            plane as isize,
-            1,
-            w.as_ptr(),
-            w_cs as isize,
-            w_rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 #[cfg(test)]

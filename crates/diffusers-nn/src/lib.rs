@@ -39,6 +39,7 @@ mod host;
 mod host_activation;
 mod host_attention;
 mod host_conv;
+mod host_gemm;
 mod host_group_norm;
 mod host_math;
 mod host_norm;
