@@ -41,6 +41,15 @@ pub fn with_cpu_f32<B: burn::tensor::backend::Backend, const D: usize, R>(
     x: &burn::tensor::Tensor<B, D>,
     f: impl FnOnce(&[f32]) -> R,
 ) -> Option<R> {
+    with_flex_f32(x, |t| t.as_slice::<f32>().map(f)).flatten()
+}
+
+/// Runs `f` over `x`'s `FlexTensor` when `B` is the [`Cpu`] backend and `x` an f32 (not
+/// quantized) tensor; `None` otherwise. The clone shares `x`'s storage (no copy).
+fn with_flex_f32<B: burn::tensor::backend::Backend, const D: usize, R>(
+    x: &burn::tensor::Tensor<B, D>,
+    f: impl FnOnce(&burn_flex::FlexTensor) -> R,
+) -> Option<R> {
     if !is_cpu::<B>() || x.dtype() != DType::F32 {
         return None;
     }
@@ -48,7 +57,7 @@ pub fn with_cpu_f32<B: burn::tensor::backend::Backend, const D: usize, R>(
         burn::tensor::TensorPrimitive::Float(t) => {
             let t: &dyn std::any::Any = &t;
             let t = t.downcast_ref::<burn_flex::FlexTensor>()?;
-            t.as_slice::<f32>().map(f)
+            (t.dtype() == DType::F32).then(|| f(t))
         }
         burn::tensor::TensorPrimitive::QFloat(_) => None,
     }
@@ -97,32 +106,24 @@ pub fn with_cpu_f32_strided<B: burn::tensor::backend::Backend, const D: usize, R
     x: &burn::tensor::Tensor<B, D>,
     f: impl FnOnce(StridedF32<'_, D>) -> R,
 ) -> Option<R> {
-    if !is_cpu::<B>() || x.dtype() != DType::F32 {
-        return None;
-    }
-    let burn::tensor::TensorPrimitive::Float(t) = x.clone().into_primitive() else {
-        return None;
-    };
-    let t: &dyn std::any::Any = &t;
-    let t = t.downcast_ref::<burn_flex::FlexTensor>()?;
-    let layout = t.layout();
-    let shape: [usize; D] = layout.shape().as_slice().try_into().ok()?;
-    let mut strides = [0usize; D];
-    for (s, &l) in strides.iter_mut().zip(layout.strides()) {
-        *s = usize::try_from(l).ok()?;
-    }
-    if t.dtype() != DType::F32 || t.bytes().len() % 4 != 0 {
-        return None;
-    }
-    let view = StridedF32 {
-        data: t.storage::<f32>(),
-        offset: layout.start_offset(),
-        strides,
-        shape,
-    };
-    let empty = shape.contains(&0);
-    let last = view.index(shape.map(|n| n.saturating_sub(1)));
-    (!empty && last < view.data.len()).then(|| f(view))
+    with_flex_f32(x, |t| {
+        let layout = t.layout();
+        let shape: [usize; D] = layout.shape().as_slice().try_into().ok()?;
+        let mut strides = [0usize; D];
+        for (s, &l) in strides.iter_mut().zip(layout.strides()) {
+            *s = usize::try_from(l).ok()?;
+        }
+        let view = StridedF32 {
+            data: t.storage::<f32>(),
+            offset: layout.start_offset(),
+            strides,
+            shape,
+        };
+        let empty = shape.contains(&0);
+        let last = view.index(shape.map(|n| n.saturating_sub(1)));
+        (!empty && last < view.data.len()).then(|| f(view))
+    })
+    .flatten()
 }
 
 /// A [`Cpu`] f32 tensor of `shape` over `data` laid out with `strides` (in elements): a kernel

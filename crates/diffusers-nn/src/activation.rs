@@ -5,6 +5,7 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation;
+use diffusers_core::backend::with_cpu_f32;
 
 use crate::linear::{Linear, LinearConfig};
 
@@ -47,19 +48,14 @@ fn host_geglu<B: Backend, const D: usize>(h: Tensor<B, D>) -> Result<Tensor<B, D
     if !crate::host::applies::<B>(h.dtype()) || !dims[D - 1].is_multiple_of(2) {
         return Err(h);
     }
-    let device = h.device();
     let inner = dims[D - 1] / 2;
-    let data = h.into_data();
-    let out = data
-        .as_slice::<f32>()
-        .ok()
-        .and_then(|p| crate::host_activation::geglu_f32(p, inner));
-    match out {
+    // The projection is read where it lies (a fresh result is written anyway).
+    match with_cpu_f32(&h, |p| crate::host_activation::geglu_f32(p, inner)).flatten() {
         Some(out) => {
             dims[D - 1] = inner;
-            Ok(Tensor::from_data(TensorData::new(out, dims), &device))
+            Ok(Tensor::from_data(TensorData::new(out, dims), &h.device()))
         }
-        None => Err(Tensor::from_data(data, &device)),
+        None => Err(h),
     }
 }
 

@@ -95,7 +95,8 @@ impl<B: Backend> Conv2d<B> {
 
 impl<B: Backend> Conv2d<B> {
     fn host_forward(&self, x: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
-        if self.stride != [1, 1] || self.dilation != [1, 1] || self.groups != 1 {
+        let host = crate::host::applies::<B>(x.dtype());
+        if !host || self.stride != [1, 1] || self.dilation != [1, 1] || self.groups != 1 {
             return None;
         }
         let weight = self.weight.val();
@@ -116,14 +117,14 @@ impl<B: Backend> Conv2d<B> {
             pw: self.padding[1],
         };
         let (h_out, w_out) = dims.out_hw()?;
-        let bias = self.bias.as_ref().map(|b| b.val());
+        // The bias (c_out values) is copied; input and weight are read where they lie.
+        let bias = match &self.bias {
+            Some(b) => Some(b.val().into_data().into_vec::<f32>().ok()?),
+            None => None,
+        };
         let out = with_cpu_f32(x, |xs| {
-            with_cpu_f32(&weight, |ws| match &bias {
-                Some(b) => {
-                    with_cpu_f32(b, |bs| crate::host_conv::conv2d_f32(xs, ws, Some(bs), dims))
-                        .flatten()
-                }
-                None => crate::host_conv::conv2d_f32(xs, ws, None, dims),
+            with_cpu_f32(&weight, |ws| {
+                crate::host_conv::conv2d_f32(xs, ws, bias.as_deref(), dims)
             })
         })
         .flatten()

@@ -5,7 +5,6 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::DType;
-use diffusers_core::backend::with_cpu_f32;
 
 fn upcast<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, DType) {
     let dtype = x.dtype();
@@ -109,12 +108,7 @@ impl<B: Backend> GroupNorm<B> {
         }
         let shape = x.dims();
         let sizes = [shape[0], shape[1], shape[2..].iter().product::<usize>()];
-        let f32_data = |p: &Option<Param<Tensor<B, 1>>>| {
-            p.as_ref()
-                .map(|p| p.val().cast(DType::F32).into_data().into_vec::<f32>())
-                .transpose()
-        };
-        let (Ok(weight), Ok(bias)) = (f32_data(&self.weight), f32_data(&self.bias)) else {
+        let (Some(weight), Some(bias)) = (f32_values(&self.weight), f32_values(&self.bias)) else {
             return Err(x);
         };
         let (groups, eps) = (self.num_groups, self.eps as f32);
@@ -194,54 +188,50 @@ impl<B: Backend> LayerNorm<B> {
     /// f32 on the CPU backend: [`crate::host_norm`], in place on `x`'s data (into a fresh
     /// tensor when `x` is shared); gives `x` back elsewhere.
     fn host_forward<const D: usize>(&self, x: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
-        let param = |p: &Option<Param<Tensor<B, 1>>>| p.as_ref().map(|p| p.val());
-        let (weight, bias) = (param(&self.weight), param(&self.bias));
-        let eps = self.eps as f32;
-        row_norm_host(x, weight.as_ref(), bias.as_ref(), |weight, bias| {
-            crate::host_norm::RowNorm::Layer { eps, weight, bias }
-        })
+        if !crate::host::applies::<B>(x.dtype()) {
+            return Err(x);
+        }
+        let (Some(weight), Some(bias)) = (f32_values(&self.weight), f32_values(&self.bias)) else {
+            return Err(x);
+        };
+        let norm = crate::host_norm::RowNorm::Layer {
+            eps: self.eps as f32,
+            weight: weight.as_deref(),
+            bias: bias.as_deref(),
+        };
+        row_norm_host(x, norm)
     }
 }
 
-/// A kernel call given the (borrowed) weight and bias.
-type WithParams<'f> = dyn FnMut(Option<&[f32]>, Option<&[f32]>) -> bool + 'f;
+/// A layer's optional affine parameter as f32 values (`dim` of them: copying is cheap next to
+/// the activations), `Some(None)` when the layer has none; `None` when it cannot be read.
+fn f32_values<B: Backend>(p: &Option<Param<Tensor<B, 1>>>) -> Option<Option<Vec<f32>>> {
+    match p {
+        None => Some(None),
+        Some(p) => p
+            .val()
+            .cast(DType::F32)
+            .into_data()
+            .into_vec::<f32>()
+            .ok()
+            .map(Some),
+    }
+}
 
-/// Runs [`crate::host_norm::row_norm_f32`] over `x`'s last dimension with the affine
-/// parameters borrowed where they lie; gives `x` back when it does not apply (other backends
-/// or dtypes, parameters that are not contiguous f32, sizes the kernel refuses).
+/// Runs [`crate::host_norm::row_norm_f32`] over `x`'s last dimension, in place or (for a
+/// shared `x`) into a fresh tensor; gives `x` back when it does not apply (other backends or
+/// dtypes, sizes the kernel refuses).
 fn row_norm_host<B: Backend, const D: usize>(
     x: Tensor<B, D>,
-    weight: Option<&Tensor<B, 1>>,
-    bias: Option<&Tensor<B, 1>>,
-    norm: impl for<'a> Fn(Option<&'a [f32]>, Option<&'a [f32]>) -> crate::host_norm::RowNorm<'a>,
+    norm: crate::host_norm::RowNorm<'_>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    if !crate::host::applies::<B>(x.dtype()) {
-        return Err(x);
-    }
     let dim = x.dims()[D - 1];
-    let borrowable = |p: Option<&Tensor<B, 1>>| p.is_none_or(|p| with_cpu_f32(p, |_| ()).is_some());
-    if !borrowable(weight) || !borrowable(bias) {
-        return Err(x);
-    }
-    // Borrows the parameters (checked above) and runs `f` with them.
-    let with_params = |f: &mut WithParams<'_>| -> bool {
-        let with = |p: Option<&Tensor<B, 1>>, g: &mut dyn FnMut(Option<&[f32]>) -> bool| match p {
-            Some(p) => with_cpu_f32(p, |s| g(Some(s))).unwrap_or(false),
-            None => g(None),
-        };
-        with(weight, &mut |w| with(bias, &mut |b| f(w, b)))
-    };
     crate::host::map_f32(
         x,
-        |values| {
-            with_params(&mut |w, b| crate::host_norm::row_norm_f32(None, values, dim, norm(w, b)))
-        },
+        |values| crate::host_norm::row_norm_f32(None, values, dim, norm),
         |src| {
             let mut out = vec![0f32; src.len()];
-            with_params(&mut |w, b| {
-                crate::host_norm::row_norm_f32(Some(src), &mut out, dim, norm(w, b))
-            })
-            .then_some(out)
+            crate::host_norm::row_norm_f32(Some(src), &mut out, dim, norm).then_some(out)
         },
     )
 }
@@ -307,13 +297,21 @@ impl<B: Backend> RmsNorm<B> {
     /// f32 input and f32 weight on the CPU backend: [`crate::host_norm`]; gives `x` back
     /// elsewhere (a half-precision weight takes the path above, which rounds as diffusers).
     fn host_forward<const D: usize>(&self, x: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
-        let weight = self.weight.as_ref().map(|p| p.val());
-        if weight.as_ref().is_some_and(|w| w.dtype() != DType::F32) {
+        if !crate::host::applies::<B>(x.dtype())
+            || self
+                .weight
+                .as_ref()
+                .is_some_and(|w| w.val().dtype() != DType::F32)
+        {
             return Err(x);
         }
-        let eps = self.eps as f32;
-        row_norm_host(x, weight.as_ref(), None, |weight, _| {
-            crate::host_norm::RowNorm::Rms { eps, weight }
-        })
+        let Some(weight) = f32_values(&self.weight) else {
+            return Err(x);
+        };
+        let norm = crate::host_norm::RowNorm::Rms {
+            eps: self.eps as f32,
+            weight: weight.as_deref(),
+        };
+        row_norm_host(x, norm)
     }
 }
