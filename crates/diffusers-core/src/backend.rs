@@ -204,9 +204,22 @@ pub fn cpu_storage_is_shared<B: burn::tensor::backend::Backend, const D: usize>(
     }
 }
 
-/// The CUDA backend (kernels compiled with NVRTC at run time), with kernel fusion.
+/// The CUDA backend (kernels compiled with NVRTC at run time, chosen by autotuning), one kernel
+/// per op: burn's `CubeBackend` on the CUDA runtime, without burn's fusion layer.
+///
+/// Not `burn::backend::Cuda` (that is [`CudaFused`]): in burn 0.21 the fusion layer computes
+/// wrong values for some shapes (burn issue #5122, "Fusion produces wrong results ... (CUDA)").
+/// Measured here on an H200 against diffusers: one tiny Flux transformer call in f32 was 1.1e-1
+/// off (diffusers on the same GPU: 2.6e-6), the tiny Flux pipeline's image 5.8e-2, a UNet call on
+/// an odd-sized latent 1.0e-1, and a bf16 UNet call gave NaN.
 #[cfg(feature = "cuda")]
-pub type Cuda = burn::backend::Cuda;
+pub type Cuda = burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+/// burn's CUDA backend with kernel fusion (`burn::backend::Cuda`). Faster, but wrong for some
+/// shapes in burn 0.21 (see [`Cuda`]): kept for measuring and for re-checking newer burn
+/// releases, not used by the pipelines or the CLI.
+#[cfg(feature = "cuda")]
+pub type CudaFused = burn::backend::Cuda;
 
 /// A device named on the command line or in options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -72,7 +72,7 @@ fn check_linear<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
         );
     }
 }
-parity_tests!(linear, check_linear, bf16 = BF16);
+parity_tests!(linear, check_linear, bf16 = BF16, cuda_f32 = common::TF32);
 
 fn check_conv2d<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
     let fx = fx();
@@ -101,7 +101,12 @@ fn check_conv2d<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
         );
     }
 }
-parity_tests!(conv2d, check_conv2d, bf16 = BF16_CONV);
+parity_tests!(
+    conv2d,
+    check_conv2d,
+    bf16 = BF16_CONV,
+    cuda_f32 = common::TF32
+);
 
 fn check_conv3d<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
     let fx = fx();
@@ -138,7 +143,12 @@ fn check_conv3d<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
         );
     }
 }
-parity_tests!(conv3d, check_conv3d, bf16 = BF16_CONV);
+parity_tests!(
+    conv3d,
+    check_conv3d,
+    bf16 = BF16_CONV,
+    cuda_f32 = common::TF32
+);
 
 fn check_group_norm<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
     let fx = fx();
@@ -265,7 +275,12 @@ fn check_activations<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
     let y = m.forward(fx.tensor::<B, 3>("geglu.input", dev, dtype));
     assert_close(y, &expected(&fx, "geglu.output"), None, tol, "geglu");
 }
-parity_tests!(activations, check_activations, bf16 = BF16);
+parity_tests!(
+    activations,
+    check_activations,
+    bf16 = BF16,
+    cuda_f32 = common::TF32
+);
 
 fn check_attention<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
     let fx = fx();
@@ -309,7 +324,12 @@ fn check_attention<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
         );
     }
 }
-parity_tests!(attention, check_attention, bf16 = BF16);
+parity_tests!(
+    attention,
+    check_attention,
+    bf16 = BF16,
+    cuda_f32 = common::TF32
+);
 
 /// Timestep embeddings are computed in f32 whatever the model's dtype (as diffusers does): the
 /// bf16 run feeds bf16 timesteps and must match diffusers' f32 result for those, at f32 tolerance.
