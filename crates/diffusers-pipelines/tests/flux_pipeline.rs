@@ -457,17 +457,15 @@ mod cuda {
     use super::*;
     use diffusers_core::backend::Cuda;
 
-    /// CUDA f32: burn 0.21's CUDA matmul stages f32 operands as TF32 (see `TF32` in
-    /// diffusers-nn's layer tests), so the image is held to TF32's error, not f32's. Measured on
-    /// an H200: 6.2e-4 from diffusers' f32 image (diffusers itself on that GPU: 1.1e-6; with
-    /// burn's fusion layer, before `backend::Cuda` dropped it, 5.8e-2).
-    const TF32_IMAGE_ATOL: f32 = 5e-3;
-
+    /// CUDA f32: burn 0.21's CUDA matmul stages f32 operands as TF32 (see `testing::TF32`), so
+    /// the image is held to TF32's error, not f32's. Measured on an H200: 6.2e-4 from diffusers'
+    /// f32 image (diffusers itself on that GPU: 1.1e-6; with burn's fusion layer, before
+    /// `backend::Cuda` dropped it, 5.8e-2).
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
     fn cuda_f32_end_to_end() {
         let (vs_f32, _) = prompt_image_errors::<Cuda>(&Default::default(), DType::F32);
-        assert!(vs_f32 < TF32_IMAGE_ATOL, "{vs_f32}");
+        assert!(vs_f32 < diffusers_core::testing::TF32.atol, "{vs_f32}");
     }
 
     /// CUDA bf16, at the bf16 tolerance: diffusers' own bf16 run on an H200 lands 2.3e-2 from

@@ -98,7 +98,7 @@ fn bf16_call_runs_close_to_f32() {
     check_calls::<Cpu>(&Default::default(), DType::BF16, BF16);
 }
 
-/// CUDA f32 runs with TF32 matmuls in burn 0.21 (see `TF32` in diffusers-nn's layer tests): the
+/// CUDA f32 runs with TF32 matmuls in burn 0.21 (see `testing::TF32`): the
 /// tolerance allows TF32's error. Measured on an H200: 1.2e-3 on the SD 1.5 case (the other
 /// cases did not finish compiling their kernels inside that run's time); with burn's fusion
 /// layer, which `backend::Cuda` no longer uses, the odd-sized case was 1.0e-1 off.
@@ -109,10 +109,7 @@ fn cuda_f32() {
     check_calls::<diffusers_core::backend::Cuda>(
         &Default::default(),
         DType::F32,
-        Tol {
-            atol: 5e-3,
-            rtol: 5e-3,
-        },
+        diffusers_core::testing::TF32,
     );
 }
 

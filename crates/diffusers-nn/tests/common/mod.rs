@@ -5,7 +5,7 @@ pub use diffusers_core::testing::*;
 /// Runs a parity check on every backend and dtype the build has:
 /// `flex` f32 and bf16 always; CUDA f32 and bf16 as ignored tests when the `cuda` feature is on
 /// (run them with `--ignored` on a machine with a GPU). CUDA f32 is checked at `cuda_f32`
-/// (default: the f32 tolerance); layers built on matrix products give [`TF32`] there.
+/// (default: the f32 tolerance); layers built on matrix products give `TF32` there.
 #[macro_export]
 macro_rules! parity_tests {
     ($name:ident, $check:ident, bf16 = $bf16:expr) => {
@@ -53,15 +53,3 @@ macro_rules! parity_tests {
         }
     };
 }
-
-/// f32 on CUDA for layers built on matrix products: burn 0.21's CUDA matmul (cubek-matmul 0.2)
-/// stages f32 operands as TF32 (10-bit mantissa) whenever it picks a tensor-core kernel
-/// (`adjust_dtypes` in its `definition/blueprint.rs`), where PyTorch's default keeps f32. Measured
-/// on an H200 (max abs, outputs of magnitude ~1): linear 4.3e-4, conv2d 6.4e-4, causal conv3d
-/// 1.4e-3, SDPA 8.3e-4, GELU projection 5.5e-4; the same tolerance as the model-level CUDA f32
-/// tests. Every other layer is held to the f32 tolerance on CUDA too.
-#[allow(dead_code)]
-pub const TF32: Tol = Tol {
-    atol: 5e-3,
-    rtol: 5e-3,
-};
