@@ -2,12 +2,13 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use diffusers_core::backend::{Cpu, DeviceSpec, Precision};
-use diffusers_core::repo::RepoOptions;
+use diffusers_core::repo::{DownloadProgress, RepoOptions};
 use diffusers_core::weights::Weights;
 use diffusers_pipelines::image_input::load_image;
 use diffusers_pipelines::image_processor::{numbered_paths, save_png};
@@ -53,25 +54,52 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     }
 }
 
-/// Draws on stderr only when it is a terminal and `--quiet` is off.
-fn progress_bar(quiet: bool, len: Option<u64>) -> ProgressBar {
-    let bar = match len {
-        Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        ),
-        None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {msg} {elapsed_precise}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        ),
-    };
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// A spinner with a message (loading, decoding).
+fn spinner_style() -> ProgressStyle {
+    style("{spinner} {msg} {elapsed_precise}")
+}
+
+/// Denoising steps.
+fn steps_style() -> ProgressStyle {
+    style("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise}")
+}
+
+/// One file's download, in bytes.
+fn bytes_style() -> ProgressStyle {
+    style("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+}
+
+/// A spinner that draws on stderr only when it is a terminal and `--quiet` is off.
+fn progress_bar(quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_style(spinner_style());
     if quiet || !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     } else {
         bar.enable_steady_tick(Duration::from_millis(120));
     }
     bar
+}
+
+/// Shows each file hf-hub downloads on `bar` as a byte bar (the loading messages switch it back
+/// to a spinner).
+fn download_progress(bar: ProgressBar) -> DownloadProgress {
+    let current = Mutex::new(String::new());
+    DownloadProgress::new(move |d| {
+        bar.set_position(d.bytes);
+        bar.set_length(d.total);
+        let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != d.file {
+            d.file.clone_into(&mut current);
+            bar.set_style(bytes_style());
+            bar.set_message(format!("downloading {}", d.file));
+        }
+    })
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
@@ -324,15 +352,16 @@ macro_rules! stable_diffusion_arm {
 
 fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -> Result<()> {
     let start = Instant::now();
+    let load = progress_bar(args.quiet);
     let opts = PipelineOptions {
         repo: RepoOptions {
             revision: args.revision.clone(),
             offline: args.offline.then_some(true),
+            progress: Some(download_progress(load.clone())),
             ..Default::default()
         },
         dtype,
     };
-    let load = progress_bar(args.quiet, None);
     load.set_message(format!("loading {}", args.model));
     let pipe = DiffusionPipeline::<B>::from_pretrained_with_progress(
         &args.model,
@@ -340,7 +369,7 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
         device,
         &mut |e| match e {
             LoadEvent::Fetching(f) => load.set_message(format!("fetching {f}")),
-            LoadEvent::Fetched(_) => {}
+            LoadEvent::Fetched(_) => load.set_style(spinner_style()),
             LoadEvent::Loading(c) => load.set_message(format!("loading {c}")),
         },
     );
@@ -370,16 +399,12 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
     let prompt = vec![args.prompt.clone()];
     let negative = args.negative_prompt.clone().map(|n| vec![n]);
     let class = pipe.class_name();
-    let bar = progress_bar(args.quiet, None);
+    let bar = progress_bar(args.quiet);
     let mut denoised = Duration::ZERO;
     let t0 = Instant::now();
     let on_step = |steps: usize| {
         bar.set_length(steps as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {elapsed_precise}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
+        bar.set_style(steps_style());
         bar.set_message("denoising");
     };
     let mut tick = || {

@@ -1,14 +1,15 @@
 //! `diffusers generate` end to end against diffusers (`fixtures/pipelines/flux.*`, the tiny
 //! FLUX.1-dev-style repository): `--latents` with array, latent and PNG outputs, `--seed` with
-//! several images, a hub id read from an offline cache, and every user error as one line with a
-//! non-zero exit. f32 tolerance 1e-4 absolute on images in [0, 1].
+//! several images, a hub id downloaded from a local stand-in for the hub and then read offline,
+//! and every user error as one line with a non-zero exit. f32 tolerance 1e-4 absolute on images
+//! in [0, 1].
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use burn::tensor::Tensor;
 use diffusers_core::backend::Cpu;
-use diffusers_core::testing::{Fixture, Tol, assert_close, fixtures_dir};
+use diffusers_core::testing::{Fixture, HubServer, Tol, assert_close, fixtures_dir};
 use diffusers_core::weights::Weights;
 
 const IMAGE: Tol = Tol {
@@ -202,49 +203,36 @@ fn seed_and_num_images_match_diffusers() {
     assert!(dir.path().join("x-0.png").is_file() && dir.path().join("x-1.png").is_file());
 }
 
-/// Lays the tiny repository out as the hub cache does (`models--org--name/refs/main`,
-/// `snapshots/<commit>/...`).
-fn hub_cache(cache: &Path, repo: &str) {
-    let commit = "0123456789abcdef0123456789abcdef01234567";
-    let root = cache.join(format!("models--{}", repo.replace('/', "--")));
-    std::fs::create_dir_all(root.join("refs")).expect("mkdir");
-    std::fs::write(root.join("refs/main"), commit).expect("ref");
-    let snap = root.join("snapshots").join(commit);
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).expect("mkdir");
-        for e in std::fs::read_dir(from).expect("ls") {
-            let e = e.expect("entry");
-            if e.path().is_dir() {
-                copy(&e.path(), &to.join(e.file_name()));
-            } else {
-                std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
-            }
-        }
-    }
-    copy(&model(), &snap);
-}
-
+/// A hub id: downloaded through hf-hub from a local stand-in for the hub (`HF_ENDPOINT`) into
+/// `HF_HUB_CACHE`, then run again from that cache with `--offline` and the server gone.
 #[test]
-fn hub_id_from_offline_cache() {
+fn hub_id_downloads_then_runs_offline() {
     let fx = Fixture::open("pipelines/flux");
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = dir.path().join("hub");
-    hub_cache(&cache, "tiny-org/tiny-flux");
-    let out = generate(
-        dir.path(),
-        "tiny-org/tiny-flux",
-        &[
-            "--latents",
-            &latents_file(),
-            "--output-type",
-            "array",
-            "-o",
-            "h.safetensors",
-            "--offline",
-        ],
-        &[("HF_HUB_CACHE", &cache)],
+    let server = HubServer::serve("tiny-org/tiny-flux", &model());
+    let endpoint = PathBuf::from(&server.endpoint);
+    let latents = latents_file();
+    let run = |out: &str, extra: &[&str], env: &[(&str, &Path)]| {
+        let mut args = vec!["--latents", &latents, "--output-type", "array"];
+        args.extend(["-o", out]);
+        args.extend(extra);
+        generate(dir.path(), "tiny-org/tiny-flux", &args, env)
+    };
+    let out = run(
+        "h.safetensors",
+        &[],
+        &[("HF_HUB_CACHE", &cache), ("HF_ENDPOINT", &endpoint)],
     );
     ok(&out);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.ends_with("/resolve/main/transformer/diffusion_pytorch_model.safetensors")),
+        "{:?}",
+        server.requests()
+    );
     let images = read(&dir.path().join("h.safetensors"), "images");
     assert_close(
         images,
@@ -252,6 +240,25 @@ fn hub_id_from_offline_cache() {
         None,
         IMAGE,
         "hub images",
+    );
+    // A repository the hub does not have: one line naming it.
+    let out = generate(
+        dir.path(),
+        "tiny-org/absent",
+        &["-o", "a.png"],
+        &[("HF_HUB_CACHE", &cache), ("HF_ENDPOINT", &endpoint)],
+    );
+    one_line_error(&out, "tiny-org/absent");
+    drop(server);
+    let out = run("o.safetensors", &["--offline"], &[("HF_HUB_CACHE", &cache)]);
+    ok(&out);
+    let images = read(&dir.path().join("o.safetensors"), "images");
+    assert_close(
+        images,
+        &fx.values("flux_prompt.images"),
+        None,
+        IMAGE,
+        "offline hub images",
     );
 }
 

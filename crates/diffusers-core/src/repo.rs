@@ -6,8 +6,10 @@
 
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hf_hub::HFRepositorySync;
+use hf_hub::progress::{DownloadEvent, ProgressEvent, ProgressHandler};
 use hf_hub::repository::RepoTreeEntry;
 use hf_hub::{HFClient, HFError, RepoTypeModel};
 
@@ -29,6 +31,85 @@ pub struct RepoOptions {
     pub token: Option<String>,
     /// Hub endpoint; `None` lets hf-hub read `HF_ENDPOINT`.
     pub endpoint: Option<String>,
+    /// Told the bytes of every file fetched from the hub as they arrive (nothing for files
+    /// already in the cache or in a local folder).
+    pub progress: Option<DownloadProgress>,
+}
+
+/// One file's download, as [`DownloadProgress`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Download<'a> {
+    /// The file's path in the repository.
+    pub file: &'a str,
+    /// Bytes received so far.
+    pub bytes: u64,
+    /// The file's size as the hub announced it (0 when it did not).
+    pub total: u64,
+}
+
+/// A download progress callback for [`RepoOptions::progress`].
+///
+/// It is called from the download's worker threads, so it must be `Send + Sync` and must not
+/// block (drawing a progress bar is fine).
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use diffusers_core::repo::{DownloadProgress, RepoOptions};
+///
+/// let received = Arc::new(AtomicU64::new(0));
+/// let seen = received.clone();
+/// let opts = RepoOptions {
+///     progress: Some(DownloadProgress::new(move |d| seen.store(d.bytes, Ordering::Relaxed))),
+///     ..Default::default()
+/// };
+/// # let _ = opts;
+/// ```
+#[derive(Clone)]
+pub struct DownloadProgress(Arc<dyn Fn(Download<'_>) + Send + Sync>);
+
+impl DownloadProgress {
+    /// Wraps a callback.
+    pub fn new(f: impl Fn(Download<'_>) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for DownloadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DownloadProgress")
+    }
+}
+
+/// Turns hf-hub's events for one file into [`Download`]s (hf-hub's types stay out of our API).
+struct FileProgress {
+    file: String,
+    report: DownloadProgress,
+}
+
+impl ProgressHandler for FileProgress {
+    fn on_progress(&self, event: &ProgressEvent) {
+        let (bytes, total) = match event {
+            ProgressEvent::Download(DownloadEvent::Start { total_bytes, .. }) => (0, *total_bytes),
+            ProgressEvent::Download(DownloadEvent::Progress { files }) => {
+                match files.iter().find(|f| f.filename == self.file) {
+                    Some(f) => (f.bytes_completed, f.total_bytes),
+                    None => return,
+                }
+            }
+            ProgressEvent::Download(DownloadEvent::AggregateProgress {
+                bytes_completed,
+                total_bytes,
+                ..
+            }) => (*bytes_completed, *total_bytes),
+            _ => return,
+        };
+        (self.report.0)(Download {
+            file: &self.file,
+            bytes,
+            total,
+        });
+    }
 }
 
 /// huggingface_hub's reading of a boolean environment variable (`1`, `ON`, `YES`, `TRUE`).
@@ -87,6 +168,7 @@ struct HubRepo {
     cache_dir: PathBuf,
     repo: HFRepositorySync<RepoTypeModel>,
     listing: OnceCell<Vec<String>>,
+    progress: Option<DownloadProgress>,
 }
 
 enum Kind {
@@ -169,6 +251,7 @@ impl Repo {
                 cache_dir,
                 repo,
                 listing: OnceCell::new(),
+                progress: opts.progress.clone(),
             })),
         })
     }
@@ -292,6 +375,10 @@ impl Repo {
                 .filename(file)
                 .revision(h.revision.clone())
                 .local_files_only(h.offline)
+                .maybe_progress(h.progress.clone().map(|report| FileProgress {
+                    file: file.to_string(),
+                    report,
+                }))
                 .send()
                 .map_err(|e| match e {
                     HFError::LocalEntryNotFound { .. } => Error::NotInOfflineCache {

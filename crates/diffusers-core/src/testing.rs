@@ -162,3 +162,186 @@ pub fn host<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(values, shape), (device, dtype))
 }
+
+/// A stand-in for the Hugging Face hub on `127.0.0.1`, for testing downloads without a network:
+/// it serves one folder as the model repository `repo_id` at revision `main` (commit
+/// [`HubServer::COMMIT`]) through the endpoints hf-hub calls: the tree listing
+/// (`GET /api/models/{id}/tree/{rev}`) and each file's `HEAD` and `GET`
+/// (`/{id}/resolve/{rev}/{path}`, with the `ETag`, `X-Repo-Commit` and `Content-Length` headers the
+/// hub sends). Anything else is a 404 with the hub's `X-Error-Code`. Every request is recorded.
+pub struct HubServer {
+    /// `http://127.0.0.1:PORT`, for `RepoOptions::endpoint` or `HF_ENDPOINT`.
+    pub endpoint: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    addr: std::net::SocketAddr,
+}
+
+impl HubServer {
+    /// The commit every file is served at.
+    pub const COMMIT: &'static str = "c0ffee0000000000000000000000000000000001";
+
+    pub fn serve(repo_id: &str, folder: &std::path::Path) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("address");
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log, halt) = (requests.clone(), stop.clone());
+        let (id, root) = (repo_id.to_string(), folder.to_path_buf());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let (log, id, root) = (log.clone(), id.clone(), root.clone());
+                std::thread::spawn(move || hub_respond(stream, &id, &root, &log));
+            }
+        });
+        Self {
+            endpoint: format!("http://{addr}"),
+            requests,
+            stop,
+            addr,
+        }
+    }
+
+    /// The requests so far, as `METHOD /path` (query strings dropped).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HubServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so that it sees `stop`.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+/// `%XX` escapes decoded (hf-hub escapes each path segment).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A content hash for the served `ETag` (FNV-1a, 64 bits, hex): the cache names blobs by it.
+fn hub_etag(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+fn hub_files(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            hub_files(root, &path, out);
+        } else {
+            let rel = path.strip_prefix(root).unwrap();
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+}
+
+fn hub_respond(
+    mut stream: std::net::TcpStream,
+    id: &str,
+    root: &std::path::Path,
+    log: &std::sync::Mutex<Vec<String>>,
+) {
+    use std::io::{Read, Write};
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut parts = head.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = percent_decode(target.split('?').next().unwrap_or(""));
+    log.lock().unwrap().push(format!("{method} {path}"));
+    let known_rev = |rev: &str| rev == "main" || rev == HubServer::COMMIT;
+    let not_found = |code: &str| {
+        (
+            404,
+            vec![("X-Error-Code".to_string(), code.to_string())],
+            Vec::new(),
+        )
+    };
+    let (status, headers, body): (u16, Vec<(String, String)>, Vec<u8>) =
+        if let Some(rest) = path.strip_prefix(&format!("/api/models/{id}/tree/")) {
+            if known_rev(rest.trim_end_matches('/')) {
+                let mut files = Vec::new();
+                hub_files(root, root, &mut files);
+                files.sort();
+                let entries: Vec<Value> = files
+                    .iter()
+                    .map(|f| {
+                        let bytes = std::fs::read(root.join(f)).unwrap();
+                        serde_json::json!({"type": "file", "oid": hub_etag(&bytes),
+                            "size": bytes.len(), "path": f})
+                    })
+                    .collect();
+                let json = serde_json::to_vec(&entries).unwrap();
+                (
+                    200,
+                    vec![("Content-Type".into(), "application/json".into())],
+                    json,
+                )
+            } else {
+                not_found("RevisionNotFound")
+            }
+        } else if let Some(rest) = path.strip_prefix(&format!("/{id}/resolve/")) {
+            let (rev, file) = rest.split_once('/').unwrap_or((rest, ""));
+            let full = root.join(file);
+            if !known_rev(rev) {
+                not_found("RevisionNotFound")
+            } else if file.is_empty() || file.contains("..") || !full.is_file() {
+                not_found("EntryNotFound")
+            } else {
+                let bytes = std::fs::read(&full).unwrap();
+                let headers = vec![
+                    ("ETag".into(), format!("\"{}\"", hub_etag(&bytes))),
+                    ("X-Repo-Commit".into(), HubServer::COMMIT.into()),
+                ];
+                (200, headers, bytes)
+            }
+        } else {
+            not_found("RepoNotFound")
+        };
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        if status == 200 { "OK" } else { "Not Found" },
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    let _ = stream.write_all(out.as_bytes());
+    if method != "HEAD" {
+        let _ = stream.write_all(&body);
+    }
+}

@@ -558,3 +558,146 @@ fn invalid_repo_id() {
         Err(Error::InvalidRepoId { .. })
     ));
 }
+
+/// The online path through hf-hub, against a local stand-in for the hub: listing, fetching only
+/// the chosen weights (one file; an index and its shards), byte progress, the cache layout the
+/// Python `huggingface_hub` uses, then the same files offline with no request, and the errors.
+#[test]
+fn hub_download_through_a_local_server() {
+    use diffusers_core::repo::DownloadProgress;
+    use diffusers_core::testing::HubServer;
+    use std::sync::{Arc, Mutex};
+
+    let cache = tmp();
+    let server = HubServer::serve("tiny-org/tiny-model", &fixtures());
+    let seen: Arc<Mutex<Vec<(String, u64, u64)>>> = Arc::default();
+    let record = seen.clone();
+    let opts = RepoOptions {
+        offline: Some(false),
+        cache_dir: Some(cache.path().to_path_buf()),
+        endpoint: Some(server.endpoint.clone()),
+        progress: Some(DownloadProgress::new(move |d| {
+            record
+                .lock()
+                .expect("progress lock")
+                .push((d.file.to_string(), d.bytes, d.total));
+        })),
+        ..Default::default()
+    };
+    let repo = Repo::open("tiny-org/tiny-model", &opts).expect("open");
+    assert!(!repo.is_offline());
+    assert!(repo.has("tiny/config.json").expect("listing"));
+    assert!(repo.list_dir("tiny").expect("listing").len() >= 7);
+
+    let w = repo
+        .weights("tiny", WeightsName::DIFFUSERS, None)
+        .expect("weights");
+    let (m, _) = load_into(tiny(), &w, LoadOptions::default()).expect("load");
+    check_tiny(&m, 0.0);
+    let c: TinyConfig = repo.config("tiny/config.json").expect("config");
+    assert_eq!(c.hidden, 8);
+
+    // Only the chosen format's file was downloaded, not the variants or the pickle.
+    let gets: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.strip_prefix("GET ").map(str::to_string))
+        .filter(|r| !r.starts_with("/api/"))
+        .collect();
+    let resolve = |f: &str| format!("/tiny-org/tiny-model/resolve/main/tiny/{f}");
+    assert_eq!(
+        gets,
+        [
+            resolve("diffusion_pytorch_model.safetensors"),
+            resolve("config.json")
+        ]
+    );
+
+    // Progress ends at the file's size, for each downloaded file.
+    let size = std::fs::metadata(fixtures().join("tiny/diffusion_pytorch_model.safetensors"))
+        .expect("size")
+        .len();
+    let last = seen
+        .lock()
+        .expect("progress lock")
+        .iter()
+        .rev()
+        .find(|(f, _, _)| f == "tiny/diffusion_pytorch_model.safetensors")
+        .cloned();
+    assert_eq!(
+        last,
+        Some((
+            "tiny/diffusion_pytorch_model.safetensors".to_string(),
+            size,
+            size
+        ))
+    );
+
+    // An index and its shards (the shards next to the index in the snapshot).
+    let files = repo
+        .weight_files("tiny", WeightsName::DIFFUSERS, Some("fp16"))
+        .expect("sharded");
+    assert!(
+        files.len() == 1
+            && files[0].ends_with("diffusion_pytorch_model.safetensors.index.fp16.json"),
+        "{files:?}"
+    );
+    let w = repo
+        .weights("tiny", WeightsName::DIFFUSERS, Some("fp16"))
+        .expect("sharded weights");
+    let (m, _) = load_into(tiny(), &w, LoadOptions::default()).expect("load fp16");
+    check_tiny(&m, 1.0 / 1024.0);
+
+    // The cache is laid out as huggingface_hub lays it out.
+    let folder = cache.path().join("models--tiny-org--tiny-model");
+    let commit = std::fs::read_to_string(folder.join("refs/main")).expect("refs/main");
+    assert_eq!(commit.trim(), HubServer::COMMIT);
+    let snap = folder.join("snapshots").join(HubServer::COMMIT);
+    assert!(
+        snap.join("tiny/diffusion_pytorch_model.safetensors")
+            .is_file()
+    );
+    assert!(
+        snap.join("tiny/diffusion_pytorch_model.fp16-00002-of-00002.safetensors")
+            .is_file()
+    );
+    assert!(
+        !snap
+            .join("tiny/diffusion_pytorch_model.bf16.safetensors")
+            .exists()
+    );
+
+    // Offline: the same files from the cache, no request at all.
+    let before = server.requests().len();
+    let offline = Repo::open(
+        "tiny-org/tiny-model",
+        &RepoOptions {
+            offline: Some(true),
+            endpoint: Some(server.endpoint.clone()),
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..Default::default()
+        },
+    )
+    .expect("open offline");
+    let w = offline
+        .weights("tiny", WeightsName::DIFFUSERS, None)
+        .expect("offline weights");
+    let (m, _) = load_into(tiny(), &w, LoadOptions::default()).expect("load");
+    check_tiny(&m, 0.0);
+    assert_eq!(server.requests().len(), before);
+
+    // A file the repository lacks and a revision it lacks are errors naming them.
+    match repo.get("tiny/absent.json") {
+        Err(e @ Error::Hub { .. }) => assert!(e.to_string().contains("tiny/absent.json"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let branch = Repo::open(
+        "tiny-org/tiny-model",
+        &RepoOptions {
+            revision: Some("no-such-branch".into()),
+            ..opts.clone()
+        },
+    )
+    .expect("open");
+    assert!(matches!(branch.list(), Err(Error::Hub { .. })));
+}
