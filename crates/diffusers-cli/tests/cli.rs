@@ -262,6 +262,45 @@ fn hub_id_downloads_then_runs_offline() {
     );
 }
 
+/// A gated hub repository: without `HF_TOKEN` one line saying what to do; with it, the image.
+#[test]
+fn gated_hub_id_needs_hf_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cache, home) = (dir.path().join("hub"), dir.path().join("home"));
+    let server = HubServer::serve_gated("tiny-org/gated-flux", &model(), "hf_right");
+    let endpoint = PathBuf::from(&server.endpoint);
+    let latents = latents_file();
+    let args = [
+        "--latents",
+        &latents,
+        "--output-type",
+        "array",
+        "-o",
+        "g.safetensors",
+    ];
+    let env = [
+        ("HF_HUB_CACHE", cache.as_path()),
+        ("HF_ENDPOINT", &endpoint),
+        ("HF_HOME", &home),
+        ("HF_TOKEN", Path::new("hf_wrong")),
+    ];
+    let out = generate(dir.path(), "tiny-org/gated-flux", &args, &env);
+    one_line_error(&out, "HF_TOKEN");
+    let mut env = env;
+    env[3].1 = Path::new("hf_right");
+    let out = generate(dir.path(), "tiny-org/gated-flux", &args, &env);
+    ok(&out);
+    let fx = Fixture::open("pipelines/flux");
+    let images = read(&dir.path().join("g.safetensors"), "images");
+    assert_close(
+        images,
+        &fx.values("flux_prompt.images"),
+        None,
+        IMAGE,
+        "gated hub images",
+    );
+}
+
 /// A user error: non-zero exit, one line on stderr starting with `error:`, no panic.
 fn one_line_error(out: &Output, needle: &str) {
     assert!(!out.status.success());

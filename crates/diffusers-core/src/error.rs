@@ -171,8 +171,23 @@ pub enum Error {
         cache: PathBuf,
     },
     /// The hub client failed.
-    #[error("{repo}: `{file}`: {reason}")]
+    #[error("{repo}@{revision}: `{file}`: {reason}")]
     Hub {
+        /// The hub repository id.
+        repo: String,
+        /// The revision asked for (`main` unless set).
+        revision: String,
+        /// The file within the repository, or `*` for a listing.
+        file: String,
+        /// The client's error.
+        reason: String,
+    },
+    /// The hub refused the request for want of access: a gated repository whose terms were not
+    /// accepted, a private one, or a missing or wrong token.
+    #[error(
+        "{repo}: `{file}`: {reason}. The repository is gated or private: accept its terms on the hub with your account, then set HF_TOKEN to an access token (or log in with `hf auth login`)"
+    )]
+    HubAccess {
         /// The hub repository id.
         repo: String,
         /// The file within the repository, or `*` for a listing.

@@ -171,6 +171,44 @@ struct HubRepo {
     progress: Option<DownloadProgress>,
 }
 
+impl HubRepo {
+    fn error(&self, file: &str, e: HFError) -> Error {
+        hub_error(&self.id, &self.revision, file, &self.cache_dir, e)
+    }
+}
+
+/// hf-hub's error as ours: a file missing from the offline cache, access refused (with what to
+/// do about it), or the client's message with the repository, revision and file.
+fn hub_error(repo: &str, revision: &str, file: &str, cache: &Path, e: HFError) -> Error {
+    let (repo, file) = (repo.to_string(), file.to_string());
+    match e {
+        HFError::LocalEntryNotFound { .. } => Error::NotInOfflineCache {
+            repo,
+            file,
+            cache: cache.to_path_buf(),
+        },
+        // hf-hub maps 401/403 to these for files, and to a plain HTTP error for listings.
+        e @ (HFError::AuthRequired { .. } | HFError::Forbidden { .. }) => Error::HubAccess {
+            repo,
+            file,
+            reason: e.to_string(),
+        },
+        HFError::Http { ref context } if matches!(context.status.as_u16(), 401 | 403) => {
+            Error::HubAccess {
+                repo,
+                file,
+                reason: e.to_string(),
+            }
+        }
+        e => Error::Hub {
+            repo,
+            revision: revision.to_string(),
+            file,
+            reason: e.to_string(),
+        },
+    }
+}
+
 enum Kind {
     Local(PathBuf),
     Hub(Box<HubRepo>),
@@ -228,11 +266,8 @@ impl Repo {
         }
         let offline = opts.offline.unwrap_or_else(|| env_truthy("HF_HUB_OFFLINE"));
         let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
-        let hub_err = |e: HFError| Error::Hub {
-            repo: id_or_dir.to_string(),
-            file: "*".into(),
-            reason: e.to_string(),
-        };
+        let revision = opts.revision.clone().unwrap_or_else(|| "main".into());
+        let hub_err = |e: HFError| hub_error(id_or_dir, &revision, "*", &cache_dir, e);
         let mut builder = HFClient::builder().cache_dir(&cache_dir);
         if let Some(t) = &opts.token {
             builder = builder.token(t.clone());
@@ -246,7 +281,7 @@ impl Repo {
         Ok(Self {
             kind: Kind::Hub(Box::new(HubRepo {
                 id: id_or_dir.to_string(),
-                revision: opts.revision.clone().unwrap_or_else(|| "main".into()),
+                revision,
                 offline,
                 cache_dir,
                 repo,
@@ -319,11 +354,7 @@ impl Repo {
                         .revision(h.revision.clone())
                         .recursive(true)
                         .send()
-                        .map_err(|e| Error::Hub {
-                            repo: h.id.clone(),
-                            file: "*".into(),
-                            reason: e.to_string(),
-                        })?
+                        .map_err(|e| h.error("*", e))?
                         .into_iter()
                         .filter_map(|e| match e {
                             RepoTreeEntry::File { path, .. } => Some(path),
@@ -380,18 +411,7 @@ impl Repo {
                     report,
                 }))
                 .send()
-                .map_err(|e| match e {
-                    HFError::LocalEntryNotFound { .. } => Error::NotInOfflineCache {
-                        repo: h.id.clone(),
-                        file: file.to_string(),
-                        cache: h.cache_dir.clone(),
-                    },
-                    other => Error::Hub {
-                        repo: h.id.clone(),
-                        file: file.to_string(),
-                        reason: other.to_string(),
-                    },
-                }),
+                .map_err(|e| h.error(file, e)),
         }
     }
 

@@ -169,6 +169,8 @@ pub fn host<B: Backend, const D: usize>(
 /// (`GET /api/models/{id}/tree/{rev}`) and each file's `HEAD` and `GET`
 /// (`/{id}/resolve/{rev}/{path}`, with the `ETag`, `X-Repo-Commit` and `Content-Length` headers the
 /// hub sends). Anything else is a 404 with the hub's `X-Error-Code`. Every request is recorded.
+/// [`HubServer::serve_gated`] answers 401, as the hub does for a gated repository, unless the
+/// request carries the token.
 pub struct HubServer {
     /// `http://127.0.0.1:PORT`, for `RepoOptions::endpoint` or `HF_ENDPOINT`.
     pub endpoint: String,
@@ -182,6 +184,15 @@ impl HubServer {
     pub const COMMIT: &'static str = "c0ffee0000000000000000000000000000000001";
 
     pub fn serve(repo_id: &str, folder: &std::path::Path) -> Self {
+        Self::start(repo_id, folder, None)
+    }
+
+    /// Like [`HubServer::serve`], but every request needs `Authorization: Bearer TOKEN`.
+    pub fn serve_gated(repo_id: &str, folder: &std::path::Path, token: &str) -> Self {
+        Self::start(repo_id, folder, Some(token.to_string()))
+    }
+
+    fn start(repo_id: &str, folder: &std::path::Path, token: Option<String>) -> Self {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("address");
@@ -195,8 +206,8 @@ impl HubServer {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                let (log, id, root) = (log.clone(), id.clone(), root.clone());
-                std::thread::spawn(move || hub_respond(stream, &id, &root, &log));
+                let (log, id, root, token) = (log.clone(), id.clone(), root.clone(), token.clone());
+                std::thread::spawn(move || hub_respond(stream, &id, &root, token.as_deref(), &log));
             }
         });
         Self {
@@ -266,6 +277,7 @@ fn hub_respond(
     mut stream: std::net::TcpStream,
     id: &str,
     root: &std::path::Path,
+    token: Option<&str>,
     log: &std::sync::Mutex<Vec<String>>,
 ) {
     use std::io::{Read, Write};
@@ -290,50 +302,72 @@ fn hub_respond(
             Vec::new(),
         )
     };
-    let (status, headers, body): (u16, Vec<(String, String)>, Vec<u8>) =
-        if let Some(rest) = path.strip_prefix(&format!("/api/models/{id}/tree/")) {
-            if known_rev(rest.trim_end_matches('/')) {
-                let mut files = Vec::new();
-                hub_files(root, root, &mut files);
-                files.sort();
-                let entries: Vec<Value> = files
-                    .iter()
-                    .map(|f| {
-                        let bytes = std::fs::read(root.join(f)).unwrap();
-                        serde_json::json!({"type": "file", "oid": hub_etag(&bytes),
+    let authorized = token.is_none_or(|t| {
+        head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("authorization") && v.trim() == format!("Bearer {t}")
+            })
+        })
+    });
+    let (status, headers, body): (u16, Vec<(String, String)>, Vec<u8>) = if !authorized {
+        let message = format!(
+            "Access to model {id} is restricted. You must have access to it and be authenticated to access it. Please log in."
+        );
+        (
+            401,
+            vec![
+                ("X-Error-Code".into(), "GatedRepo".into()),
+                ("X-Error-Message".into(), message),
+            ],
+            Vec::new(),
+        )
+    } else if let Some(rest) = path.strip_prefix(&format!("/api/models/{id}/tree/")) {
+        if known_rev(rest.trim_end_matches('/')) {
+            let mut files = Vec::new();
+            hub_files(root, root, &mut files);
+            files.sort();
+            let entries: Vec<Value> = files
+                .iter()
+                .map(|f| {
+                    let bytes = std::fs::read(root.join(f)).unwrap();
+                    serde_json::json!({"type": "file", "oid": hub_etag(&bytes),
                             "size": bytes.len(), "path": f})
-                    })
-                    .collect();
-                let json = serde_json::to_vec(&entries).unwrap();
-                (
-                    200,
-                    vec![("Content-Type".into(), "application/json".into())],
-                    json,
-                )
-            } else {
-                not_found("RevisionNotFound")
-            }
-        } else if let Some(rest) = path.strip_prefix(&format!("/{id}/resolve/")) {
-            let (rev, file) = rest.split_once('/').unwrap_or((rest, ""));
-            let full = root.join(file);
-            if !known_rev(rev) {
-                not_found("RevisionNotFound")
-            } else if file.is_empty() || file.contains("..") || !full.is_file() {
-                not_found("EntryNotFound")
-            } else {
-                let bytes = std::fs::read(&full).unwrap();
-                let headers = vec![
-                    ("ETag".into(), format!("\"{}\"", hub_etag(&bytes))),
-                    ("X-Repo-Commit".into(), HubServer::COMMIT.into()),
-                ];
-                (200, headers, bytes)
-            }
+                })
+                .collect();
+            let json = serde_json::to_vec(&entries).unwrap();
+            (
+                200,
+                vec![("Content-Type".into(), "application/json".into())],
+                json,
+            )
         } else {
-            not_found("RepoNotFound")
-        };
+            not_found("RevisionNotFound")
+        }
+    } else if let Some(rest) = path.strip_prefix(&format!("/{id}/resolve/")) {
+        let (rev, file) = rest.split_once('/').unwrap_or((rest, ""));
+        let full = root.join(file);
+        if !known_rev(rev) {
+            not_found("RevisionNotFound")
+        } else if file.is_empty() || file.contains("..") || !full.is_file() {
+            not_found("EntryNotFound")
+        } else {
+            let bytes = std::fs::read(&full).unwrap();
+            let headers = vec![
+                ("ETag".into(), format!("\"{}\"", hub_etag(&bytes))),
+                ("X-Repo-Commit".into(), HubServer::COMMIT.into()),
+            ];
+            (200, headers, bytes)
+        }
+    } else {
+        not_found("RepoNotFound")
+    };
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        if status == 200 { "OK" } else { "Not Found" },
+        match status {
+            200 => "OK",
+            401 => "Unauthorized",
+            _ => "Not Found",
+        },
         body.len()
     );
     for (k, v) in headers {

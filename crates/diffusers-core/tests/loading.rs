@@ -699,5 +699,45 @@ fn hub_download_through_a_local_server() {
         },
     )
     .expect("open");
-    assert!(matches!(branch.list(), Err(Error::Hub { .. })));
+    match branch.list() {
+        Err(e @ Error::Hub { .. }) => assert!(e.to_string().contains("@no-such-branch"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A gated repository: without the right token every request is refused with what to do about
+/// it; with it, the weights load.
+#[test]
+fn gated_hub_repository_needs_a_token() {
+    use diffusers_core::testing::HubServer;
+    let cache = tmp();
+    let server = HubServer::serve_gated("tiny-org/gated", &fixtures(), "hf_right");
+    let opts = |token: &str| RepoOptions {
+        offline: Some(false),
+        cache_dir: Some(cache.path().to_path_buf()),
+        endpoint: Some(server.endpoint.clone()),
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    let refused = Repo::open("tiny-org/gated", &opts("hf_wrong")).expect("open");
+    match refused.get("tiny/config.json") {
+        Err(e @ Error::HubAccess { .. }) => {
+            let m = e.to_string();
+            assert!(
+                m.contains("tiny/config.json") && m.contains("HF_TOKEN"),
+                "{m}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match refused.list() {
+        Err(Error::HubAccess { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let repo = Repo::open("tiny-org/gated", &opts("hf_right")).expect("open");
+    let w = repo
+        .weights("tiny", WeightsName::DIFFUSERS, None)
+        .expect("weights with the token");
+    let (m, _) = load_into(tiny(), &w, LoadOptions::default()).expect("load");
+    check_tiny(&m, 0.0);
 }
