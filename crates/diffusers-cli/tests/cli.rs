@@ -377,6 +377,15 @@ fn user_errors_are_one_line() {
     one_line_error(&out, "nowhere");
     let out = generate(dir.path(), &m, &["--max-sequence-length", "600"], &[]);
     one_line_error(&out, "max_sequence_length");
+
+    // A NaN guidance scale (no silent NaN image); a request no device could hold (an error, not
+    // the out-of-memory killer).
+    let out = generate(dir.path(), &m, &["--guidance", "nan"], &[]);
+    one_line_error(&out, "guidance_scale must be a finite number");
+    let out = generate(dir.path(), &m, &["--num-images", "100000000000"], &[]);
+    one_line_error(&out, "lower num_images_per_prompt");
+    let out = generate(dir.path(), &m, &["--width", "1600000000"], &[]);
+    one_line_error(&out, "lower num_images_per_prompt, height or width");
 }
 
 #[test]

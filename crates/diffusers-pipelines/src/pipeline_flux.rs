@@ -19,6 +19,7 @@ use diffusers_vae::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::image_processor::postprocess;
 use crate::model_index::ModelIndex;
 use crate::pipeline_stable_diffusion::{as_str, ids_tensor, repeat_per_prompt};
+use crate::pipeline_utils::check_request;
 use crate::{Error, Result};
 
 const PIPELINE: &str = "FluxPipeline";
@@ -373,6 +374,29 @@ impl<B: Backend> FluxPipeline<B> {
         if call.num_images_per_prompt == 0 {
             return Err(bad("num_images_per_prompt must be at least 1".into()));
         }
+        let prompts = match &call.prompt_embeds {
+            Some(pe) if call.prompt.is_empty() => pe.dims()[0],
+            _ => call.prompt.len(),
+        };
+        let images = prompts.saturating_mul(call.num_images_per_prompt);
+        check_request(
+            pipeline,
+            &[
+                ("guidance_scale", call.guidance_scale),
+                ("true_cfg_scale", call.true_cfg_scale),
+            ],
+            &[
+                ("the images", &[images, 3, height, width]),
+                (
+                    "the prompt embeddings",
+                    &[
+                        images,
+                        call.max_sequence_length,
+                        self.transformer_config.joint_attention_dim,
+                    ],
+                ),
+            ],
+        )?;
         if let Some((image, strength)) = &img2img {
             let [b, c, h, w] = image.dims();
             if b == 0 || c != 3 || (h, w) != (height, width) {

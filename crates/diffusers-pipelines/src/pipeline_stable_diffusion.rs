@@ -25,6 +25,7 @@ pub use crate::pipeline_flux::OutputType;
 
 use crate::image_processor::postprocess;
 use crate::model_index::ModelIndex;
+use crate::pipeline_utils::check_request;
 use crate::{Error, Result};
 
 const PIPELINE: &str = "StableDiffusionPipeline";
@@ -559,6 +560,37 @@ pub(crate) fn check_size(height: usize, width: usize, pipeline: &'static str) ->
     Ok(())
 }
 
+/// The SD-family call checks beyond the counts: finite scales, and the output images
+/// (`prompts * num_images_per_prompt` of `height` x `width`, the size of `image`, which may be
+/// latents, for image-to-image) within [`crate::pipeline_utils::MAX_TENSOR_VALUES`].
+pub(crate) fn check_sd_request(
+    pipeline: &'static str,
+    prompts: usize,
+    num_images_per_prompt: usize,
+    (height, width): (usize, usize),
+    scales: &[(&str, f64)],
+) -> Result<()> {
+    let images = prompts.saturating_mul(num_images_per_prompt);
+    check_request(
+        pipeline,
+        scales,
+        &[("the images", &[images, 3, height, width])],
+    )
+}
+
+/// The output size of an image-to-image call: the image's, or the latents' times the VAE factor.
+pub(crate) fn img2img_size(image_dims: [usize; 4], vae_scale_factor: usize) -> (usize, usize) {
+    let [_, c, h, w] = image_dims;
+    if c == 3 {
+        (h, w)
+    } else {
+        (
+            h.saturating_mul(vae_scale_factor),
+            w.saturating_mul(vae_scale_factor),
+        )
+    }
+}
+
 /// `set_timesteps` with the call's steps, or its custom timesteps or sigmas.
 pub(crate) fn set_timesteps<B: Backend>(
     scheduler: &mut dyn Scheduler<B>,
@@ -795,6 +827,17 @@ impl<B: Backend> StableDiffusionPipeline<B> {
         let (height, width) = (call.height.unwrap_or(dh), call.width.unwrap_or(dw));
         check_size(height, width, PIPELINE)?;
         check_counts(call.prompt.len(), call.num_images_per_prompt, PIPELINE)?;
+        check_sd_request(
+            PIPELINE,
+            call.prompt.len(),
+            call.num_images_per_prompt,
+            (height, width),
+            &[
+                ("guidance_scale", call.guidance_scale),
+                ("guidance_rescale", call.guidance_rescale),
+                ("eta", call.eta),
+            ],
+        )?;
         // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
         let guidance = call.guidance_scale > 1.0 && self.unet_config.time_cond_proj_dim.is_none();
         let embeds = self.encode_prompt(

@@ -13,7 +13,7 @@ use crate::Result;
 use crate::image_input::{img2img_latents, img2img_timesteps, preprocess};
 use crate::pipeline_stable_diffusion::{
     Components, Denoise, OutputType, SD_CLASSES, StableDiffusionOutput, StableDiffusionPipeline,
-    apply_eta, check_counts, decode_latents, invalid,
+    apply_eta, check_counts, check_sd_request, decode_latents, img2img_size, invalid,
 };
 
 const PIPELINE: &str = "StableDiffusionImg2ImgPipeline";
@@ -123,6 +123,17 @@ impl<B: Backend> StableDiffusionImg2ImgPipeline<B> {
             p.vae_scale_factor(),
             p.vae_config.latent_channels,
             PIPELINE,
+        )?;
+        check_sd_request(
+            PIPELINE,
+            call.prompt.len(),
+            call.num_images_per_prompt,
+            img2img_size(image.dims(), p.vae_scale_factor()),
+            &[
+                ("guidance_scale", call.guidance_scale),
+                ("strength", call.strength),
+                ("eta", call.eta),
+            ],
         )?;
         // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
         let guidance = call.guidance_scale > 1.0 && p.unet_config.time_cond_proj_dim.is_none();

@@ -16,8 +16,8 @@ use diffusers_vae::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
 use crate::Result;
 use crate::pipeline_stable_diffusion::{
     Components, Denoise, OutputType, StableDiffusionOutput, apply_eta, as_str, check_counts,
-    check_size, decode_latents, default_size, ids_tensor, invalid, negative_prompts,
-    prepare_latents, repeat_per_prompt, set_timesteps, swap_scheduler,
+    check_sd_request, check_size, decode_latents, default_size, ids_tensor, invalid,
+    negative_prompts, prepare_latents, repeat_per_prompt, set_timesteps, swap_scheduler,
 };
 
 const PIPELINE: &str = "StableDiffusionXLPipeline";
@@ -452,6 +452,17 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
         let (height, width) = (call.height.unwrap_or(dh), call.width.unwrap_or(dw));
         check_size(height, width, PIPELINE)?;
         check_counts(call.prompt.len(), call.num_images_per_prompt, PIPELINE)?;
+        check_sd_request(
+            PIPELINE,
+            call.prompt.len(),
+            call.num_images_per_prompt,
+            (height, width),
+            &[
+                ("guidance_scale", call.guidance_scale),
+                ("guidance_rescale", call.guidance_rescale),
+                ("eta", call.eta),
+            ],
+        )?;
         // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
         let guidance = call.guidance_scale > 1.0 && self.unet_config.time_cond_proj_dim.is_none();
         let embeds = self.encode_prompt(

@@ -11,7 +11,8 @@ use diffusers_schedulers::TorchGenerator;
 use crate::Result;
 use crate::image_input::{img2img_latents, img2img_timesteps, preprocess};
 use crate::pipeline_stable_diffusion::{
-    Denoise, OutputType, StableDiffusionOutput, apply_eta, check_counts, invalid,
+    Denoise, OutputType, StableDiffusionOutput, apply_eta, check_counts, check_sd_request,
+    img2img_size, invalid,
 };
 use crate::pipeline_stable_diffusion_xl::StableDiffusionXLPipeline;
 
@@ -150,6 +151,18 @@ impl<B: Backend> StableDiffusionXLImg2ImgPipeline<B> {
             .ok_or_else(|| invalid(PIPELINE, "image is required"))?;
         let f = p.vae_scale_factor();
         let image = preprocess(image, f, p.vae_config.latent_channels, PIPELINE)?;
+        check_sd_request(
+            PIPELINE,
+            call.prompt.len(),
+            call.num_images_per_prompt,
+            img2img_size(image.dims(), f),
+            &[
+                ("guidance_scale", call.guidance_scale),
+                ("guidance_rescale", call.guidance_rescale),
+                ("strength", call.strength),
+                ("eta", call.eta),
+            ],
+        )?;
         // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
         let guidance = call.guidance_scale > 1.0 && p.unet_config.time_cond_proj_dim.is_none();
         let embeds = p.encode_prompt(

@@ -26,6 +26,36 @@ pub const SUPPORTED_PIPELINES: &[&str] = &[
     "StableDiffusionXLImg2ImgPipeline",
 ];
 
+/// The most values one tensor of a request may hold (`i32::MAX`, 8 GiB in f32): a guard against
+/// runaway sizes and counts (a typo'd width, a huge `num_images_per_prompt`), which no device
+/// could run anyway (the VAE decoder's activations are tens of times the images') and which
+/// would otherwise end in an allocation failure or the out-of-memory killer, not an error.
+pub const MAX_TENSOR_VALUES: usize = i32::MAX as usize;
+
+/// Refuses a request that would give a NaN image or an allocation no device can make: every
+/// scale must be finite, and every tensor (named, with its shape) at most [`MAX_TENSOR_VALUES`].
+pub(crate) fn check_request(
+    pipeline: &'static str,
+    scales: &[(&str, f64)],
+    tensors: &[(&str, &[usize])],
+) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidArgument { pipeline, reason };
+    if let Some((name, v)) = scales.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(invalid(format!("{name} must be a finite number, got {v}")));
+    }
+    for (name, dims) in tensors {
+        let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if n.is_none_or(|n| n > MAX_TENSOR_VALUES) {
+            let n = n.map_or("more than 2^64".into(), |n| n.to_string());
+            return Err(invalid(format!(
+                "{name} {dims:?} would hold {n} values, more than the {MAX_TENSOR_VALUES} one \
+                 tensor may hold: lower num_images_per_prompt, height or width"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Options of [`DiffusionPipeline::from_pretrained`].
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {

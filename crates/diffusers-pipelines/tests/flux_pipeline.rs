@@ -391,6 +391,27 @@ fn bad_arguments_are_errors() {
     let mut c = prompt_call(&fx, OutputType::Array);
     c.num_images_per_prompt = 2;
     bad(&mut pipe, c);
+    // No silent NaN image, no allocation no device can make: clear errors instead.
+    let because = |pipe: &mut FluxPipeline<Cpu>, c: FluxCall<Cpu>, needle: &str| {
+        let msg = pipe.call(c).expect_err(needle).to_string();
+        assert!(msg.contains(needle), "expected `{needle}` in: {msg}");
+    };
+    let mut c = prompt_call(&fx, OutputType::Array);
+    c.guidance_scale = f64::NAN;
+    because(&mut pipe, c, "guidance_scale must be a finite number");
+    let mut c = embeds_call(&fx, OutputType::Array, true, None);
+    c.true_cfg_scale = f64::INFINITY;
+    because(&mut pipe, c, "true_cfg_scale must be a finite number");
+    let mut c = prompt_call(&fx, OutputType::Array);
+    (c.num_images_per_prompt, c.latents) = (1 << 40, None);
+    because(&mut pipe, c, "the images [1099511627776, 3, 16, 24]");
+    let mut c = prompt_call(&fx, OutputType::Array);
+    (c.width, c.latents) = (Some(16 << 40), None);
+    because(&mut pipe, c, "lower num_images_per_prompt, height or width");
+    // Images that fit, prompt embeddings ([n, 512, joint_attention_dim]) that do not.
+    let mut c = prompt_call(&fx, OutputType::Array);
+    (c.num_images_per_prompt, c.max_sequence_length, c.latents) = (1 << 20, 512, None);
+    because(&mut pipe, c, "the prompt embeddings");
     let not_flux = FluxPipeline::<Cpu>::from_folder(
         fixtures_dir().join("loading"),
         DType::F32,

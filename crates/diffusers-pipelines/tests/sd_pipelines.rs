@@ -319,6 +319,47 @@ fn sd_bad_arguments_are_errors() {
         },
         "clip_skip",
     );
+    // No silent NaN image, no allocation no device can make: clear errors instead.
+    let msg = bad(
+        StableDiffusionCall {
+            guidance_scale: f64::NAN,
+            ..sd_call(&fx, "sd")
+        },
+        "NaN guidance",
+    );
+    assert!(
+        msg.contains("guidance_scale must be a finite number"),
+        "{msg}"
+    );
+    let msg = bad(
+        StableDiffusionCall {
+            eta: f64::INFINITY,
+            ..sd_call(&fx, "sd")
+        },
+        "infinite eta",
+    );
+    assert!(msg.contains("eta must be a finite number"), "{msg}");
+    let msg = bad(
+        StableDiffusionCall {
+            num_images_per_prompt: 1 << 40,
+            latents: None,
+            ..sd_call(&fx, "sd")
+        },
+        "too many images",
+    );
+    assert!(
+        msg.contains("the images") && msg.contains("lower num_images_per_prompt"),
+        "{msg}"
+    );
+    let msg = bad(
+        StableDiffusionCall {
+            width: Some(8 << 40),
+            latents: None,
+            ..sd_call(&fx, "sd")
+        },
+        "too wide",
+    );
+    assert!(msg.contains("the images"), "{msg}");
 }
 
 #[test]
@@ -651,6 +692,26 @@ fn sdxl_bad_arguments_are_errors() {
         },
         "prompt_2 count",
     );
+    let msg = bad(
+        StableDiffusionXLCall {
+            guidance_rescale: f64::NAN,
+            ..sdxl_call(&fx)
+        },
+        "NaN guidance_rescale",
+    );
+    assert!(
+        msg.contains("guidance_rescale must be a finite number"),
+        "{msg}"
+    );
+    let msg = bad(
+        StableDiffusionXLCall {
+            num_images_per_prompt: usize::MAX,
+            latents: None,
+            ..sdxl_call(&fx)
+        },
+        "too many images",
+    );
+    assert!(msg.contains("more than 2^64"), "{msg}");
     // An SD 1.x folder is not an SDXL one.
     let err = StableDiffusionXLPipeline::<Cpu>::from_folder(
         folder("sd"),
@@ -816,6 +877,25 @@ fn img2img_bad_arguments_are_errors() {
         },
         "channels",
     );
+    let msg = bad(
+        StableDiffusionImg2ImgCall {
+            guidance_scale: f64::NEG_INFINITY,
+            ..call()
+        },
+        "infinite guidance",
+    );
+    assert!(
+        msg.contains("guidance_scale must be a finite number"),
+        "{msg}"
+    );
+    let msg = bad(
+        StableDiffusionImg2ImgCall {
+            num_images_per_prompt: 1 << 40,
+            ..call()
+        },
+        "too many images",
+    );
+    assert!(msg.contains("the images"), "{msg}");
 
     // SDXL: the time ids must fill the UNet's added embedding. With requires_aesthetics_score
     // the SDXL-base UNet gets one id too few, and the message says what to change.
