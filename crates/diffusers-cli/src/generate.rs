@@ -217,6 +217,17 @@ fn write_safetensors<B: Backend>(
     })
 }
 
+/// How many values of `t` are NaN or infinite (diffusers writes those as black pixels, with only
+/// numpy's "invalid value encountered in cast" warning).
+fn non_finite<B: Backend, const D: usize>(t: Tensor<B, D>) -> usize {
+    t.is_finite()
+        .bool_not()
+        .int()
+        .sum()
+        .into_scalar()
+        .elem::<i64>() as usize
+}
+
 fn write_outputs<B: Backend>(
     out: Generated<B>,
     kind: OutputKind,
@@ -229,6 +240,29 @@ fn write_outputs<B: Backend>(
             path: path.to_path_buf(),
             reason: format!("folder {} does not exist", dir.display()),
         });
+    }
+    let not_finite = |n: usize, what: &str| CliError::Output {
+        path: path.to_path_buf(),
+        reason: format!(
+            "the {what} hold {n} NaN or infinite values (non-finite --latents, or an overflow in \
+             reduced precision: try --dtype bf16 or f32); nothing written"
+        ),
+    };
+    match kind {
+        OutputKind::Latent => {
+            if let Some((_, l)) = &out.latents {
+                let n = non_finite(l.clone());
+                if n > 0 {
+                    return Err(not_finite(n, "latents"));
+                }
+            }
+        }
+        _ => {
+            let n = out.images.iter().map(|i| non_finite(i.clone())).sum();
+            if n > 0 {
+                return Err(not_finite(n, "images"));
+            }
+        }
     }
     match kind {
         OutputKind::Image => {

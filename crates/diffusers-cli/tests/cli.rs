@@ -386,6 +386,37 @@ fn user_errors_are_one_line() {
     one_line_error(&out, "lower num_images_per_prompt");
     let out = generate(dir.path(), &m, &["--width", "1600000000"], &[]);
     one_line_error(&out, "lower num_images_per_prompt, height or width");
+
+    // NaN latents of the right shape: the output would be NaN (diffusers writes black pixels):
+    // an error, and no file.
+    let shape = Weights::open(latents_file())
+        .expect("fixture latents")
+        .info("latents")
+        .expect("latents")
+        .shape
+        .clone();
+    let n: usize = shape.iter().product();
+    let nan = f32::NAN.to_le_bytes().repeat(n);
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &nan).expect("view");
+    safetensors::serialize_to_file([("latents", view)], None, &bad).expect("write");
+    for kind in ["image", "array", "latent"] {
+        let out = generate(
+            dir.path(),
+            &m,
+            &[
+                "--latents",
+                &bad.to_string_lossy(),
+                "--output-type",
+                kind,
+                "-o",
+                "nan.out",
+            ],
+            &[],
+        );
+        one_line_error(&out, "NaN or infinite values");
+        assert!(!dir.path().join("nan.out").exists(), "{kind}");
+    }
 }
 
 #[test]
