@@ -395,6 +395,7 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
             ..Default::default()
         },
         dtype,
+        variant: args.variant.clone(),
     };
     load.set_message(format!("loading {}", args.model));
     let pipe = DiffusionPipeline::<B>::from_pretrained_with_progress(

@@ -135,6 +135,10 @@ pub struct GenerateArgs {
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     pub revision: Option<String>,
+    /// Weights variant, as diffusers' `variant=` (`fp16`: only `*.fp16.safetensors` are
+    /// downloaded and loaded).
+    #[arg(long)]
+    pub variant: Option<String>,
     /// Use only the local hub cache (as HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,

@@ -262,6 +262,94 @@ fn hub_id_downloads_then_runs_offline() {
     );
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("ls") {
+        let e = e.expect("entry");
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+/// `--variant fp16` (diffusers' `variant=`): only the variant's weight files are loaded, and from
+/// the hub only they are downloaded. In this copy of the tiny repository every model's weights
+/// are its `fp16` variant file, and the default file beside it is not a safetensors file.
+#[test]
+fn variant_loads_only_the_variant_weights() {
+    let fx = Fixture::open("pipelines/flux");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    copy_dir(&model(), &repo);
+    for (component, name) in [
+        ("transformer", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+        ("text_encoder_2", "model"),
+    ] {
+        let folder = repo.join(component);
+        let default = folder.join(format!("{name}.safetensors"));
+        std::fs::rename(&default, folder.join(format!("{name}.fp16.safetensors"))).expect("mv");
+        std::fs::write(&default, b"not the variant").expect("write");
+    }
+    let latents = latents_file();
+    let run = |model: &str, out: &str, extra: &[&str], env: &[(&str, &Path)]| {
+        let mut args = vec!["--latents", &latents, "--output-type", "array", "-o", out];
+        args.extend(extra);
+        generate(dir.path(), model, &args, env)
+    };
+    let images_match = |out: &str| {
+        let images = read(&dir.path().join(out), "images");
+        assert_close(
+            images,
+            &fx.values("flux_prompt.images"),
+            None,
+            IMAGE,
+            "variant images",
+        );
+    };
+
+    let folder = repo.to_string_lossy().into_owned();
+    ok(&run(&folder, "v.safetensors", &["--variant", "fp16"], &[]));
+    images_match("v.safetensors");
+    let out = run(&folder, "d.safetensors", &[], &[]);
+    one_line_error(&out, "diffusion_pytorch_model.safetensors");
+    // Without the default file, the error names the variant there is.
+    let transformer = repo.join("transformer/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&transformer).expect("read");
+    std::fs::remove_file(&transformer).expect("rm");
+    let out = run(&folder, "d.safetensors", &[], &[]);
+    one_line_error(&out, "the variant(s) fp16");
+    std::fs::write(&transformer, bytes).expect("restore");
+
+    let server = HubServer::serve("tiny-org/variant-flux", &repo);
+    let (cache, endpoint) = (dir.path().join("hub"), PathBuf::from(&server.endpoint));
+    let env = [
+        ("HF_HUB_CACHE", cache.as_path()),
+        ("HF_ENDPOINT", &endpoint),
+    ];
+    let out = run(
+        "tiny-org/variant-flux",
+        "h.safetensors",
+        &["--variant", "fp16"],
+        &env,
+    );
+    ok(&out);
+    images_match("h.safetensors");
+    let weights: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET ") && r.ends_with(".safetensors"))
+        .collect();
+    assert_eq!(weights.len(), 4, "{weights:?}");
+    assert!(
+        weights.iter().all(|r| r.ends_with(".fp16.safetensors")),
+        "{weights:?}"
+    );
+}
+
 /// A gated hub repository: without `HF_TOKEN` one line saying what to do; with it, the image.
 #[test]
 fn gated_hub_id_needs_hf_token() {

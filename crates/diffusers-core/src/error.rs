@@ -143,7 +143,10 @@ pub enum Error {
         reason: String,
     },
     /// No weight file for a component was found.
-    #[error("{dir}: no weights named `{name}` (looked for {candidates})")]
+    #[error("{dir}: no weights named `{name}` (looked for {candidates}){}",
+        if variants.is_empty() { String::new() } else {
+            format!("; the folder has the variant(s) {}: load one of them (diffusers' `variant=`, the CLI's --variant)", variants.join(", "))
+        })]
     NoWeights {
         /// The component folder.
         dir: String,
@@ -151,6 +154,8 @@ pub enum Error {
         name: String,
         /// The file names that were looked for.
         candidates: String,
+        /// The variants whose files the folder has (`fp16` for `name.fp16.safetensors`).
+        variants: Vec<String>,
     },
     /// A repository id is neither a local folder nor a valid hub id.
     #[error("`{id}` is neither an existing folder nor a hub repository id (`org/name`)")]

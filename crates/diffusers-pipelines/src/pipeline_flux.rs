@@ -164,6 +164,17 @@ impl<B: Backend> FluxPipeline<B> {
     /// Loads a diffusers FLUX folder (`model_index.json`, `transformer/`, `vae/`, `scheduler/`,
     /// and the text encoders and tokenizers unless `model_index.json` has them null).
     pub fn from_folder(folder: impl AsRef<Path>, dtype: DType, device: &B::Device) -> Result<Self> {
+        Self::from_folder_variant(folder, None, dtype, device)
+    }
+
+    /// The same, with every model's weights of `variant` (`fp16`: `*.fp16.safetensors`, as
+    /// diffusers' `variant=`; the default files, with a warning, where a model has none).
+    pub fn from_folder_variant(
+        folder: impl AsRef<Path>,
+        variant: Option<&str>,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self> {
         let folder = folder.as_ref();
         let index = ModelIndex::load(folder.join("model_index.json"))?;
         // The img2img pipeline has the same components.
@@ -207,11 +218,15 @@ impl<B: Backend> FluxPipeline<B> {
 
         let weights_dtype = (dtype != DType::F32).then_some(dtype);
         tracing::info!("{}: loading transformer", folder.display());
-        let (transformer, transformer_config) =
-            FluxTransformer2DModel::from_folder(folder.join("transformer"), weights_dtype, device)?;
+        let (transformer, transformer_config) = FluxTransformer2DModel::from_folder_variant(
+            folder.join("transformer"),
+            variant,
+            weights_dtype,
+            device,
+        )?;
         tracing::info!("{}: loading vae", folder.display());
         let (vae, vae_config) =
-            AutoencoderKL::from_folder(folder.join("vae"), weights_dtype, device)?;
+            AutoencoderKL::from_folder_variant(folder.join("vae"), variant, weights_dtype, device)?;
         let sched_path = folder.join("scheduler/scheduler_config.json");
         let text = std::fs::read_to_string(&sched_path)
             .map_err(|e| Error::Core(diffusers_core::Error::io(&sched_path, e)))?;
@@ -225,13 +240,23 @@ impl<B: Backend> FluxPipeline<B> {
         let text_encoder = has_clip
             .then(|| {
                 tracing::info!("{}: loading text_encoder", folder.display());
-                CLIPTextModel::from_folder(folder.join("text_encoder"), weights_dtype, device)
+                CLIPTextModel::from_folder_variant(
+                    folder.join("text_encoder"),
+                    variant,
+                    weights_dtype,
+                    device,
+                )
             })
             .transpose()?;
         let text_encoder_2 = has_t5
             .then(|| {
                 tracing::info!("{}: loading text_encoder_2", folder.display());
-                T5EncoderModel::from_folder(folder.join("text_encoder_2"), weights_dtype, device)
+                T5EncoderModel::from_folder_variant(
+                    folder.join("text_encoder_2"),
+                    variant,
+                    weights_dtype,
+                    device,
+                )
             })
             .transpose()?;
         Ok(Self {

@@ -176,6 +176,8 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 pub(crate) struct Components {
     pub folder: PathBuf,
     pub index: ModelIndex,
+    /// The weights variant to load (`fp16`: `*.fp16.safetensors`), as diffusers' `variant=`.
+    pub variant: Option<String>,
 }
 
 impl Components {
@@ -212,7 +214,16 @@ impl Components {
         Ok(Self {
             folder: folder.to_path_buf(),
             index,
+            variant: None,
         })
+    }
+
+    /// The same components, loading the weights of `variant`.
+    pub fn with_variant(self, variant: Option<&str>) -> Self {
+        Self {
+            variant: variant.map(str::to_string),
+            ..self
+        }
     }
 
     /// Whether component `name` is present (its class one of `classes` and its folder there);
@@ -262,8 +273,9 @@ impl Components {
     ) -> Result<(UNet2DConditionModel<B>, UNet2DConditionModelConfig)> {
         self.has("unet", &["UNet2DConditionModel"], true)?;
         tracing::info!("{}: loading unet", self.folder.display());
-        Ok(UNet2DConditionModel::from_folder(
+        Ok(UNet2DConditionModel::from_folder_variant(
             self.folder.join("unet"),
+            self.variant.as_deref(),
             dtype,
             device,
         )?)
@@ -277,8 +289,9 @@ impl Components {
     ) -> Result<(AutoencoderKL<B>, AutoencoderKLConfig)> {
         self.has("vae", &["AutoencoderKL"], true)?;
         tracing::info!("{}: loading vae", self.folder.display());
-        Ok(AutoencoderKL::from_folder(
+        Ok(AutoencoderKL::from_folder_variant(
             self.folder.join("vae"),
+            self.variant.as_deref(),
             dtype,
             device,
         )?)
@@ -694,7 +707,18 @@ impl<B: Backend> StableDiffusionPipeline<B> {
     /// `text_encoder/`, `tokenizer/`, `scheduler/`); a safety checker or feature extractor is
     /// skipped (with a warning when not null: images are not filtered).
     pub fn from_folder(folder: impl AsRef<Path>, dtype: DType, device: &B::Device) -> Result<Self> {
-        let c = Components::open(folder.as_ref(), PIPELINE, SD_CLASSES)?;
+        Self::from_folder_variant(folder, None, dtype, device)
+    }
+
+    /// The same, with every model's weights of `variant` (`fp16`: `*.fp16.safetensors`, as
+    /// diffusers' `variant=`; the default files, with a warning, where a model has none).
+    pub fn from_folder_variant(
+        folder: impl AsRef<Path>,
+        variant: Option<&str>,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let c = Components::open(folder.as_ref(), PIPELINE, SD_CLASSES)?.with_variant(variant);
         Self::from_components(&c, dtype, device)
     }
 
@@ -712,8 +736,12 @@ impl<B: Backend> StableDiffusionPipeline<B> {
         let (unet, unet_config) = c.unet(weights_dtype, device)?;
         let (vae, vae_config) = c.vae(weights_dtype, device)?;
         tracing::info!("{}: loading text_encoder", c.folder.display());
-        let text_encoder =
-            CLIPTextModel::from_folder(c.folder.join("text_encoder"), weights_dtype, device)?;
+        let text_encoder = CLIPTextModel::from_folder_variant(
+            c.folder.join("text_encoder"),
+            c.variant.as_deref(),
+            weights_dtype,
+            device,
+        )?;
         Ok(Self {
             unet,
             unet_config,

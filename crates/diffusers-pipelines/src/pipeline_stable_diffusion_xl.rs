@@ -184,7 +184,18 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
     /// With `dtype` f16 or bf16 and the VAE's `force_upcast`, the VAE is kept in f32 (diffusers
     /// decodes in f32 in f16 and encodes img2img inputs in f32).
     pub fn from_folder(folder: impl AsRef<Path>, dtype: DType, device: &B::Device) -> Result<Self> {
-        let c = Components::open(folder.as_ref(), PIPELINE, SDXL_CLASSES)?;
+        Self::from_folder_variant(folder, None, dtype, device)
+    }
+
+    /// The same, with every model's weights of `variant` (`fp16`: `*.fp16.safetensors`, as
+    /// diffusers' `variant=`; the default files, with a warning, where a model has none).
+    pub fn from_folder_variant(
+        folder: impl AsRef<Path>,
+        variant: Option<&str>,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let c = Components::open(folder.as_ref(), PIPELINE, SDXL_CLASSES)?.with_variant(variant);
         let weights_dtype = (dtype != DType::F32).then_some(dtype);
         let has_te = c.has("text_encoder", &["CLIPTextModel"], false)?;
         c.has("text_encoder_2", &["CLIPTextModelWithProjection"], true)?;
@@ -217,14 +228,20 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
         let text_encoder = has_te
             .then(|| {
                 tracing::info!("{}: loading text_encoder", c.folder.display());
-                CLIPTextModel::from_folder(c.folder.join("text_encoder"), weights_dtype, device)
+                CLIPTextModel::from_folder_variant(
+                    c.folder.join("text_encoder"),
+                    c.variant.as_deref(),
+                    weights_dtype,
+                    device,
+                )
             })
             .transpose()?;
         tracing::info!("{}: loading text_encoder_2", c.folder.display());
         let text_encoder_2_config =
             CLIPTextConfig::load(c.folder.join("text_encoder_2/config.json"))?;
-        let text_encoder_2 = CLIPTextModelWithProjection::from_folder(
+        let text_encoder_2 = CLIPTextModelWithProjection::from_folder_variant(
             c.folder.join("text_encoder_2"),
+            c.variant.as_deref(),
             weights_dtype,
             device,
         )?;

@@ -63,6 +63,10 @@ pub struct PipelineOptions {
     pub repo: RepoOptions,
     /// The dtype weights are converted to and the pipeline computes in (`torch_dtype`).
     pub dtype: DType,
+    /// The weights variant (`fp16` for `*.fp16.safetensors`), as diffusers' `variant=`: only
+    /// those files are fetched and loaded (a model without them loads its default files, with a
+    /// warning).
+    pub variant: Option<String>,
 }
 
 impl Default for PipelineOptions {
@@ -70,6 +74,7 @@ impl Default for PipelineOptions {
         Self {
             repo: RepoOptions::default(),
             dtype: DType::F32,
+            variant: None,
         }
     }
 }
@@ -113,7 +118,11 @@ fn is_weight_file(name: &str) -> bool {
 /// Fetches what the pipeline needs from a hub repository (`model_index.json`, each non-null
 /// component's configs and tokenizer files, one format of its weights) and returns the local
 /// folder (the snapshot) that holds them. A local folder is returned as is.
-fn fetch(repo: &Repo, progress: &mut dyn FnMut(LoadEvent)) -> Result<(PathBuf, ModelIndex)> {
+fn fetch(
+    repo: &Repo,
+    variant: Option<&str>,
+    progress: &mut dyn FnMut(LoadEvent),
+) -> Result<(PathBuf, ModelIndex)> {
     if let Some(dir) = repo.local_dir() {
         let index = ModelIndex::load(dir.join("model_index.json"))?;
         return Ok((dir.to_path_buf(), index));
@@ -151,7 +160,7 @@ fn fetch(repo: &Repo, progress: &mut dyn FnMut(LoadEvent)) -> Result<(PathBuf, M
         };
         if files.iter().any(|f| is_weight_file(f)) {
             progress(LoadEvent::Fetching(format!("{name}/ weights")));
-            repo.weight_files(name, names, None)?;
+            repo.weight_files(name, names, variant)?;
             progress(LoadEvent::Fetched(format!("{name}/ weights")));
         }
     }
@@ -201,22 +210,23 @@ impl<B: Backend> DiffusionPipeline<B> {
         progress: &mut dyn FnMut(LoadEvent),
     ) -> Result<Self> {
         let repo = Repo::open(repo_or_dir, &opts.repo)?;
-        let (root, index) = fetch(&repo, progress)?;
+        let variant = opts.variant.as_deref();
+        let (root, index) = fetch(&repo, variant, progress)?;
         progress(LoadEvent::Loading(index.class_name.clone()));
         match index.class_name.as_str() {
             "FluxPipeline" | "FluxImg2ImgPipeline" => Ok(Self::Flux(Box::new(
-                FluxPipeline::from_folder(&root, opts.dtype, device)?,
+                FluxPipeline::from_folder_variant(&root, variant, opts.dtype, device)?,
             ))),
-            "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => {
-                Ok(Self::StableDiffusion(Box::new(
-                    StableDiffusionPipeline::from_folder(&root, opts.dtype, device)?,
-                )))
-            }
-            "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline" => {
-                Ok(Self::StableDiffusionXL(Box::new(
-                    StableDiffusionXLPipeline::from_folder(&root, opts.dtype, device)?,
-                )))
-            }
+            "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => Ok(
+                Self::StableDiffusion(Box::new(StableDiffusionPipeline::from_folder_variant(
+                    &root, variant, opts.dtype, device,
+                )?)),
+            ),
+            "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline" => Ok(
+                Self::StableDiffusionXL(Box::new(StableDiffusionXLPipeline::from_folder_variant(
+                    &root, variant, opts.dtype, device,
+                )?)),
+            ),
             other => Err(unsupported(repo_or_dir, other)),
         }
     }

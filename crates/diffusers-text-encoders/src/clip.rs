@@ -366,8 +366,13 @@ fn checkpoint_key(path: &str, prefixed: bool) -> String {
     }
 }
 
-fn load<B: Backend, M: Module<B>>(module: M, folder: &Path, dtype: Option<DType>) -> Result<M> {
-    let weights = Weights::from_folder(folder, WeightsName::TRANSFORMERS, None)?;
+fn load<B: Backend, M: Module<B>>(
+    module: M,
+    folder: &Path,
+    variant: Option<&str>,
+    dtype: Option<DType>,
+) -> Result<M> {
+    let weights = Weights::from_folder(folder, WeightsName::TRANSFORMERS, variant)?;
     let prefixed = weights.contains("text_model.embeddings.token_embedding.weight");
     let key_map = move |p: &str| checkpoint_key(p, prefixed);
     let (m, report) = load_into(
@@ -412,9 +417,20 @@ impl<B: Backend> CLIPTextModel<B> {
         dtype: Option<DType>,
         device: &B::Device,
     ) -> Result<Self> {
+        Self::from_folder_variant(folder, None, dtype, device)
+    }
+
+    /// The same, with the weights of `variant` (`fp16` for `model.fp16.safetensors`, as
+    /// diffusers' `variant=`; the default files, with a warning, where a variant is missing).
+    pub fn from_folder_variant(
+        folder: impl AsRef<Path>,
+        variant: Option<&str>,
+        dtype: Option<DType>,
+        device: &B::Device,
+    ) -> Result<Self> {
         let folder = folder.as_ref();
         let config = CLIPTextConfig::load(folder.join("config.json"))?;
-        load(Self::new(&config, device)?, folder, dtype)
+        load(Self::new(&config, device)?, folder, variant, dtype)
     }
 
     /// Encodes token ids; `pooled` is the end-of-text hidden state.
@@ -444,9 +460,20 @@ impl<B: Backend> CLIPTextModelWithProjection<B> {
         dtype: Option<DType>,
         device: &B::Device,
     ) -> Result<Self> {
+        Self::from_folder_variant(folder, None, dtype, device)
+    }
+
+    /// The same, with the weights of `variant` (`fp16` for `model.fp16.safetensors`, as
+    /// diffusers' `variant=`; the default files, with a warning, where a variant is missing).
+    pub fn from_folder_variant(
+        folder: impl AsRef<Path>,
+        variant: Option<&str>,
+        dtype: Option<DType>,
+        device: &B::Device,
+    ) -> Result<Self> {
         let folder = folder.as_ref();
         let config = CLIPTextConfig::load(folder.join("config.json"))?;
-        load(Self::new(&config, device)?, folder, dtype)
+        load(Self::new(&config, device)?, folder, variant, dtype)
     }
 
     /// Encodes token ids; `pooled` is `text_embeds` (the projected end-of-text state).

@@ -361,9 +361,20 @@ impl<B: Backend> T5EncoderModel<B> {
         dtype: Option<DType>,
         device: &B::Device,
     ) -> Result<Self> {
+        Self::from_folder_variant(folder, None, dtype, device)
+    }
+
+    /// The same, with the weights of `variant` (`fp16` for `model.fp16.safetensors`, as
+    /// diffusers' `variant=`; the default files, with a warning, where a variant is missing).
+    pub fn from_folder_variant(
+        folder: impl AsRef<Path>,
+        variant: Option<&str>,
+        dtype: Option<DType>,
+        device: &B::Device,
+    ) -> Result<Self> {
         let folder = folder.as_ref();
         let config: T5Config = diffusers_core::config::load_config(folder.join("config.json"))?;
-        let weights = Weights::from_folder(folder, WeightsName::TRANSFORMERS, None)?;
+        let weights = Weights::from_folder(folder, WeightsName::TRANSFORMERS, variant)?;
         // The embedding is tied: checkpoints store it as `shared` or `encoder.embed_tokens`.
         let shared_key = if weights.contains("shared.weight") {
             "shared.weight"

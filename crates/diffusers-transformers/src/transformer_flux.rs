@@ -508,10 +508,21 @@ impl<B: Backend> FluxTransformer2DModel<B> {
         dtype: Option<DType>,
         device: &B::Device,
     ) -> Result<(Self, FluxTransformer2DModelConfig)> {
+        Self::from_folder_variant(folder, None, dtype, device)
+    }
+
+    /// The same, with the weights of `variant` (`fp16` for `diffusion_pytorch_model.fp16.safetensors`, as
+    /// diffusers' `variant=`; the default files, with a warning, where a variant is missing).
+    pub fn from_folder_variant(
+        folder: impl AsRef<Path>,
+        variant: Option<&str>,
+        dtype: Option<DType>,
+        device: &B::Device,
+    ) -> Result<(Self, FluxTransformer2DModelConfig)> {
         let folder = folder.as_ref();
         let config: FluxTransformer2DModelConfig =
             diffusers_core::config::load_config(folder.join("config.json"))?;
-        let weights = Weights::from_folder(folder, WeightsName::DIFFUSERS, None)?;
+        let weights = Weights::from_folder(folder, WeightsName::DIFFUSERS, variant)?;
         let key_map = |p: &str| checkpoint_key(p);
         let (m, _) = load_into(
             Self::new(&config, device)?,

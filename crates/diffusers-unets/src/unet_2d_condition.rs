@@ -753,10 +753,21 @@ impl<B: Backend> UNet2DConditionModel<B> {
         dtype: Option<DType>,
         device: &B::Device,
     ) -> Result<(Self, UNet2DConditionModelConfig)> {
+        Self::from_folder_variant(folder, None, dtype, device)
+    }
+
+    /// The same, with the weights of `variant` (`fp16` for `diffusion_pytorch_model.fp16.safetensors`, as
+    /// diffusers' `variant=`; the default files, with a warning, where a variant is missing).
+    pub fn from_folder_variant(
+        folder: impl AsRef<Path>,
+        variant: Option<&str>,
+        dtype: Option<DType>,
+        device: &B::Device,
+    ) -> Result<(Self, UNet2DConditionModelConfig)> {
         let folder = folder.as_ref();
         let config: UNet2DConditionModelConfig =
             diffusers_core::config::load_config(folder.join("config.json"))?;
-        let weights = Weights::from_folder(folder, WeightsName::DIFFUSERS, None)?;
+        let weights = Weights::from_folder(folder, WeightsName::DIFFUSERS, variant)?;
         let key_map = |p: &str| checkpoint_key(p);
         let (m, _) = load_into(
             Self::new(&config, device)?,

@@ -127,10 +127,33 @@ pub fn resolve_weight_files(
         }
         looked.push(plan.file().to_string());
     }
+    // `name.V.safetensors`, `name.safetensors.index.V.json` and the pickle forms: variant V.
+    let mut variants: Vec<String> = available
+        .iter()
+        .filter_map(|f| {
+            [name.safetensors, name.pickle].iter().find_map(|base| {
+                let rest = f.strip_prefix(base)?.strip_prefix('.')?;
+                let v = rest
+                    .strip_suffix(".safetensors")
+                    .or_else(|| rest.strip_suffix(".bin"))
+                    .or_else(|| {
+                        rest.strip_prefix("safetensors.index.")?
+                            .strip_suffix(".json")
+                    })
+                    .or_else(|| rest.strip_prefix("bin.index.")?.strip_suffix(".json"))?;
+                // Shards (`name.fp16-00001-of-00002.safetensors`) name their variant first.
+                let v = v.split('-').next().unwrap_or(v);
+                (!v.is_empty() && !v.contains('.')).then(|| v.to_string())
+            })
+        })
+        .collect();
+    variants.sort();
+    variants.dedup();
     Err(Error::NoWeights {
         dir: dir.to_string(),
         name: name.safetensors.to_string(),
         candidates: looked.join(", "),
+        variants,
     })
 }
 
@@ -218,11 +241,35 @@ mod tests {
     #[test]
     fn nothing_found_lists_candidates() {
         match pick(&["config.json"], WeightsName::DIFFUSERS, None) {
-            Err(Error::NoWeights { candidates, .. }) => {
+            Err(Error::NoWeights {
+                candidates,
+                variants,
+                ..
+            }) => {
                 assert!(candidates.contains("diffusion_pytorch_model.safetensors"));
                 assert!(candidates.contains("diffusion_pytorch_model.bin"));
+                assert!(variants.is_empty());
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn nothing_found_names_the_variants_present() {
+        let avail = [
+            "config.json",
+            "diffusion_pytorch_model.fp16.safetensors",
+            "diffusion_pytorch_model.safetensors.index.bf16.json",
+            "diffusion_pytorch_model.bf16-00001-of-00002.safetensors",
+            "diffusion_pytorch_model.non_ema.bin",
+            "other.fp32.safetensors",
+        ];
+        let e = pick(&avail, WeightsName::DIFFUSERS, None).expect_err("no default weights");
+        let msg = e.to_string();
+        match e {
+            Error::NoWeights { variants, .. } => assert_eq!(variants, ["bf16", "fp16", "non_ema"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(msg.contains("variant(s) bf16, fp16, non_ema"), "{msg}");
     }
 }
