@@ -261,18 +261,6 @@ fn hub_etag(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-fn hub_files(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            hub_files(root, &path, out);
-        } else {
-            let rel = path.strip_prefix(root).unwrap();
-            out.push(rel.to_string_lossy().replace('\\', "/"));
-        }
-    }
-}
-
 fn hub_respond(
     mut stream: std::net::TcpStream,
     id: &str,
@@ -323,9 +311,10 @@ fn hub_respond(
         )
     } else if let Some(rest) = path.strip_prefix(&format!("/api/models/{id}/tree/")) {
         if known_rev(rest.trim_end_matches('/')) {
-            let mut files = Vec::new();
-            hub_files(root, root, &mut files);
-            files.sort();
+            // The folder's files as a local `Repo` lists them (sorted, `/`-separated).
+            let files = crate::repo::Repo::open(&root.to_string_lossy(), &Default::default())
+                .and_then(|r| r.list())
+                .unwrap();
             let entries: Vec<Value> = files
                 .iter()
                 .map(|f| {

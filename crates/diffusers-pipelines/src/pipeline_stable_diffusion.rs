@@ -573,7 +573,7 @@ pub(crate) fn check_size(height: usize, width: usize, pipeline: &'static str) ->
     Ok(())
 }
 
-/// The SD-family call checks beyond the counts: finite scales, and the output images
+/// The SD-family call checks: the counts ([`check_counts`]), finite scales, and the output images
 /// (`prompts * num_images_per_prompt` of `height` x `width`, the size of `image`, which may be
 /// latents, for image-to-image) within [`crate::pipeline_utils::MAX_TENSOR_VALUES`].
 pub(crate) fn check_sd_request(
@@ -583,6 +583,7 @@ pub(crate) fn check_sd_request(
     (height, width): (usize, usize),
     scales: &[(&str, f64)],
 ) -> Result<()> {
+    check_counts(prompts, num_images_per_prompt, pipeline)?;
     let images = prompts.saturating_mul(num_images_per_prompt);
     check_request(
         pipeline,
@@ -854,7 +855,6 @@ impl<B: Backend> StableDiffusionPipeline<B> {
         };
         let (height, width) = (call.height.unwrap_or(dh), call.width.unwrap_or(dw));
         check_size(height, width, PIPELINE)?;
-        check_counts(call.prompt.len(), call.num_images_per_prompt, PIPELINE)?;
         check_sd_request(
             PIPELINE,
             call.prompt.len(),

@@ -13,7 +13,7 @@ use crate::Result;
 use crate::image_input::{img2img_latents, img2img_timesteps, preprocess};
 use crate::pipeline_stable_diffusion::{
     Components, Denoise, OutputType, SD_CLASSES, StableDiffusionOutput, StableDiffusionPipeline,
-    apply_eta, check_counts, check_sd_request, decode_latents, img2img_size, invalid,
+    apply_eta, check_sd_request, decode_latents, img2img_size, invalid,
 };
 
 const PIPELINE: &str = "StableDiffusionImg2ImgPipeline";
@@ -114,7 +114,6 @@ impl<B: Backend> StableDiffusionImg2ImgPipeline<B> {
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 4>),
     ) -> Result<StableDiffusionOutput<B>> {
         let p = &mut self.pipe;
-        check_counts(call.prompt.len(), call.num_images_per_prompt, PIPELINE)?;
         let image = call
             .image
             .ok_or_else(|| invalid(PIPELINE, "image is required"))?;

@@ -468,7 +468,6 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
         };
         let (height, width) = (call.height.unwrap_or(dh), call.width.unwrap_or(dw));
         check_size(height, width, PIPELINE)?;
-        check_counts(call.prompt.len(), call.num_images_per_prompt, PIPELINE)?;
         check_sd_request(
             PIPELINE,
             call.prompt.len(),

@@ -11,8 +11,7 @@ use diffusers_schedulers::TorchGenerator;
 use crate::Result;
 use crate::image_input::{img2img_latents, img2img_timesteps, preprocess};
 use crate::pipeline_stable_diffusion::{
-    Denoise, OutputType, StableDiffusionOutput, apply_eta, check_counts, check_sd_request,
-    img2img_size, invalid,
+    Denoise, OutputType, StableDiffusionOutput, apply_eta, check_sd_request, img2img_size, invalid,
 };
 use crate::pipeline_stable_diffusion_xl::StableDiffusionXLPipeline;
 
@@ -145,7 +144,6 @@ impl<B: Backend> StableDiffusionXLImg2ImgPipeline<B> {
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 4>),
     ) -> Result<StableDiffusionOutput<B>> {
         let p = &mut self.pipe;
-        check_counts(call.prompt.len(), call.num_images_per_prompt, PIPELINE)?;
         let image = call
             .image
             .ok_or_else(|| invalid(PIPELINE, "image is required"))?;

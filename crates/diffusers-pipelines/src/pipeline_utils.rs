@@ -46,7 +46,7 @@ pub(crate) fn check_request(
     for (name, dims) in tensors {
         let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if n.is_none_or(|n| n > MAX_TENSOR_VALUES) {
-            let n = n.map_or("more than 2^64".into(), |n| n.to_string());
+            let n = n.map_or("2^64 or more".into(), |n| n.to_string());
             return Err(invalid(format!(
                 "{name} {dims:?} would hold {n} values, more than the {MAX_TENSOR_VALUES} one \
                  tensor may hold: lower num_images_per_prompt, height or width"
