@@ -239,7 +239,7 @@ impl<B: Backend> Scheduler<B> for DDIMScheduler {
         if self.eta > 0.0 {
             let dims = prev.dims();
             let count = dims[0] * dims[1];
-            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count)?;
             let device = prev.device();
             let z = Tensor::<B, 2>::from_data(TensorData::new(values, dims), (&device, DType::F32))
                 .cast(prev.dtype());

@@ -552,7 +552,7 @@ impl<B: Backend> Scheduler<B> for DPMSolverMultistepScheduler<B> {
         let noise: Option<Tensor<B, 2>> = if sde {
             let dims = sample.dims();
             let count = dims[0] * dims[1];
-            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count)?;
             Some(Tensor::from_data(
                 TensorData::new(values, dims),
                 (&sample.device(), DType::F32),

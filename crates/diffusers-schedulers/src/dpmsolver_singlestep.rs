@@ -428,7 +428,7 @@ impl<B: Backend> Scheduler<B> for DPMSolverSinglestepScheduler<B> {
         let z: Option<Tensor<B, 2>> = if cfg.algorithm_type == AlgorithmType::SdeDpmSolverPlusPlus {
             let dims = sample.dims();
             let count = dims[0] * dims[1];
-            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count)?;
             Some(Tensor::from_data(
                 TensorData::new(values, dims),
                 (&sample.device(), DType::F32),

@@ -69,6 +69,12 @@ pub enum Error {
         /// Batch size.
         batch: usize,
     },
+    /// A noise source could not give the draw a stochastic step asked for.
+    #[error("noise source: {reason}")]
+    Noise {
+        /// What was asked for and what the source had.
+        reason: String,
+    },
     /// A config could not be read.
     #[error(transparent)]
     Core(#[from] diffusers_core::Error),

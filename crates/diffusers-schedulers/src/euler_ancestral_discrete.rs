@@ -219,7 +219,7 @@ impl<B: Backend> Scheduler<B> for EulerAncestralDiscreteScheduler {
         let prev = sample + derivative * (down - sigma);
         let dims = prev.dims();
         let count = dims[0] * dims[1];
-        let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
+        let values = crate::scheduler::noise_values(noise, &mut self.fallback, count)?;
         let z =
             Tensor::<B, 2>::from_data(TensorData::new(values, dims), (&prev.device(), DType::F32));
         let prev = prev + z * up;

@@ -427,7 +427,7 @@ impl<B: Backend> Scheduler<B> for FlowMatchEulerDiscreteScheduler {
             let x0 = sample.clone() - model_output * sigma;
             let dims = sample.dims();
             let n = dims[0] * dims[1];
-            let values = crate::scheduler::noise_values(noise, &mut self.fallback_generator, n);
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback_generator, n)?;
             let noise = Tensor::<B, 2>::from_data(
                 TensorData::new(values, dims),
                 (&sample.device(), DType::F32),

@@ -199,7 +199,7 @@ impl<B: Backend> Scheduler<B> for KDPM2AncestralDiscreteScheduler<B> {
             let prev = base + derivative * (down - sigma);
             let dims = prev.dims();
             let count = dims[0] * dims[1];
-            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count)?;
             let z = Tensor::<B, 2>::from_data(
                 TensorData::new(values, dims),
                 (&prev.device(), DType::F32),

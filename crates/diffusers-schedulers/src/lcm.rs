@@ -334,7 +334,7 @@ impl<B: Backend> Scheduler<B> for LCMScheduler {
         let prev = if i + 1 != n {
             let dims = denoised.dims();
             let count = dims[0] * dims[1];
-            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count);
+            let values = crate::scheduler::noise_values(noise, &mut self.fallback, count)?;
             let z = Tensor::<B, 2>::from_data(
                 TensorData::new(values, dims),
                 (&denoised.device(), DType::F32),

@@ -33,25 +33,53 @@ impl TimestepOptions {
 }
 
 /// A source of standard-normal noise for stochastic schedulers.
+///
+/// A draw may fail (a recorded source that has run out, or that holds a tensor of another size
+/// than the one asked for): the scheduler's `step` then returns the error instead of computing a
+/// sample from made-up noise.
 pub trait NoiseSource {
     /// `n` standard normal values (f32), as `randn_tensor(shape)` would give for `n` elements.
-    fn noise(&mut self, n: usize) -> Vec<f32>;
+    fn noise(&mut self, n: usize) -> Result<Vec<f32>>;
 }
 
 impl NoiseSource for TorchGenerator {
-    fn noise(&mut self, n: usize) -> Vec<f32> {
-        self.randn(n)
+    fn noise(&mut self, n: usize) -> Result<Vec<f32>> {
+        Ok(self.randn(n))
     }
 }
 
 /// Noise recorded elsewhere (e.g. by the oracle), handed out in order.
+///
+/// Each draw takes the next recorded tensor, which must hold exactly the number of values asked
+/// for; a draw past the last one, or of another size, is [`Error::Noise`].
+///
+/// ```
+/// use diffusers_schedulers::{NoiseSource, RecordedNoise};
+///
+/// let mut noise = RecordedNoise(vec![vec![0.5, -1.0]].into());
+/// assert_eq!(noise.noise(2)?, [0.5, -1.0]);
+/// assert!(noise.noise(2).is_err()); // run out: an error, not zeros
+/// # Ok::<(), diffusers_schedulers::Error>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct RecordedNoise(pub std::collections::VecDeque<Vec<f32>>);
 
 impl NoiseSource for RecordedNoise {
-    fn noise(&mut self, n: usize) -> Vec<f32> {
-        let v = self.0.pop_front().unwrap_or_default();
-        if v.len() == n { v } else { vec![0.0; n] }
+    fn noise(&mut self, n: usize) -> Result<Vec<f32>> {
+        let v = self.0.pop_front().ok_or_else(|| Error::Noise {
+            reason: format!(
+                "a draw of {n} values was asked for, but the recorded noise has run out"
+            ),
+        })?;
+        if v.len() != n {
+            return Err(Error::Noise {
+                reason: format!(
+                    "a draw of {n} values was asked for, but the next recorded tensor holds {}",
+                    v.len()
+                ),
+            });
+        }
+        Ok(v)
     }
 }
 
@@ -277,12 +305,12 @@ pub(crate) fn noise_values(
     noise: Option<&mut dyn NoiseSource>,
     fallback: &mut Option<TorchGenerator>,
     count: usize,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     match noise {
         Some(src) => src.noise(count),
-        None => fallback
+        None => Ok(fallback
             .get_or_insert_with(|| TorchGenerator::new(entropy_seed()))
-            .randn(count),
+            .randn(count)),
     }
 }
 

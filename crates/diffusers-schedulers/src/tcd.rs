@@ -134,7 +134,7 @@ impl<B: Backend> Scheduler<B> for TCDScheduler {
         let prev = if self.eta > 0.0 && i + 1 != n {
             let dims = noised.dims();
             let count = dims[0] * dims[1];
-            let values = crate::scheduler::noise_values(noise, &mut s.fallback, count);
+            let values = crate::scheduler::noise_values(noise, &mut s.fallback, count)?;
             let z = Tensor::<B, 2>::from_data(
                 TensorData::new(values, dims),
                 (&noised.device(), DType::F32),

@@ -143,3 +143,58 @@ fn randn_tensor_matches_diffusers() {
         })
     ));
 }
+
+/// A recorded noise source that runs out, or whose next tensor is not the size a step asks
+/// for, makes that step an error: before, it handed out zeros and the step computed a wrong
+/// sample silently. One row per stochastic scheduler, each run through a 3-step loop.
+#[test]
+fn recorded_noise_that_does_not_fit_is_an_error() {
+    use burn::tensor::Tensor;
+    use diffusers_schedulers::{Error, RecordedNoise, TimestepOptions, from_json, step_nd};
+
+    let configs = [
+        r#"{"_class_name": "EulerAncestralDiscreteScheduler"}"#,
+        r#"{"_class_name": "DDPMScheduler"}"#,
+        r#"{"_class_name": "KDPM2AncestralDiscreteScheduler"}"#,
+        r#"{"_class_name": "LCMScheduler"}"#,
+        r#"{"_class_name": "TCDScheduler"}"#,
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++"}"#,
+        r#"{"_class_name": "DPMSolverSinglestepScheduler", "algorithm_type": "sde-dpmsolver++"}"#,
+        r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "stochastic_sampling": true}"#,
+    ];
+    let device = Default::default();
+    for config in configs {
+        let run = |recorded: Vec<Vec<f32>>| {
+            let mut s = from_json::<Cpu>(config).unwrap_or_else(|e| panic!("{config}: {e}"));
+            s.set_timesteps(&TimestepOptions::steps(3))
+                .unwrap_or_else(|e| panic!("{config}: {e}"));
+            // The whole loop: KDPM2-ancestral draws at its second-order half-steps only.
+            let mut sample = Tensor::<Cpu, 4>::ones([1, 2, 2, 2], &device);
+            let mut noise = RecordedNoise(recorded.into());
+            for t in s.timesteps().to_vec() {
+                sample = step_nd(
+                    s.as_mut(),
+                    sample.clone() * 0.1,
+                    t,
+                    sample,
+                    Some(&mut noise),
+                )?;
+            }
+            Ok::<_, Error>(sample)
+        };
+        for (what, recorded) in [
+            ("empty", vec![]),
+            ("too small", vec![vec![0.5; 7]]),
+            ("too large", vec![vec![0.5; 9]]),
+        ] {
+            match run(recorded) {
+                Err(Error::Noise { reason }) => assert!(reason.contains('8'), "{config}: {reason}"),
+                other => {
+                    panic!("{config}, {what} recorded noise: expected Error::Noise, got {other:?}")
+                }
+            }
+        }
+        // Draws of the right size are used as they are.
+        run(vec![vec![0.5; 8]; 8]).unwrap_or_else(|e| panic!("{config}: {e}"));
+    }
+}
