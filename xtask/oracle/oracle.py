@@ -335,7 +335,8 @@ def stage_random(out: Path):
     c.save(out / "schedulers", "random")
 
 
-def run_scheduler(c, name, cls, config, set_kwargs, steps_seed=0, shape=(1, 4, 4, 4), step_kwargs=None, gen_seed=None):
+def run_scheduler(c, name, cls, config, set_kwargs, steps_seed=0, shape=(1, 4, 4, 4), step_kwargs=None, gen_seed=None,
+                  extra=None):
     """Records set_timesteps and a whole denoising loop with fixed samples and model outputs."""
     sched = cls(**config)
     sched.set_timesteps(**set_kwargs)
@@ -377,9 +378,10 @@ def run_scheduler(c, name, cls, config, set_kwargs, steps_seed=0, shape=(1, 4, 4
     cfg = {"class": cls.__name__, "config": dict(sched.config), "set_timesteps": set_kwargs,
            "init_noise_sigma": init_sigma, "order": getattr(sched, "order", 1), "gen_seed": gen_seed,
            "steps": len(sched.timesteps), "noise_draws": len(draws)}
-    # JSON has no infinities: an infinite default (e.g. lambda_min_clipped) is written as null.
-    cfg["config"] = {k: (None if isinstance(v, float) and math.isinf(v) else v)
-                     for k, v in cfg["config"].items() if not k.startswith("_")}
+    # Non-finite values (lambda_min_clipped's -inf default) are written as Python's json writes
+    # them (`-Infinity`), as diffusers' save_config does: the tests read them like any config.
+    cfg["config"] = {k: v for k, v in cfg["config"].items() if not k.startswith("_")}
+    cfg.update(extra or {})
     c.add(name, "scheduler", json.loads(json.dumps(cfg, default=float)), inputs, outputs)
 
 
@@ -494,6 +496,8 @@ def stage_discrete_schedulers(out: Path):
                                                   "prediction_type": "sample"}, {"num_inference_steps": n})
     run_scheduler(c, "dpm_euler_at_final", DPM, {**sd, "euler_at_final": True, "lower_order_final": False,
                                                  "final_sigmas_type": "sigma_min"}, {"num_inference_steps": 16})
+    saved_scheduler(c, out, "dpm_saved", DPM, {**sd_lead, "algorithm_type": "sde-dpmsolver++"},
+                    {"num_inference_steps": n}, gen_seed=13)
     c.save(out / "schedulers", "dpmsolver_multistep")
 
     from diffusers import PNDMScheduler
@@ -674,7 +678,24 @@ def stage_discrete_schedulers(out: Path):
                   gen_seed=71)
     run_scheduler(c, "dpms_flow", DPMS, {"use_flow_sigmas": True, "flow_shift": 3.0,
                                          "prediction_type": "flow_prediction"}, {"num_inference_steps": 6})
+    saved_scheduler(c, out, "dpms_saved", DPMS, {**sd, "use_karras_sigmas": True}, {"num_inference_steps": 8})
     c.save(out / "schedulers", "dpmsolver_singlestep")
+
+
+def saved_scheduler(c, out: Path, name, cls, config, set_kwargs, **kw):
+    """A scheduler written by diffusers' save_config (Python's json: lambda_min_clipped's default
+    is `-Infinity`) to schedulers/saved/CLASS/scheduler_config.json, read back by from_pretrained,
+    and its loop recorded; the case names the folder, and the test loads the scheduler from it."""
+    folder = out / "schedulers" / "saved" / cls.__name__
+    if folder.exists():
+        shutil.rmtree(folder)
+    cls(**config).save_config(folder)
+    text = (folder / "scheduler_config.json").read_text()
+    assert '"lambda_min_clipped": -Infinity' in text, text
+    loaded = cls.from_pretrained(folder)
+    assert math.isinf(loaded.config.lambda_min_clipped)
+    run_scheduler(c, name, cls, {k: v for k, v in loaded.config.items() if not k.startswith("_")}, set_kwargs,
+                  extra={"saved": f"schedulers/saved/{cls.__name__}"}, **kw)
 
 
 @torch.no_grad()
@@ -1345,6 +1366,16 @@ def tiny_sd_pipeline(folder: Path, kind: str):
     return reloaded
 
 
+def drop_name_or_path(folder: Path):
+    """Components taken from a loaded pipeline record where they came from (an absolute path) in
+    their config; drop it so the fixtures do not depend on the output folder."""
+    for comp in ["vae", "unet"]:
+        cfg_path = folder / comp / "config.json"
+        conf = json.loads(cfg_path.read_text())
+        conf.pop("_name_or_path", None)
+        cfg_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+
+
 @torch.no_grad()
 def stage_sd_pipelines(out: Path):
     """Tiny SD 1.x, SD 2.x (v_prediction) and SDXL pipelines: prompt encodings, explicit-latents CFG
@@ -1462,13 +1493,7 @@ def stage_sd_pipelines(out: Path):
             if lcm_folder.exists():
                 shutil.rmtree(lcm_folder)
             lcm.save_pretrained(lcm_folder)
-            # Components taken from a loaded pipeline record where they came from (an absolute
-            # path); drop it so the fixtures do not depend on the output folder.
-            for comp in ["vae", "unet"]:
-                cfg_path = lcm_folder / comp / "config.json"
-                conf = json.loads(cfg_path.read_text())
-                conf.pop("_name_or_path", None)
-                cfg_path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
+            drop_name_or_path(lcm_folder)
             for f in ["vocab.json", "merges.txt"]:
                 shutil.copy(folder / "tokenizer" / f, lcm_folder / "tokenizer" / f)
             (lcm_folder / "tokenizer" / "tokenizer.json").unlink()
@@ -1478,6 +1503,36 @@ def stage_sd_pipelines(out: Path):
             c.add("sd_lcm", "sd_pipeline", {**cfg, "folder": "pipelines/tiny_sd_lcm", "scheduler": "LCMScheduler",
                                             "seed": 5, "num_inference_steps": 4}, {},
                   {"images": torch.from_numpy(image)})
+
+            # Repositories saved by diffusers with a DPM-Solver scheduler: save_config writes
+            # lambda_min_clipped's default as Python's `-Infinity`, which strict JSON lacks. Loaded
+            # back from disk and run seeded (the singlestep one with its SDE form: step noise too).
+            from diffusers import DPMSolverSinglestepScheduler, StableDiffusionPipeline
+            for sname, sched in [
+                ("dpm", DPMSolverMultistepScheduler.from_config(default_sched.config)),
+                ("dpm_single", DPMSolverSinglestepScheduler.from_config(default_sched.config,
+                                                                        algorithm_type="sde-dpmsolver++")),
+            ]:
+                saved = root / f"tiny_sd_{sname}"
+                if saved.exists():
+                    shutil.rmtree(saved)
+                pipe.scheduler = sched
+                pipe.save_pretrained(saved)
+                pipe.scheduler = default_sched
+                text = (saved / "scheduler" / "scheduler_config.json").read_text()
+                assert '"lambda_min_clipped": -Infinity' in text, text
+                drop_name_or_path(saved)
+                for f in ["vocab.json", "merges.txt"]:
+                    shutil.copy(folder / "tokenizer" / f, saved / "tokenizer" / f)
+                (saved / "tokenizer" / "tokenizer.json").unlink()
+                loaded = StableDiffusionPipeline.from_pretrained(saved)
+                assert type(loaded.scheduler) is type(sched)
+                image = loaded(prompt=prompt, negative_prompt=negative, height=height, width=width,
+                               num_inference_steps=steps, guidance_scale=7.5,
+                               generator=torch.Generator("cpu").manual_seed(5), output_type="np").images
+                c.add(f"sd_saved_{sname}", "sd_pipeline",
+                      {**cfg, "folder": f"pipelines/tiny_sd_{sname}", "scheduler": type(sched).__name__, "seed": 5},
+                      {}, {"images": torch.from_numpy(image)})
 
         if kind == "sd2":
             image = pipe(prompt=prompt, negative_prompt=negative, height=height, width=width,

@@ -623,6 +623,33 @@ fn stable_diffusion_schedulers_match_diffusers() {
     }
 }
 
+/// Repositories saved by diffusers with DPM-Solver schedulers (`"lambda_min_clipped":
+/// -Infinity` in their scheduler config, Python's JSON) run from the CLI, seeded: diffusers' images.
+#[test]
+fn repositories_saved_with_dpm_solver_match_diffusers() {
+    let fx = Fixture::open("pipelines/sd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (case, model) in [
+        ("sd_saved_dpm", "tiny_sd_dpm"),
+        ("sd_saved_dpm_single", "tiny_sd_dpm_single"),
+    ] {
+        let out_file = format!("{case}.safetensors");
+        let mut args = SD_ARGS.to_vec();
+        args.extend(["--steps", "3", "--seed", "5"]);
+        args.extend(["--output-type", "array", "-o", &out_file]);
+        let out = generate_raw(dir.path(), &sd_model(model), &args, &[]);
+        ok(&out);
+        let images = read(&dir.path().join(&out_file), "images");
+        assert_close(
+            images,
+            &fx.values(&format!("{case}.images")),
+            None,
+            IMAGE,
+            case,
+        );
+    }
+}
+
 #[test]
 fn stable_diffusion_seed_and_img2img_match_diffusers() {
     let fx = Fixture::open("pipelines/sd");

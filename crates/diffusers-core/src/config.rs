@@ -72,12 +72,10 @@ pub trait Config: DeserializeOwned + Serialize {
     }
 }
 
-/// Parses a config from JSON text; `origin` names the source in errors and logs.
+/// Parses a config from JSON text (through [`crate::json`], so Python's `NaN`/`Infinity` are
+/// read); `origin` names the source in errors and logs.
 pub fn parse_config<C: Config>(text: &str, origin: &Path) -> Result<C> {
-    let config: C = serde_json::from_str(text).map_err(|e| Error::Json {
-        path: origin.to_path_buf(),
-        source: e,
-    })?;
+    let config: C = crate::json::from_str(text, origin)?;
     let unknown: Vec<&str> = config
         .meta()
         .extra

@@ -32,6 +32,28 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A JSON value does not fit the field it is read into (a string for a number, say).
+    #[error("{path}: {}{source}", if key.is_empty() { String::new() } else { format!("`{key}`: ") })]
+    JsonValue {
+        /// The file being read.
+        path: PathBuf,
+        /// The key (`a.b[1]`), where serde tracked it.
+        key: String,
+        /// The deserializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value Python wrote as `NaN`, `Infinity` or `-Infinity` where the config needs a
+    /// finite number.
+    #[error("{path}: `{key}` is {value}, and this config needs a finite number there")]
+    NonFinite {
+        /// The file being read.
+        path: PathBuf,
+        /// The key (or keys) holding it.
+        key: String,
+        /// `NaN`, `Infinity` or `-Infinity`.
+        value: String,
+    },
     /// A config value is outside what the model accepts.
     #[error("{path}: invalid config: {reason}")]
     InvalidConfig {

@@ -29,9 +29,9 @@ impl Fixture {
         let dir = fixtures_dir();
         let weights = Weights::open(dir.join(format!("{stem}.safetensors")))
             .unwrap_or_else(|e| panic!("fixture {stem}: {e}"));
-        let text = std::fs::read_to_string(dir.join(format!("{stem}.json")))
+        // Python's json: non-finite config values are `-Infinity` etc., as diffusers saves them.
+        let json: Value = crate::json::read(&dir.join(format!("{stem}.json")))
             .unwrap_or_else(|e| panic!("fixture {stem}.json: {e}"));
-        let json: Value = serde_json::from_str(&text).expect("fixture json");
         Self {
             weights,
             cases: json["cases"].clone(),

@@ -424,6 +424,51 @@ fn unsupported_dtype() {
     }
 }
 
+/// Python's `json` writes `NaN`, `Infinity` and `-Infinity` (diffusers' `save_config` does, for
+/// any non-finite value): they are read where the config keeps them (an unknown key here), and a
+/// non-finite value where the config needs a number is an error naming the key.
+#[test]
+fn config_json_as_python_writes_it() {
+    let d = tmp();
+    let p = write(
+        d.path(),
+        "config.json",
+        b"{\"in_channels\": 4, \"future_clip\": -Infinity, \"future\": [NaN, Infinity]}",
+    );
+    let c: TinyConfig = load_config(&p).expect("python json");
+    assert_eq!(c.meta.extra["future_clip"], "-Infinity");
+    assert_eq!(
+        c.meta.extra["future"],
+        serde_json::json!(["NaN", "Infinity"])
+    );
+    for (json, key, word) in [
+        (&b"{\"dropout\": NaN}"[..], "dropout", "NaN"),
+        (
+            &b"{\"in_channels\": Infinity}"[..],
+            "in_channels",
+            "Infinity",
+        ),
+    ] {
+        let p = write(d.path(), "config.json", json);
+        match load_config::<TinyConfig>(&p) {
+            Err(e @ Error::NonFinite { .. }) => assert_eq!(
+                e.to_string(),
+                format!(
+                    "{}: `{key}` is {word}, and this config needs a finite number there",
+                    p.display()
+                )
+            ),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    // Other type errors name the key.
+    let p = write(d.path(), "config.json", b"{\"hidden\": \"wide\"}");
+    match load_config::<TinyConfig>(&p) {
+        Err(e @ Error::JsonValue { .. }) => assert!(e.to_string().contains("`hidden`"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn malformed_config_json() {
     let d = tmp();

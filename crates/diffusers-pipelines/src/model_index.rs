@@ -33,24 +33,7 @@ impl ModelIndex {
     /// Reads `model_index.json`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Core(if e.kind() == std::io::ErrorKind::NotFound {
-                diffusers_core::Error::FileNotFound {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                diffusers_core::Error::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            })
-        })?;
-        let json: serde_json::Map<String, Value> = serde_json::from_str(&text).map_err(|e| {
-            Error::Core(diffusers_core::Error::Json {
-                path: path.to_path_buf(),
-                source: e,
-            })
-        })?;
+        let json: serde_json::Map<String, Value> = diffusers_core::json::read(path)?;
         let class_name = json
             .get("_class_name")
             .and_then(Value::as_str)

@@ -228,9 +228,8 @@ impl<B: Backend> FluxPipeline<B> {
         let (vae, vae_config) =
             AutoencoderKL::from_folder_variant(folder.join("vae"), variant, weights_dtype, device)?;
         let sched_path = folder.join("scheduler/scheduler_config.json");
-        let text = std::fs::read_to_string(&sched_path)
-            .map_err(|e| Error::Core(diffusers_core::Error::io(&sched_path, e)))?;
-        let scheduler = FlowMatchEulerDiscreteScheduler::from_json(&text)?;
+        let scheduler =
+            FlowMatchEulerDiscreteScheduler::new(diffusers_core::json::read(&sched_path)?)?;
         let tokenizer = has_clip_tok
             .then(|| PromptTokenizer::from_pretrained(folder.join("tokenizer")))
             .transpose()?;

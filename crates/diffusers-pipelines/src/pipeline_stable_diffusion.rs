@@ -168,10 +168,6 @@ pub(crate) fn invalid(pipeline: &'static str, reason: impl Into<String>) -> Erro
     }
 }
 
-fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Core(diffusers_core::Error::io(path, e))
-}
-
 /// A pipeline folder's `model_index.json` and its component checks (shared by the SD pipelines).
 pub(crate) struct Components {
     pub folder: PathBuf,
@@ -261,8 +257,8 @@ impl Components {
     pub fn scheduler<B: Backend>(&self) -> Result<Box<dyn Scheduler<B>>> {
         self.has("scheduler", SCHEDULERS, true)?;
         let path = self.folder.join("scheduler/scheduler_config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
-        Ok(registry::from_json::<B>(&text)?)
+        let config: serde_json::Map<String, Value> = diffusers_core::json::read(&path)?;
+        Ok(registry::from_config::<B>(&config, None)?)
     }
 
     /// The UNet (`unet/`).
@@ -348,11 +344,16 @@ pub(crate) fn swap_scheduler<B: Backend>(
     Ok(())
 }
 
+/// A scheduler config from a scheduler's own `config()` (its non-finite values as Python's words).
+fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
+    Ok(diffusers_core::json::from_value(
+        v,
+        std::path::Path::new("scheduler config"),
+    )?)
+}
+
 /// Passes `eta` to the schedulers whose diffusers `step` takes it (DDIM, TCD): diffusers'
 /// `prepare_extra_step_kwargs`. The scheduler is rebuilt from its config with that `eta`.
-fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
-    Ok(serde_json::from_value(v).map_err(diffusers_schedulers::Error::from)?)
-}
 
 pub(crate) fn apply_eta<B: Backend>(scheduler: &mut Box<dyn Scheduler<B>>, eta: f64) -> Result<()> {
     let config = Value::Object(scheduler.config());

@@ -1001,3 +1001,54 @@ fn lcm_distilled_unet_matches_diffusers() {
         "lcm",
     );
 }
+
+/// Repositories saved by diffusers with a DPM-Solver scheduler (oracle `sd_saved_*`): their
+/// `scheduler_config.json` holds Python's `"lambda_min_clipped": -Infinity`, which strict JSON
+/// lacks. Loaded from disk through `DiffusionPipeline::from_pretrained` and run seeded (the
+/// singlestep one in its SDE form, so its step noise comes from the seed too): diffusers' images.
+#[test]
+fn repositories_saved_with_dpm_solver_load_and_match_diffusers() {
+    use diffusers_pipelines::{DiffusionPipeline, PipelineOptions};
+    let fx = fixture();
+    for (case, class) in [
+        ("sd_saved_dpm", "DPMSolverMultistepScheduler"),
+        ("sd_saved_dpm_single", "DPMSolverSinglestepScheduler"),
+    ] {
+        let c = fx.case(case);
+        let repo = fixtures_dir().join(c["folder"].as_str().expect("folder"));
+        let saved = std::fs::read_to_string(repo.join("scheduler/scheduler_config.json"))
+            .expect("scheduler config");
+        assert!(
+            saved.contains(r#""lambda_min_clipped": -Infinity"#),
+            "{case}"
+        );
+        let pipe = DiffusionPipeline::<Cpu>::from_pretrained(
+            &repo.to_string_lossy(),
+            &PipelineOptions::default(),
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let DiffusionPipeline::StableDiffusion(mut pipe) = pipe else {
+            panic!("{case}: not a StableDiffusionPipeline")
+        };
+        assert_eq!(pipe.scheduler.class_name(), class);
+        let out = pipe
+            .call(StableDiffusionCall {
+                negative_prompt: Some(vec![NEGATIVE.into()]),
+                height: Some(16),
+                width: Some(24),
+                num_inference_steps: 3,
+                guidance_scale: 7.5,
+                seed: c["seed"].as_u64(),
+                ..StableDiffusionCall::new(PROMPT)
+            })
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_close(
+            out.array().expect("images"),
+            &fx.values(&format!("{case}.images")),
+            None,
+            IMAGE,
+            case,
+        );
+    }
+}

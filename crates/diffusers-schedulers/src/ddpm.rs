@@ -113,7 +113,7 @@ impl DDPMScheduler {
 
     /// From `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(serde_json::from_str(json)?)
+        Self::new(crate::registry::parse_config(json, CLASS)?)
     }
 
     fn previous_timestep(&self, t: i64, scheduled: bool) -> i64 {

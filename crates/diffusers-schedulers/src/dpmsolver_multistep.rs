@@ -69,8 +69,8 @@ fn t() -> bool {
 fn zero() -> String {
     "zero".into()
 }
-fn neg_inf() -> Option<f64> {
-    None
+pub(crate) fn neg_inf() -> f64 {
+    f64::NEG_INFINITY
 }
 fn linspace_spacing() -> TimestepSpacing {
     TimestepSpacing::Linspace
@@ -133,9 +133,10 @@ pub struct DPMSolverMultistepConfig {
     /// `zero` or `sigma_min`.
     #[serde(default = "zero")]
     pub final_sigmas_type: String,
-    /// Clip lambda (for cosine schedules); `-inf` when absent.
-    #[serde(default = "neg_inf")]
-    pub lambda_min_clipped: Option<f64>,
+    /// Clip lambda (for cosine schedules); diffusers' default `-inf` (saved as `-Infinity`)
+    /// clips nothing.
+    #[serde(default = "neg_inf", with = "diffusers_core::json::non_finite")]
+    pub lambda_min_clipped: f64,
     /// `learned`/`learned_range` (not supported yet).
     #[serde(default)]
     pub variance_type: Option<String>,
@@ -179,6 +180,44 @@ fn missing_noise() -> Error {
     }
 }
 
+/// `lambda_min_clipped` must be a number or `-inf` (its default): `NaN` and `+inf` would clip
+/// every timestep or none in ways diffusers does not define.
+pub(crate) fn check_lambda_min_clipped(v: f64, class: &'static str) -> Result<()> {
+    if v.is_nan() || v == f64::INFINITY {
+        return Err(Error::InvalidConfig {
+            class,
+            reason: format!(
+                "`lambda_min_clipped` is {}: it must be a number or -Infinity (no clipping)",
+                diffusers_core::json::non_finite::word(v)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `searchsorted(flip(lambda_t), lambda_min_clipped)`: how many of the noisiest training
+/// timesteps the clip removes. A clip above every timestep's log-SNR leaves none: an error.
+pub(crate) fn lambda_clipped(
+    lambda_t: &[f32],
+    lambda_min_clipped: f64,
+    class: &'static str,
+) -> Result<usize> {
+    let clipped = lambda_t
+        .iter()
+        .rev()
+        .filter(|&&l| (l as f64) < lambda_min_clipped)
+        .count();
+    if clipped >= lambda_t.len() {
+        return Err(Error::InvalidConfig {
+            class,
+            reason: format!(
+                "`lambda_min_clipped` = {lambda_min_clipped} is above the log-SNR of every training timestep: none is left to sample"
+            ),
+        });
+    }
+    Ok(clipped)
+}
+
 pub(crate) fn alpha_sigma(sigma: f32, flow: bool) -> (f32, f32) {
     if flow {
         (1.0 - sigma, sigma)
@@ -209,6 +248,7 @@ impl<B: Backend> DPMSolverMultistepScheduler<B> {
         if !(1..=3).contains(&config.solver_order) {
             return Err(bad("`solver_order` must be 1, 2 or 3"));
         }
+        check_lambda_min_clipped(config.lambda_min_clipped, CLASS)?;
         if !matches!(config.final_sigmas_type.as_str(), "zero" | "sigma_min") {
             return Err(bad("`final_sigmas_type` must be zero or sigma_min"));
         }
@@ -260,7 +300,7 @@ impl<B: Backend> DPMSolverMultistepScheduler<B> {
 
     /// From `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(serde_json::from_str(json)?)
+        Self::new(crate::registry::parse_config(json, CLASS)?)
     }
 
     fn convert(&self, model_output: Tensor<B, 2>, sample: Tensor<B, 2>, i: usize) -> Tensor<B, 2> {
@@ -382,15 +422,7 @@ impl<B: Backend> Scheduler<B> for DPMSolverMultistepScheduler<B> {
                 let n = opts.num_inference_steps.unwrap_or(0);
                 check_steps(n, train, CLASS)?;
                 // searchsorted(flip(lambda_t), lambda_min_clipped)
-                let clipped = match cfg.lambda_min_clipped {
-                    Some(v) => self
-                        .lambda_t
-                        .iter()
-                        .rev()
-                        .filter(|&&l| (l as f64) < v)
-                        .count(),
-                    None => 0,
-                };
+                let clipped = lambda_clipped(&self.lambda_t, cfg.lambda_min_clipped, CLASS)?;
                 let last = train - clipped;
                 match cfg.timestep_spacing {
                     TimestepSpacing::Linspace => {

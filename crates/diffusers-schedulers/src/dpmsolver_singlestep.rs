@@ -10,7 +10,8 @@ use crate::discrete::{
     BetaConfig, PredictionType, alphas_cumprod, check_steps, interp_index, round_half_even,
 };
 use crate::dpmsolver_multistep::{
-    AlgorithmType, ConvertOptions, SolverType, alpha_sigma, convert_model_output,
+    AlgorithmType, ConvertOptions, SolverType, alpha_sigma, check_lambda_min_clipped,
+    convert_model_output, lambda_clipped, neg_inf,
 };
 use crate::random::TorchGenerator;
 use crate::scheduler::{
@@ -94,9 +95,9 @@ pub struct DPMSolverSinglestepConfig {
     /// `zero` or `sigma_min`.
     #[serde(default = "zero")]
     pub final_sigmas_type: String,
-    /// Clip lambda; `-inf` when absent.
-    #[serde(default)]
-    pub lambda_min_clipped: Option<f64>,
+    /// Clip lambda; diffusers' default `-inf` (saved as `-Infinity`) clips nothing.
+    #[serde(default = "neg_inf", with = "diffusers_core::json::non_finite")]
+    pub lambda_min_clipped: f64,
     /// `learned`/`learned_range` (not supported yet).
     #[serde(default)]
     pub variance_type: Option<String>,
@@ -144,6 +145,7 @@ impl<B: Backend> DPMSolverSinglestepScheduler<B> {
         if !(1..=3).contains(&config.solver_order) {
             return Err(bad("`solver_order` must be 1, 2 or 3"));
         }
+        check_lambda_min_clipped(config.lambda_min_clipped, CLASS)?;
         if config.variance_type.is_some() {
             return Err(bad(
                 "`variance_type` learned/learned_range is not supported yet",
@@ -194,7 +196,7 @@ impl<B: Backend> DPMSolverSinglestepScheduler<B> {
 
     /// From `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(serde_json::from_str(json)?)
+        Self::new(crate::registry::parse_config(json, CLASS)?)
     }
 
     fn order_list(&self, steps: usize) -> Vec<usize> {
@@ -293,15 +295,7 @@ impl<B: Backend> Scheduler<B> for DPMSolverSinglestepScheduler<B> {
             None => {
                 let n = opts.num_inference_steps.unwrap_or(0);
                 check_steps(n, train, CLASS)?;
-                let clipped = match cfg.lambda_min_clipped {
-                    Some(v) => self
-                        .lambda_t
-                        .iter()
-                        .rev()
-                        .filter(|&&l| (l as f64) < v)
-                        .count(),
-                    None => 0,
-                };
+                let clipped = lambda_clipped(&self.lambda_t, cfg.lambda_min_clipped, CLASS)?;
                 let mut v: Vec<f64> = linspace(0.0, (train - 1 - clipped) as f64, n + 1)
                     .into_iter()
                     .map(round_half_even)

@@ -153,7 +153,7 @@ impl EulerDiscreteScheduler {
 
     /// From `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(serde_json::from_str(json)?)
+        Self::new(crate::registry::parse_config(json, CLASS)?)
     }
 
     fn continuous_v(&self) -> bool {

@@ -215,7 +215,7 @@ impl FlowMatchEulerDiscreteScheduler {
 
     /// Builds the scheduler from `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(serde_json::from_str(json)?)
+        Self::new(crate::registry::parse_config(json, CLASS)?)
     }
 
     /// The typed config.

@@ -143,7 +143,7 @@ impl<B: Backend> HeunDiscreteScheduler<B> {
 
     /// From `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(serde_json::from_str(json)?)
+        Self::new(crate::registry::parse_config(json, CLASS)?)
     }
 
     fn compute(&mut self, n: Option<usize>, custom: Option<&Vec<f64>>) -> Result<()> {

@@ -206,7 +206,7 @@ impl<B: Backend> KDPM2DiscreteScheduler<B> {
 
     /// From `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(serde_json::from_str(json)?)
+        Self::new(crate::registry::parse_config(json, CLASS)?)
     }
 
     fn index(&mut self, timestep: f64) -> Result<usize> {

@@ -125,7 +125,7 @@ impl<B: Backend> LMSDiscreteScheduler<B> {
 
     /// From `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(serde_json::from_str(json)?)
+        Self::new(crate::registry::parse_config(json, CLASS)?)
     }
 
     fn coefficient(&self, order: usize, t: usize, current: usize) -> f64 {

@@ -99,7 +99,7 @@ impl<B: Backend> PNDMScheduler<B> {
 
     /// From `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(serde_json::from_str(json)?)
+        Self::new(crate::registry::parse_config(json, CLASS)?)
     }
 
     fn alpha(&self, t: i64) -> Result<f32> {

@@ -1,7 +1,10 @@
 //! Building schedulers by class name from a `scheduler_config.json`, and diffusers'
 //! compatibility rules for swapping one for another (`X.from_config(pipe.scheduler.config)`).
 
+use std::path::Path;
+
 use burn::prelude::*;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::{
@@ -58,6 +61,8 @@ pub fn is_compatible(from: &str, to: &str) -> bool {
 
 /// Builds a scheduler from a config map: the class named by `class`, or else by `_class_name`.
 /// Keys the class does not know are kept and ignored, as diffusers' `from_config` does.
+/// Non-finite values are the strings `"NaN"`, `"Infinity"`, `"-Infinity"`, as
+/// [`diffusers_core::json`] reads Python's words (and as [`Scheduler::config`] writes them).
 pub fn from_config<B: Backend + 'static>(
     config: &Map<String, Value>,
     class: Option<&str>,
@@ -78,54 +83,66 @@ pub fn from_config<B: Backend + 'static>(
             "{name} is not among {src}'s compatible schedulers; building it from the config anyway"
         );
     }
-    let value = Value::Object(config.clone());
+    let origin = std::path::PathBuf::from(format!("{name} config"));
     Ok(match name.as_str() {
-        "DDIMScheduler" => Box::new(DDIMScheduler::new(serde_json::from_value(value)?)?),
-        "EulerDiscreteScheduler" => {
-            Box::new(EulerDiscreteScheduler::new(serde_json::from_value(value)?)?)
-        }
-        "EulerAncestralDiscreteScheduler" => Box::new(EulerAncestralDiscreteScheduler::new(
-            serde_json::from_value(value)?,
-        )?),
-        "DPMSolverMultistepScheduler" => Box::new(crate::DPMSolverMultistepScheduler::<B>::new(
-            serde_json::from_value(value)?,
-        )?),
-        "DDPMScheduler" => Box::new(crate::DDPMScheduler::new(serde_json::from_value(value)?)?),
-        "HeunDiscreteScheduler" => Box::new(crate::HeunDiscreteScheduler::<B>::new(
-            serde_json::from_value(value)?,
-        )?),
-        "LCMScheduler" => Box::new(crate::LCMScheduler::new(serde_json::from_value(value)?)?),
-        "UniPCMultistepScheduler" => Box::new(crate::UniPCMultistepScheduler::<B>::new(
-            serde_json::from_value(value)?,
-        )?),
-        "TCDScheduler" => Box::new(crate::TCDScheduler::new(serde_json::from_value(value)?)?),
-        "LMSDiscreteScheduler" => Box::new(crate::LMSDiscreteScheduler::<B>::new(
-            serde_json::from_value(value)?,
-        )?),
-        "KDPM2DiscreteScheduler" => Box::new(crate::KDPM2DiscreteScheduler::<B>::new(
-            serde_json::from_value(value)?,
-        )?),
-        "KDPM2AncestralDiscreteScheduler" => Box::new(
-            crate::KDPM2AncestralDiscreteScheduler::<B>::new(serde_json::from_value(value)?)?,
-        ),
-        "DEISMultistepScheduler" => Box::new(crate::DEISMultistepScheduler::<B>::new(
-            serde_json::from_value(value)?,
-        )?),
-        "DPMSolverSinglestepScheduler" => Box::new(crate::DPMSolverSinglestepScheduler::<B>::new(
-            serde_json::from_value(value)?,
-        )?),
-        "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(serde_json::from_value(
-            value,
+        "DDIMScheduler" => Box::new(DDIMScheduler::new(conf(config, &origin)?)?),
+        "EulerDiscreteScheduler" => Box::new(EulerDiscreteScheduler::new(conf(config, &origin)?)?),
+        "EulerAncestralDiscreteScheduler" => Box::new(EulerAncestralDiscreteScheduler::new(conf(
+            config, &origin,
         )?)?),
-        "FlowMatchEulerDiscreteScheduler" => Box::new(FlowMatchEulerDiscreteScheduler::new(
-            serde_json::from_value(value)?,
+        "DPMSolverMultistepScheduler" => Box::new(crate::DPMSolverMultistepScheduler::<B>::new(
+            conf(config, &origin)?,
         )?),
+        "DDPMScheduler" => Box::new(crate::DDPMScheduler::new(conf(config, &origin)?)?),
+        "HeunDiscreteScheduler" => Box::new(crate::HeunDiscreteScheduler::<B>::new(conf(
+            config, &origin,
+        )?)?),
+        "LCMScheduler" => Box::new(crate::LCMScheduler::new(conf(config, &origin)?)?),
+        "UniPCMultistepScheduler" => Box::new(crate::UniPCMultistepScheduler::<B>::new(conf(
+            config, &origin,
+        )?)?),
+        "TCDScheduler" => Box::new(crate::TCDScheduler::new(conf(config, &origin)?)?),
+        "LMSDiscreteScheduler" => Box::new(crate::LMSDiscreteScheduler::<B>::new(conf(
+            config, &origin,
+        )?)?),
+        "KDPM2DiscreteScheduler" => Box::new(crate::KDPM2DiscreteScheduler::<B>::new(conf(
+            config, &origin,
+        )?)?),
+        "KDPM2AncestralDiscreteScheduler" => Box::new(
+            crate::KDPM2AncestralDiscreteScheduler::<B>::new(conf(config, &origin)?)?,
+        ),
+        "DEISMultistepScheduler" => Box::new(crate::DEISMultistepScheduler::<B>::new(conf(
+            config, &origin,
+        )?)?),
+        "DPMSolverSinglestepScheduler" => Box::new(crate::DPMSolverSinglestepScheduler::<B>::new(
+            conf(config, &origin)?,
+        )?),
+        "PNDMScheduler" => Box::new(crate::PNDMScheduler::<B>::new(conf(config, &origin)?)?),
+        "FlowMatchEulerDiscreteScheduler" => Box::new(FlowMatchEulerDiscreteScheduler::new(conf(
+            config, &origin,
+        )?)?),
         other => return Err(Error::UnknownClass(other.to_string())),
     })
 }
 
-/// Reads a `scheduler_config.json` and builds the scheduler it names.
+/// A scheduler config struct from `scheduler_config.json` text, through
+/// [`diffusers_core::json`]; errors name the class's config and the key.
+pub(crate) fn parse_config<T: DeserializeOwned>(json: &str, class: &str) -> Result<T> {
+    let origin = format!("{class} config");
+    Ok(diffusers_core::json::from_str(json, Path::new(&origin))?)
+}
+
+fn conf<T: DeserializeOwned>(config: &Map<String, Value>, origin: &Path) -> Result<T> {
+    Ok(diffusers_core::json::from_value(
+        Value::Object(config.clone()),
+        origin,
+    )?)
+}
+
+/// Reads `scheduler_config.json` text (Python's `NaN`/`Infinity`/`-Infinity` included) and
+/// builds the scheduler it names.
 pub fn from_json<B: Backend + 'static>(json: &str) -> Result<Box<dyn Scheduler<B>>> {
-    let map: Map<String, Value> = serde_json::from_str(json)?;
+    let map: Map<String, Value> =
+        diffusers_core::json::from_str(json, Path::new("scheduler config"))?;
     from_config(&map, None)
 }

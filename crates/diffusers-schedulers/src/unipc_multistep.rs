@@ -220,7 +220,7 @@ impl<B: Backend> UniPCMultistepScheduler<B> {
 
     /// From `scheduler_config.json` text.
     pub fn from_json(json: &str) -> Result<Self> {
-        Self::new(serde_json::from_str(json)?)
+        Self::new(crate::registry::parse_config(json, CLASS)?)
     }
 
     fn alpha_sigma(&self, sigma: f32) -> (f32, f32) {

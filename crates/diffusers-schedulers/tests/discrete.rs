@@ -82,7 +82,7 @@ fn invalid_configurations() {
     ));
     assert!(matches!(
         from_config::<Cpu>(&map(r#"{"beta_schedule": "cubic"}"#), Some("DDIMScheduler")),
-        Err(Error::Json(_))
+        Err(Error::Core(diffusers_core::Error::JsonValue { .. }))
     ));
     let mut s = from_config::<Cpu>(&map("{}"), Some("DDIMScheduler")).expect("ddim");
     assert!(matches!(

@@ -32,11 +32,10 @@ fn loops_match_diffusers() {
         .keys()
         .cloned()
         .collect();
-    assert_eq!(names.len(), 14);
+    assert_eq!(names.len(), 15);
     for name in names {
         let c = fx.case(&name).clone();
-        let config = c["config"].as_object().expect("config").clone();
-        let mut s = from_config::<Cpu>(&config, Some("DPMSolverMultistepScheduler"))
+        let mut s = common::from_case(&c, "DPMSolverMultistepScheduler")
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let tol = if c["gen_seed"].is_null() {
             STEP
@@ -63,12 +62,46 @@ fn invalid_configurations() {
     ));
     assert!(matches!(
         build(r#"{"algorithm_type": "unknown"}"#),
-        Err(Error::Json(_))
+        Err(Error::Core(diffusers_core::Error::JsonValue { .. }))
     ));
     assert!(matches!(
         build(r#"{"use_karras_sigmas": true, "use_exponential_sigmas": true}"#),
         Err(Error::ConflictingOptions { .. })
     ));
+    // Non-finite values as Python writes them: `-Infinity` is lambda_min_clipped's default; NaN
+    // or +Infinity there, or any of them where a finite number is needed, is an error naming
+    // the key; a clip above every timestep is an error at set_timesteps, not an underflow.
+    let from_text = |j: &str| diffusers_schedulers::from_json::<Cpu>(j);
+    let class = r#""_class_name": "DPMSolverMultistepScheduler""#;
+    from_text(&format!("{{{class}, \"lambda_min_clipped\": -Infinity}}")).expect("-Infinity");
+    for word in ["NaN", "Infinity"] {
+        match from_text(&format!("{{{class}, \"lambda_min_clipped\": {word}}}")) {
+            Err(e @ Error::InvalidConfig { .. }) => {
+                assert!(e.to_string().contains("`lambda_min_clipped` is"), "{e}")
+            }
+            Err(other) => panic!("{word}: {other}"),
+            Ok(_) => panic!("{word}: accepted"),
+        }
+    }
+    for (json, key) in [
+        (r#""beta_end": NaN"#, "beta_end"),
+        (r#""solver_order": Infinity"#, "solver_order"),
+        (r#""flow_shift": -Infinity"#, "flow_shift"),
+    ] {
+        match from_text(&format!("{{{class}, {json}}}")) {
+            Err(Error::Core(e @ diffusers_core::Error::NonFinite { .. })) => {
+                assert!(e.to_string().contains(&format!("`{key}` is")), "{e}")
+            }
+            Err(other) => panic!("{json}: {other}"),
+            Ok(_) => panic!("{json}: accepted"),
+        }
+    }
+    let mut s = from_text(&format!("{{{class}, \"lambda_min_clipped\": 100}}")).expect("100");
+    assert!(matches!(
+        s.set_timesteps(&diffusers_schedulers::TimestepOptions::steps(4)),
+        Err(Error::InvalidConfig { .. })
+    ));
+
     let mut s = build("{}").expect("default");
     let mu = diffusers_schedulers::TimestepOptions {
         num_inference_steps: Some(4),

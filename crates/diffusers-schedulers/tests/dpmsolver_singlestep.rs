@@ -1,12 +1,11 @@
 //! `DPMSolverSinglestepScheduler` against diffusers (`fixtures/schedulers/dpmsolver_singlestep.*`):
 //! orders 1-3 with diffusers' order lists, midpoint and Heun, DPM-Solver, DPM-Solver++ and its SDE
-//! form, karras and flow sigmas, v-prediction.
+//! form, karras and flow sigmas, v-prediction; one scheduler loaded from the config file diffusers
+//! saved (`lambda_min_clipped: -Infinity`).
 
 mod common;
 
-use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};
-use diffusers_schedulers::from_config;
 
 const SCHEDULE: Tol = Tol {
     atol: 1e-6,
@@ -31,11 +30,10 @@ fn loops_match_diffusers() {
         .keys()
         .cloned()
         .collect();
-    assert_eq!(names.len(), 6);
+    assert_eq!(names.len(), 7);
     for name in names {
         let c = fx.case(&name).clone();
-        let config = c["config"].as_object().expect("config").clone();
-        let mut s = from_config::<Cpu>(&config, Some("DPMSolverSinglestepScheduler"))
+        let mut s = common::from_case(&c, "DPMSolverSinglestepScheduler")
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let tol = if c["gen_seed"].is_null() {
             STEP

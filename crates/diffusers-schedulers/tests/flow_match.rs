@@ -74,7 +74,7 @@ fn invalid_configs_and_calls() {
     ));
     assert!(matches!(
         FlowMatchEulerDiscreteScheduler::from_json("{\"shift\": \"x\"}"),
-        Err(Error::Json(_))
+        Err(Error::Core(diffusers_core::Error::JsonValue { .. }))
     ));
     // A step before set_timesteps' schedule, or past its end, is an error, not a panic.
     Scheduler::<Cpu>::set_timesteps(&mut s, &TimestepOptions::steps(2)).expect("set");

@@ -563,9 +563,7 @@ pub fn t5_tokenizer_from_folder(folder: impl AsRef<Path>) -> Result<Tokenizer> {
     let model = ModelProto::from_file(folder.join("spiece.model"))?;
     let config_path = folder.join("tokenizer_config.json");
     let config = if config_path.exists() {
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| err(format!("{}: {e}", config_path.display())))?;
-        serde_json::from_str(&text).map_err(|e| err(format!("{}: {e}", config_path.display())))?
+        diffusers_core::json::read(&config_path)?
     } else {
         serde_json::Value::Null
     };

@@ -141,9 +141,7 @@ impl PromptTokenizer {
         let folder = folder.as_ref();
         let cfg_path = folder.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.exists() {
-            let text = std::fs::read_to_string(&cfg_path)
-                .map_err(|e| Error::Core(diffusers_core::Error::io(&cfg_path, e)))?;
-            serde_json::from_str(&text).map_err(|e| err(format!("{}: {e}", cfg_path.display())))?
+            diffusers_core::json::read(&cfg_path)?
         } else {
             serde_json::Value::Null
         };

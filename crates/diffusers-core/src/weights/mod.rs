@@ -91,11 +91,7 @@ struct ShardIndex {
 /// Reads a `*.safetensors.index.json` (or `.bin.index.json`) and returns the shard file names
 /// in first-use order, with the key -> shard map.
 pub fn read_shard_index(index: &Path) -> Result<(Vec<String>, BTreeMap<String, String>)> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let parsed: ShardIndex = serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: index.to_path_buf(),
-        source: e,
-    })?;
+    let parsed: ShardIndex = crate::json::read(index)?;
     let mut shards: Vec<String> = Vec::new();
     for shard in parsed.weight_map.values() {
         if shard.contains("..") || shard.starts_with('/') {

@@ -23,6 +23,29 @@ pub fn opts(v: &serde_json::Value) -> TimestepOptions {
     }
 }
 
+/// The scheduler of a recorded case: from the `scheduler_config.json` diffusers saved (the case
+/// names its folder under `saved`), else from the case's config as `from_config` builds it.
+#[allow(dead_code)] // used by the DPM-Solver tests only; every test binary compiles this module
+pub fn from_case(
+    case: &serde_json::Value,
+    class: &str,
+) -> diffusers_schedulers::Result<Box<dyn Scheduler<Cpu>>> {
+    match case["saved"].as_str() {
+        Some(folder) => {
+            let path = diffusers_core::testing::fixtures_dir()
+                .join(folder)
+                .join("scheduler_config.json");
+            let config: serde_json::Map<String, serde_json::Value> =
+                diffusers_core::json::read(&path)?;
+            diffusers_schedulers::from_config(&config, None)
+        }
+        None => diffusers_schedulers::from_config(
+            case["config"].as_object().expect("config"),
+            Some(class),
+        ),
+    }
+}
+
 pub fn host(values: &[f64]) -> Tensor<Cpu, 1> {
     let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
     Tensor::from_data(TensorData::new(v.clone(), [v.len()]), &Default::default())
