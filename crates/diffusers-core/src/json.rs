@@ -327,9 +327,7 @@ mod tests {
 
     #[test]
     fn non_finite_where_a_finite_number_is_needed_names_the_key() {
-        let err = from_str::<C>(r#"{"finite": [1.0, Infinity]}"#, path())
-            .err()
-            .expect("error");
+        let err = from_str::<C>(r#"{"finite": [1.0, Infinity]}"#, path()).expect_err("error");
         match &err {
             Error::NonFinite { key, value, .. } => {
                 assert_eq!(key, "finite[1]");
@@ -342,9 +340,7 @@ mod tests {
                 .starts_with("c.json: `finite[1]` is Infinity")
         );
         // Other type errors name the key too.
-        let err = from_str::<C>(r#"{"name": 3}"#, path())
-            .err()
-            .expect("error");
+        let err = from_str::<C>(r#"{"name": 3}"#, path()).expect_err("error");
         assert!(
             matches!(&err, Error::JsonValue { key, .. } if key == "name"),
             "{err:?}"
@@ -359,17 +355,14 @@ mod tests {
         struct Inner {
             _beta_end: f64,
         }
-        let err = from_str::<Outer>(r#"{"_beta_end": NaN, "other": [NaN]}"#, path())
-            .err()
-            .expect("error");
+        let err =
+            from_str::<Outer>(r#"{"_beta_end": NaN, "other": [NaN]}"#, path()).expect_err("error");
         assert!(
             err.to_string().contains("`_beta_end`, `other[0]` is NaN"),
             "{err}"
         );
         // A string that is not one of the words is not taken as a number.
-        let err = from_str::<C>(r#"{"lam": "inf"}"#, path())
-            .err()
-            .expect("error");
+        let err = from_str::<C>(r#"{"lam": "inf"}"#, path()).expect_err("error");
         assert!(err.to_string().contains("`lam`"), "{err}");
     }
 }

@@ -354,7 +354,6 @@ fn from_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
 
 /// Passes `eta` to the schedulers whose diffusers `step` takes it (DDIM, TCD): diffusers'
 /// `prepare_extra_step_kwargs`. The scheduler is rebuilt from its config with that `eta`.
-
 pub(crate) fn apply_eta<B: Backend>(scheduler: &mut Box<dyn Scheduler<B>>, eta: f64) -> Result<()> {
     let config = Value::Object(scheduler.config());
     match scheduler.class_name() {
