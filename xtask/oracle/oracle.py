@@ -769,6 +769,36 @@ def stage_text_encoders(out: Path):
 
 
 @torch.no_grad()
+def stage_umt5(out: Path):
+    """A tiny UMT5EncoderModel (Wan's text encoder: unlike T5, every layer has its own relative
+    attention bias) saved in the hub layout, with its outputs for fixed ids without and with the
+    attention mask (Wan's pipeline passes the tokenizer's mask)."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    c = Cases()
+    root = out / "text_encoders"
+    torch.manual_seed(5)
+    cfg = UMT5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=40, num_layers=3, num_heads=4,
+                     relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                     feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6)
+    model = UMT5EncoderModel(cfg).eval()
+    folder = root / "umt5"
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save_pretrained(folder)
+    model = UMT5EncoderModel.from_pretrained(folder).eval()
+    ids = torch.tensor([[5, 17, 42, 9, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                        [63, 2, 8, 23, 77, 11, 31, 64, 3, 88, 12, 6, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+    mask = (ids > 0).long()
+    plain = model(input_ids=ids).last_hidden_state
+    masked = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    c.add("umt5", "umt5_encoder", {"folder": "text_encoders/umt5"},
+          {"input_ids": ids.float(), "attention_mask": mask.float()},
+          {"last_hidden_state": plain, "last_hidden_state_masked": masked})
+    c.save(root, "umt5")
+
+
+@torch.no_grad()
 def stage_vae(out: Path):
     """A tiny AutoencoderKL (two blocks, mid attention, quant convs) and a Flux-style one
     (no quant convs, shift factor), saved in the hub layout, with encode and decode outputs."""
@@ -1562,7 +1592,7 @@ def stage_sd_pipelines(out: Path):
 
 
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
-          "text_encoders": stage_text_encoders, "vae": stage_vae,
+          "text_encoders": stage_text_encoders, "umt5": stage_umt5, "vae": stage_vae,
           "transformers": stage_transformers,
           "real_configs": stage_real_configs,
           "pipelines": stage_pipelines,

@@ -1,4 +1,7 @@
-//! transformers' `T5EncoderModel` (Flux's and SD3's second text encoder).
+//! transformers' `T5EncoderModel` (Flux's and SD3's second text encoder), and the same encoder
+//! as `UMT5EncoderModel` (Wan's text encoder, [`crate::umt5`]) when the config's `model_type` is
+//! `umt5`: then every block has its own relative attention bias, where T5 computes it in the
+//! first block and shares it.
 //!
 //! Checkpoint keys (`encoder.block.0.layer.0.SelfAttention.q.weight`) differ from Rust field
 //! names in case and in `layer.0`/`layer.1`; [`checkpoint_key`] is the one place that maps them.
@@ -51,6 +54,9 @@ fn d_eps() -> f64 {
 fn d_ff_proj() -> String {
     "relu".into()
 }
+fn d_model_type() -> String {
+    "t5".into()
+}
 
 /// transformers' `T5Config` (the keys an encoder uses), with its defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +91,9 @@ pub struct T5Config {
     /// `relu`, `gated-gelu` (T5 v1.1, Flux) or `gated-relu`.
     #[serde(default = "d_ff_proj")]
     pub feed_forward_proj: String,
+    /// `t5`, `mt5` (the same encoder) or `umt5` (a relative attention bias in every block).
+    #[serde(default = "d_model_type")]
+    pub model_type: String,
     /// Other keys.
     #[serde(flatten)]
     pub meta: ConfigMeta,
@@ -123,6 +132,12 @@ impl diffusers_core::config::Config for T5Config {
                 self.feed_forward_proj
             ));
         }
+        if !matches!(self.model_type.as_str(), "t5" | "mt5" | "umt5") {
+            return Err(format!(
+                "model_type `{}` is not a T5 encoder (t5, mt5 or umt5)",
+                self.model_type
+            ));
+        }
         if self.num_heads == 0 || self.relative_attention_num_buckets < 4 {
             return Err(
                 "num_heads must be positive and relative_attention_num_buckets at least 4".into(),
@@ -135,6 +150,11 @@ impl diffusers_core::config::Config for T5Config {
 impl T5Config {
     fn gated(&self) -> bool {
         self.feed_forward_proj.starts_with("gated-")
+    }
+
+    /// UMT5: every block has its own `relative_attention_bias`.
+    pub fn bias_in_every_block(&self) -> bool {
+        self.model_type == "umt5"
     }
 }
 
@@ -149,7 +169,7 @@ pub struct T5Attention<B: Backend> {
     pub v: Linear<B>,
     /// Output.
     pub o: Linear<B>,
-    /// `[num_buckets, heads]`, in the first block only.
+    /// `[num_buckets, heads]`: in the first block only (T5), or in every block (UMT5).
     pub relative_attention_bias: Option<Embedding<B>>,
     heads: usize,
     d_kv: usize,
@@ -323,7 +343,7 @@ impl<B: Backend> T5EncoderModel<B> {
                         k: lin(c.d_model, inner),
                         v: lin(c.d_model, inner),
                         o: lin(inner, c.d_model),
-                        relative_attention_bias: (i == 0).then(|| {
+                        relative_attention_bias: (i == 0 || c.bias_in_every_block()).then(|| {
                             EmbeddingConfig::new(c.relative_attention_num_buckets, c.num_heads)
                                 .init(device)
                         }),
@@ -415,30 +435,75 @@ impl<B: Backend> T5EncoderModel<B> {
 
     /// Encodes `[batch, seq]` token ids to `[batch, seq, d_model]` (`last_hidden_state`).
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>> {
-        let [_, s] = input_ids.dims();
+        self.forward_masked(input_ids, None)
+    }
+
+    /// [`Self::forward`] with transformers' `attention_mask=` (`[batch, seq]`, 1 for tokens, 0
+    /// for padding): padded keys get the dtype's lowest value added to their scores, as
+    /// transformers' bidirectional mask does. Wan's pipeline passes the tokenizer's mask.
+    pub fn forward_masked(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Result<Tensor<B, 3>> {
+        let [b, s] = input_ids.dims();
         let device = input_ids.device();
+        let invalid = |reason: String| Error::InvalidConfig {
+            model: MODEL,
+            reason,
+        };
         let mut x = self.shared.forward(input_ids);
-        let first = self
+        let heads = self
             .encoder
             .block
             .first()
-            .ok_or_else(|| Error::InvalidConfig {
-                model: MODEL,
-                reason: "the encoder has no blocks".into(),
-            })?;
-        let bias = first
+            .ok_or_else(|| invalid("the encoder has no blocks".into()))?
             .attention
             .self_attention
-            .bias(s, &device)
-            .ok_or_else(|| Error::InvalidConfig {
-                model: MODEL,
-                reason: "the first block has no relative_attention_bias".into(),
-            })?;
-        for block in &self.encoder.block {
+            .heads;
+        let mask = match attention_mask {
+            None => None,
+            Some(m) if m.dims() != [b, s] => {
+                return Err(Error::InvalidInput {
+                    model: MODEL,
+                    reason: format!(
+                        "attention_mask has shape {:?}, the input ids {:?}",
+                        m.dims(),
+                        [b, s]
+                    ),
+                });
+            }
+            Some(m) => {
+                let dtype = x.dtype();
+                // torch.finfo(dtype).min
+                let lowest = match dtype {
+                    DType::F16 => -65504.0,
+                    DType::BF16 => -3.3895313892515355e38,
+                    _ => f64::from(f32::MIN),
+                };
+                let padded = m.equal_elem(0).reshape([b, 1, 1, s]);
+                let zeros = Tensor::<B, 4>::zeros([b, 1, 1, s], (&device, dtype));
+                Some(zeros.mask_fill(padded, lowest).expand([b, heads, s, s]))
+            }
+        };
+        let mut shared: Option<Tensor<B, 4>> = None;
+        for (i, block) in self.encoder.block.iter().enumerate() {
             let a = &block.attention;
-            x = x.clone()
-                + a.self_attention
-                    .forward(a.layer_norm.forward(x), bias.clone());
+            // T5: the first block's bias for every block; UMT5: each block's own.
+            let bias = match a.self_attention.bias(s, &device) {
+                Some(own) => {
+                    shared.get_or_insert_with(|| own.clone());
+                    own
+                }
+                None => shared.clone().ok_or_else(|| {
+                    invalid(format!("block {i} has no relative_attention_bias to use"))
+                })?,
+            };
+            let bias = match &mask {
+                Some(m) => bias.expand([b, heads, s, s]) + m.clone(),
+                None => bias,
+            };
+            x = x.clone() + a.self_attention.forward(a.layer_norm.forward(x), bias);
             let f = &block.feed_forward;
             x = x.clone() + f.dense_relu_dense.forward(f.layer_norm.forward(x));
         }

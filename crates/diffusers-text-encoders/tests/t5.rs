@@ -1,5 +1,6 @@
 //! `T5EncoderModel` against transformers (`fixtures/text_encoders/t5*`): gated-GELU (T5 v1.1, as
-//! Flux uses) and ReLU feed-forward, relative position buckets beyond the exact range.
+//! Flux uses) and ReLU feed-forward, relative position buckets beyond the exact range; UMT5
+//! (`fixtures/text_encoders/umt5*`, Wan's encoder) with and without an attention mask.
 
 use burn::tensor::{DType, Tensor};
 use diffusers_core::backend::Cpu;
@@ -71,4 +72,61 @@ fn checkpoint_keys_are_transformers_names() {
         checkpoint_key("encoder.block.3.feed_forward.dense_relu_dense.wi_0.weight"),
         "encoder.block.3.layer.1.DenseReluDense.wi_0.weight"
     );
+}
+
+/// UMT5 (Wan's text encoder): a relative attention bias in every block, with and without the
+/// attention mask (Wan passes the tokenizer's mask). Same tolerance as T5 (1e-5; measured below
+/// 1e-6 for T5).
+#[test]
+fn umt5_encoder_matches_transformers() {
+    use diffusers_text_encoders::umt5::UMT5EncoderModel;
+    let fx = Fixture::open("text_encoders/umt5");
+    let dev = Default::default();
+    let m =
+        UMT5EncoderModel::<Cpu>::from_folder(fixtures_dir().join("text_encoders/umt5"), None, &dev)
+            .expect("load");
+    assert_eq!(m.encoder.block.len(), 3);
+    assert!(
+        m.encoder.block.iter().all(|b| b
+            .attention
+            .self_attention
+            .relative_attention_bias
+            .is_some())
+    );
+    let ids: Tensor<Cpu, 2> = fx.tensor("umt5.input_ids", &dev, DType::F32);
+    let mask: Tensor<Cpu, 2> = fx.tensor("umt5.attention_mask", &dev, DType::F32);
+    let plain = m.forward(ids.clone().int()).expect("forward");
+    assert_close(
+        plain,
+        &fx.values("umt5.last_hidden_state"),
+        None,
+        F32,
+        "umt5",
+    );
+    let masked = m
+        .forward_masked(ids.clone().int(), Some(mask.int()))
+        .expect("forward masked");
+    assert_close(
+        masked,
+        &fx.values("umt5.last_hidden_state_masked"),
+        None,
+        F32,
+        "umt5 masked",
+    );
+    // A mask of another shape is an error, not a panic.
+    let short = Tensor::<Cpu, 2, burn::tensor::Int>::ones([2, 3], &dev);
+    assert!(matches!(
+        m.forward_masked(ids.int(), Some(short)),
+        Err(diffusers_text_encoders::Error::InvalidInput { .. })
+    ));
+    // A config whose model_type is not a T5 encoder is refused.
+    let text = std::fs::read_to_string(fixtures_dir().join("text_encoders/umt5/config.json"))
+        .expect("config")
+        .replace("\"umt5\"", "\"llama\"");
+    let err = diffusers_core::config::parse_config::<diffusers_text_encoders::umt5::UMT5Config>(
+        &text,
+        std::path::Path::new("config.json"),
+    )
+    .expect_err("llama");
+    assert!(err.to_string().contains("model_type `llama`"), "{err}");
 }
