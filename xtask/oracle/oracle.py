@@ -798,6 +798,131 @@ def stage_umt5(out: Path):
     c.save(root, "umt5")
 
 
+# Llama 3's pre-tokenizer split (tokenizer.json of meta-llama/Meta-Llama-3-8B and of HunyuanVideo's tokenizer).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA_MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("e", "r"), ("o", "n"), ("Ġ", "a"), ("r", "e"),
+                ("a", "t"), ("Ġ", "c"), ("Ġc", "at"), ("e", "n"), ("Ġ", "s"), ("o", "r"), ("Ġ", "o"), ("Ġo", "f"),
+                ("n", "d"), ("Ġa", "nd"), ("t", "i"), ("ti", "on"), ("Ċ", "Ċ"), ("Ġ", "m"), ("e", "s")]
+LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                  "<pad>"]
+
+
+def make_llama_tokenizer(folder: Path):
+    """A tiny tokenizer in Llama 3's layout (HunyuanVideo's text tokenizer): byte-level BPE with
+    ignore_merges, Llama 3's split regex, `<|begin_of_text|>` prepended by a TemplateProcessing
+    post-processor, the header/eot special tokens, and a `<pad>` token padding on the right. Saved by
+    transformers 5 (tokenizer.json + tokenizer_config.json) and read back with AutoTokenizer, which keeps
+    a byte-level tokenizer.json as written (transformers 5's LlamaTokenizerFast.from_pretrained would
+    rebuild it with a Metaspace pre-tokenizer and pad on the left)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    bu = bytes_to_unicode()
+    vocab = {bu[b]: b for b in range(256)}
+    for a, b in LLAMA_MERGES:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=LLAMA_MERGES, ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in LLAMA_SPECIALS])
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                      pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
+                                      special_tokens=[("<|begin_of_text|>", bos)])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                   pad_token="<pad>", padding_side="right")
+    if folder.exists():
+        shutil.rmtree(folder)
+    fast.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@torch.no_grad()
+def stage_llama(out: Path):
+    """HunyuanVideo's text encoder at tiny size: a random LlamaModel (GQA: 4 heads, 2 key/value
+    heads, an explicit head_dim; rope_theta 500000 as HunyuanVideo's) saved by transformers 5 (keys without a prefix), the
+    same weights as a LlamaForCausalLM in sharded files (`model.` prefixes, an lm_head), and a tiny
+    Llama 3-style tokenizer. Records every hidden state for tokenized prompts with and without the
+    padding mask, and HunyuanVideoPipeline._get_llama_prompt_embeds (called unbound on an object
+    holding the tokenizer and encoder) for a short template and for DEFAULT_PROMPT_TEMPLATE, with the
+    given crop_start and with crop_start computed from the template."""
+    import types
+
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE, HunyuanVideoPipeline
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+
+    root = out / "text_encoders"
+    tok = make_llama_tokenizer(root / "llama_tokenizer")
+    torch.manual_seed(12)
+    # head_dim given (8, where hidden_size / heads would be 4): q/o project 16 <-> 32.
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+                      rms_norm_eps=1e-5,
+                      rope_theta=500000.0, initializer_range=0.3, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaModel(cfg).eval()
+    # The RMS norms start at weight 1: move them off 1 so that the test sees the weights used.
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.copy_(1 + 0.2 * torch.randn(p.shape))
+    folder = root / "llama"
+    if folder.exists():
+        shutil.rmtree(folder)
+    model.save_pretrained(folder)
+    model = LlamaModel.from_pretrained(folder).eval()
+    causal = LlamaForCausalLM(cfg).eval()
+    causal.model = model
+    causal_folder = root / "llama_causal_lm"
+    if causal_folder.exists():
+        shutil.rmtree(causal_folder)
+    causal.save_pretrained(causal_folder, max_shard_size="30KB")
+    (causal_folder / "generation_config.json").unlink(missing_ok=True)
+
+    c = Cases()
+    prompts = ["a cat on the mat", "A cat walks on the grass, realistic\n\nin the style of an oil painting",
+               "café ☕ 42"]
+    enc = tok(prompts, max_length=12, padding="max_length", truncation=True, return_tensors="pt")
+    masked = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, output_hidden_states=True)
+    plain = model(input_ids=enc.input_ids, output_hidden_states=True)
+    outputs = {f"hidden_states_{i}": h for i, h in enumerate(masked.hidden_states)}
+    outputs["last_hidden_state"] = masked.last_hidden_state
+    outputs["last_hidden_state_unmasked"] = plain.last_hidden_state
+    c.add("hidden", "llama_model", {"folder": "text_encoders/llama", "prompts": prompts, "max_length": 12,
+                                    "ids": enc.input_ids.tolist(), "attention_mask": enc.attention_mask.tolist()},
+          {"input_ids": enc.input_ids.float(), "attention_mask": enc.attention_mask.float()}, outputs)
+
+    short = {"template": "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video.<|eot_id|>"
+                         "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"}
+    pipe = types.SimpleNamespace(tokenizer=tok, text_encoder=model, _execution_device=torch.device("cpu"))
+    templates = {
+        # (template, max_sequence_length, num_hidden_layers_to_skip)
+        "short": (short, 8, 0),
+        "default": (DEFAULT_PROMPT_TEMPLATE, 16, 2),
+        "default_computed": ({"template": DEFAULT_PROMPT_TEMPLATE["template"]}, 16, 1),
+    }
+    for name, (template, max_len, skip) in templates.items():
+        embeds, mask = HunyuanVideoPipeline._get_llama_prompt_embeds(
+            pipe, prompts, template, device=torch.device("cpu"), dtype=torch.float32, max_sequence_length=max_len,
+            num_hidden_layers_to_skip=skip)
+        # The crop_start and token ids _get_llama_prompt_embeds computes (its lines, repeated here).
+        crop_start = template.get("crop_start")
+        if crop_start is None:
+            crop_start = tok(template["template"], padding="max_length", return_tensors="pt").input_ids.shape[-1] - 2
+        ids = tok([template["template"].format(p) for p in prompts], max_length=max_len + crop_start,
+                  padding="max_length", truncation=True)
+        c.add(name, "llama_prompt_embeds",
+              {"template": template["template"], "crop_start": template.get("crop_start"),
+               "crop_start_used": crop_start, "max_sequence_length": max_len, "num_hidden_layers_to_skip": skip,
+               "prompts": prompts, "ids": ids.input_ids, "attention_mask": ids.attention_mask},
+              {}, {"prompt_embeds": embeds, "prompt_attention_mask": mask})
+    c.save(root, "llama")
+
+
 @torch.no_grad()
 def stage_vae(out: Path):
     """A tiny AutoencoderKL (two blocks, mid attention, quant convs) and a Flux-style one
@@ -828,6 +953,69 @@ def stage_vae(out: Path):
         c.add(name, "autoencoder_kl", {"folder": f"vae/{name}"}, {"image": image, "latents": latents},
               {"mean": posterior.mean, "logvar": posterior.logvar, "decoded": decoded})
     c.save(root, "autoencoder_kl")
+
+
+WAN21_VAE_CONFIG = {  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers, vae/config.json
+    "_class_name": "AutoencoderKLWan", "_diffusers_version": "0.33.0.dev0", "attn_scales": [], "base_dim": 96,
+    "dim_mult": [1, 2, 4, 4], "dropout": 0.0,
+    "latents_mean": [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517,
+                     -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
+    "latents_std": [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
+                    1.6382, 1.1253, 2.8251, 1.916],
+    "num_res_blocks": 2, "temperal_downsample": [False, True, True], "z_dim": 16,
+}
+
+
+@torch.no_grad()
+def stage_wan_vae(out: Path):
+    """A tiny AutoencoderKLWan (Wan 2.1's causal video VAE: four levels, temporal downsampling in
+    the last two, mid attention) saved in the hub layout, with encode of a 9-frame video (chunks of
+    1, 4, 4 frames through the feature cache) and decodes of 3 latent frames and of 1; and the
+    parameter layout of the real Wan2.1-T2V-1.3B VAE, built on the meta device."""
+    from diffusers import AutoencoderKLWan
+
+    c = Cases()
+    root = out / "vae"
+    torch.manual_seed(11)
+    z = 4
+    vae = AutoencoderKLWan(base_dim=4, z_dim=z, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[False, True, True],
+                           latents_mean=[round(float(v), 4) for v in torch.randn(z)],
+                           latents_std=[round(float(v), 4) for v in torch.rand(z) + 0.5]).eval()
+    # The RMS norms start at gamma = 1: move them off 1 so that the test sees gamma used.
+    for name, p in vae.named_parameters():
+        if name.endswith("gamma"):
+            p.copy_(1 + 0.2 * torch.randn(p.shape))
+    folder = root / "wan_tiny"
+    if folder.exists():
+        shutil.rmtree(folder)
+    vae.save_pretrained(folder)
+    vae = AutoencoderKLWan.from_pretrained(folder).eval()
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    posterior = vae.encode(video).latent_dist
+    latents = torch.randn(1, z, 3, 2, 2)
+    decoded = vae.decode(latents).sample
+    latents1 = torch.randn(1, z, 1, 2, 2)
+    decoded1 = vae.decode(latents1).sample
+    # WanPipeline's step before vae.decode, as pipeline_wan.py writes it.
+    latents_mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.dtype)
+    latents_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.dtype)
+    denormalized = latents / latents_std + latents_mean
+    c.add("wan_tiny", "autoencoder_kl_wan", {"folder": "vae/wan_tiny"},
+          {"video": video, "latents": latents, "latents_one_frame": latents1},
+          {"mean": posterior.mean, "logvar": posterior.logvar, "decoded": decoded,
+           "decoded_one_frame": decoded1, "denormalized": denormalized})
+    c.save(root, "autoencoder_kl_wan")
+
+    real = out / "real_configs"
+    cfg_dir = real / "wan2.1-t2v-1.3b" / "vae"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cfg_dir / "config.json", WAN21_VAE_CONFIG)
+    kwargs = {k: v for k, v in WAN21_VAE_CONFIG.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = AutoencoderKLWan(**kwargs)
+    write_json(real / "wan_vae_params.json",
+               {"wan2.1-t2v-1.3b": {"params": {k: list(v.shape) for k, v in model.state_dict().items()}}})
 
 
 @torch.no_grad()
@@ -871,6 +1059,133 @@ def stage_transformers(out: Path):
 
 
 @torch.no_grad()
+def stage_wan_transformer(out: Path):
+    """Tiny WanTransformer3DModels (Wan 2.1 text-to-video) saved in the hub layout, one denoiser
+    call each: the real layout (patch 1x2x2, affine cross-attention norm) and one with a
+    2x2x2 patch and no cross-attention norm. Norm weights are perturbed so that loading them
+    matters."""
+    from diffusers import WanTransformer3DModel
+
+    c = Cases()
+    root = out / "transformers"
+    variants = {
+        "wan_t2v": (dict(patch_size=(1, 2, 2), cross_attn_norm=True), (2, 4, 3, 4, 6)),
+        "wan_patch2_no_cross_norm": (dict(patch_size=(2, 2, 2), cross_attn_norm=False, out_channels=6),
+                                     (1, 4, 4, 4, 2)),
+    }
+    for name, (kw, shape) in variants.items():
+        torch.manual_seed(8)
+        model = WanTransformer3DModel(num_attention_heads=2, attention_head_dim=12, in_channels=4,
+                                      text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2,
+                                      rope_max_seq_len=32, **kw).eval()
+        for pname, p in model.named_parameters():
+            if "norm" in pname:
+                p.add_(0.1 * torch.randn_like(p))
+        folder = root / name
+        model.save_pretrained(folder)
+        model = WanTransformer3DModel.from_pretrained(folder).eval()
+        b = shape[0]
+        inputs = {
+            "hidden_states": torch.randn(*shape),
+            # UniPC/FlowMatch timesteps: integers in [0, 1000).
+            "timestep": torch.tensor([999.0, 500.0][:b]),
+            "encoder_hidden_states": torch.randn(b, 7, 16),
+        }
+        output = model(**inputs).sample
+        # diffusers in bf16 as users load it (its _keep_in_fp32_modules stay f32): the yardstick
+        # for our bf16 tolerance.
+        model = WanTransformer3DModel.from_pretrained(folder, torch_dtype=torch.bfloat16).eval()
+        bf16 = model(**{k: v.to(torch.bfloat16) for k, v in inputs.items()}).sample
+        print(f"{name}: diffusers' own bf16 call differs from f32 by {(bf16.float() - output).abs().max():.3e}")
+        c.add(name, "wan_transformer", {"folder": f"transformers/{name}"}, inputs,
+              {"output": output, "output_bf16": bf16})
+    c.save(root, "wan")
+
+
+def tiny_wan_pipeline(folder: Path):
+    """A tiny Wan 2.1 text-to-video pipeline (UMT5 encoder and T5 tokenizer, WanTransformer3DModel,
+    AutoencoderKLWan with temporal compression 4 and spatial 8, UniPC with flow sigmas and
+    flow_shift 3 as the Wan2.1-T2V repositories configure it), saved and reloaded."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(12)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=4, out_channels=4, text_dim=32, freq_dim=16, ffn_dim=32,
+                                        num_layers=2, rope_max_seq_len=32).eval()
+    vae = AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[False, True, True],
+                           latents_mean=[0.1, -0.2, 0.3, 0.05], latents_std=[1.5, 0.8, 1.2, 2.0]).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        num_train_timesteps=1000, flow_shift=3.0)
+    tmp = folder.parent / (folder.name + "_tok")
+    tokenizer = make_small_t5_tokenizer(tmp / "tokenizer")
+    torch.manual_seed(13)
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=40, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20,
+        feed_forward_proj="gated-gelu")).eval()
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                       transformer=transformer)
+    if folder.exists():
+        shutil.rmtree(folder)
+    pipe.save_pretrained(folder)
+    shutil.rmtree(tmp)
+    return WanPipeline.from_pretrained(folder)
+
+
+@torch.no_grad()
+def stage_wan_pipeline(out: Path):
+    """The tiny Wan pipeline run end to end: from explicit latents with classifier-free guidance
+    and a negative prompt (frames, and the latents before decoding), from a seed without guidance,
+    two prompts, and diffusers' own bf16 run from the same latents (the yardstick for our bf16
+    tolerance)."""
+    c = Cases()
+    root = out / "pipelines"
+    folder = root / "tiny_wan"
+    pipe = tiny_wan_pipeline(folder)
+    pipe.set_progress_bar_config(disable=True)
+    base = {"folder": "pipelines/tiny_wan", "height": 32, "width": 32, "num_frames": 5,
+            "num_inference_steps": 3, "max_sequence_length": 16}
+    kw = {k: v for k, v in base.items() if k != "folder"}
+    prompt, negative = "a red dog in the snow", "the cat with a hat"
+    latents = torch.randn(1, 4, 2, 4, 4)
+    # The same latents as `diffusers generate --latents` takes them (one tensor `latents`).
+    save_file({"latents": latents.contiguous()}, str(root / "wan_latents.safetensors"))
+    frames = pipe(prompt=prompt, negative_prompt=negative, guidance_scale=5.0, latents=latents.clone(),
+                  output_type="np", **kw).frames
+    final = pipe(prompt=prompt, negative_prompt=negative, guidance_scale=5.0, latents=latents.clone(),
+                 output_type="latent", **kw).frames
+    embeds = pipe.encode_prompt(prompt=prompt, negative_prompt=negative, do_classifier_free_guidance=True,
+                                max_sequence_length=16)
+    c.add("wan_cfg", "wan_pipeline", {**base, "prompt": prompt, "negative_prompt": negative,
+                                      "guidance_scale": 5.0},
+          {"latents": latents},
+          {"frames": torch.from_numpy(frames), "final_latents": final,
+           "prompt_embeds": embeds[0], "negative_prompt_embeds": embeds[1]})
+    prompts = ["the dog on a red hat", "  a cat &amp; a dog\n in   the snow "]
+    frames = pipe(prompt=prompts, guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(5),
+                  output_type="np", **kw).frames
+    c.add("wan_seed", "wan_pipeline", {**base, "prompt": prompts, "guidance_scale": 1.0, "seed": 5}, {},
+          {"frames": torch.from_numpy(frames)})
+    bf16 = WanPipeline_from(folder, torch.bfloat16)
+    frames16 = bf16(prompt=prompt, negative_prompt=negative, guidance_scale=5.0, latents=latents.clone(),
+                    output_type="np", **kw).frames
+    c.add("wan_cfg_bf16", "wan_pipeline", {**base, "prompt": prompt, "negative_prompt": negative,
+                                           "guidance_scale": 5.0, "dtype": "bf16"},
+          {}, {"frames": torch.from_numpy(frames16)})
+    c.save(root, "wan")
+
+
+def WanPipeline_from(folder: Path, dtype):
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(folder, torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
 def stage_real_configs(out: Path):
     """Parameter names and shapes of diffusers models built from real repositories' configs
     (fixtures/real_configs), with fewer blocks, on the meta device (no memory)."""
@@ -890,6 +1205,90 @@ def stage_real_configs(out: Path):
         result[repo] = {"reduced": {"num_layers": 1, "num_single_layers": 1},
                         "params": {k: list(v.shape) for k, v in model.state_dict().items()}}
     write_json(root / "flux_params.json", result)
+
+    from diffusers import WanTransformer3DModel
+
+    result = {}
+    for repo in ["wan2.1-t2v-1.3b", "wan2.1-t2v-14b"]:
+        cfg = json.loads((inputs / repo / "transformer_config.json").read_text())
+        kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
+        kwargs.update(num_layers=1)
+        with torch.device("meta"):
+            model = WanTransformer3DModel(**kwargs)
+        result[repo] = {"reduced": {"num_layers": 1},
+                        "params": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    write_json(root / "wan_params.json", result)
+
+
+@torch.no_grad()
+def stage_hunyuan_video_transformer(out: Path):
+    """Tiny HunyuanVideoTransformer3DModels (HunyuanVideo text-to-video) saved in the hub layout,
+    one denoiser call each as the pipeline makes it (timesteps in [0, 1000], guidance scale * 1000,
+    a text mask whose second row is padded), in f32 and in bf16 (the yardstick for our bf16
+    tolerance); and the parameter layout of the real config (fixtures/real_configs/hunyuanvideo)
+    with one block of each kind, built on the meta device. Norm weights are perturbed so that
+    loading them matters."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    c = Cases()
+    root = out / "transformers"
+    common = dict(in_channels=4, num_attention_heads=2, num_layers=1, num_single_layers=1, num_refiner_layers=1,
+                  mlp_ratio=2.0, text_embed_dim=16, pooled_projection_dim=8)
+    variants = {
+        # The real layout (patch 1x2x2, guidance embedding); batch 2, text row 2 padded after 4 tokens.
+        "hunyuan_video_t2v": (dict(out_channels=4, patch_size=2, patch_size_t=1, guidance_embeds=True,
+                                   attention_head_dim=16, rope_axes_dim=(4, 6, 6)),
+                              (2, 4, 3, 4, 4), [7, 4]),
+        # No guidance embedding, a 2x1x1 patch, other output channels, narrower heads, no padding.
+        "hunyuan_video_pt2_no_guidance": (dict(out_channels=6, patch_size=1, patch_size_t=2,
+                                               guidance_embeds=False, attention_head_dim=8,
+                                               rope_axes_dim=(2, 2, 4)), (1, 4, 4, 2, 3), [5]),
+    }
+    for name, (kw, shape, lengths) in variants.items():
+        torch.manual_seed(9)
+        model = HunyuanVideoTransformer3DModel(**common, **kw).eval()
+        for pname, p in model.named_parameters():
+            if "norm" in pname:
+                p.add_(0.1 * torch.randn_like(p))
+        folder = root / name
+        model.save_pretrained(folder)
+        model = HunyuanVideoTransformer3DModel.from_pretrained(folder).eval()
+        b = shape[0]
+        text_len = max(lengths)
+        mask = torch.zeros(b, text_len)
+        for i, n in enumerate(lengths):
+            mask[i, :n] = 1.0
+        inputs = {
+            "hidden_states": torch.randn(*shape),
+            "timestep": torch.tensor([999.0, 500.0][:b]),
+            "encoder_hidden_states": torch.randn(b, text_len, 16),
+            "encoder_attention_mask": mask,
+            "pooled_projections": torch.randn(b, 8),
+        }
+        if kw["guidance_embeds"]:
+            # The pipeline's guidance: torch.tensor([guidance_scale] * batch) * 1000.0.
+            inputs["guidance"] = torch.tensor([6.0] * b) * 1000.0
+        output = model(**inputs).sample
+        # diffusers in bf16 as the pipeline calls it: the timestep stays f32 (the latents' dtype),
+        # everything else in the transformer's dtype.
+        model = HunyuanVideoTransformer3DModel.from_pretrained(folder, torch_dtype=torch.bfloat16).eval()
+        bf16 = model(**{k: v if k == "timestep" else v.to(torch.bfloat16) for k, v in inputs.items()}).sample
+        print(f"{name}: diffusers' own bf16 call differs from f32 by {(bf16.float() - output).abs().max():.3e}"
+              f" (outputs up to {output.abs().max():.2f})")
+        c.add(name, "hunyuan_video_transformer", {"folder": f"transformers/{name}"}, inputs,
+              {"output": output, "output_bf16": bf16})
+    c.save(root, "hunyuan_video")
+
+    real = Path(__file__).resolve().parents[2] / "fixtures" / "real_configs"
+    cfg = json.loads((real / "hunyuanvideo" / "transformer_config.json").read_text())
+    kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    kwargs.update(num_layers=1, num_single_layers=1)
+    with torch.device("meta"):
+        model = HunyuanVideoTransformer3DModel(**kwargs)
+    (out / "real_configs").mkdir(parents=True, exist_ok=True)
+    write_json(out / "real_configs" / "hunyuan_video_params.json",
+               {"hunyuanvideo": {"reduced": {"num_layers": 1, "num_single_layers": 1},
+                                 "params": {k: list(v.shape) for k, v in model.state_dict().items()}}})
 
 
 T5_WORDS = ["a", "photo", "of", "the", "cat", "dog", "red", "on", "in", "snow", "with", "hat"]
@@ -1591,15 +1990,48 @@ def stage_sd_pipelines(out: Path):
     c.save(root, "sd")
 
 
+def stage_export_quantize(out: Path):
+    """8-bit quantization of [0, 1] frames as diffusers' export functions see them: export_to_video's
+    `(frame * 255).astype(np.uint8)` (truncation; the expression copied from utils/export_utils.py,
+    which needs imageio/ffmpeg to run) and VaeImageProcessor.numpy_to_pil (the PIL frames
+    export_to_gif takes: round half to even). Values: edges, k/255 and (k + 0.5)/255 with their f32
+    neighbours, uniform draws."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    rng = np.random.default_rng(0)
+    k = np.arange(256, dtype=np.float64)
+    exact = (k / 255).astype(np.float32)
+    half = ((k[:-1] + 0.5) / 255).astype(np.float32)
+    values = np.concatenate([
+        np.array([0.0, 1.0, 0.5, 1e-8, 1 - 1e-7], dtype=np.float32),
+        exact, np.nextafter(exact, np.float32(0)), np.nextafter(exact, np.float32(1)),
+        half, np.nextafter(half, np.float32(0)), np.nextafter(half, np.float32(1)),
+        rng.random(1003, dtype=np.float32),
+    ]).astype(np.float32)
+    values = np.clip(values, 0, 1)
+    values = values[: len(values) // 3 * 3]
+    frame = values.reshape(1, 1, -1, 3)
+    truncate = (frame[0] * 255).astype(np.uint8)
+    rounded = np.array(VaeImageProcessor.numpy_to_pil(frame)[0])
+    c = Cases()
+    c.add("quantize", "export_quantize", {}, {"values": torch.from_numpy(values)},
+          {"truncate": torch.from_numpy(truncate.reshape(-1).astype(np.float32)),
+           "round": torch.from_numpy(rounded.reshape(-1).astype(np.float32))})
+    c.save(out / "pipelines", "export_quantize")
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders, "umt5": stage_umt5, "vae": stage_vae,
-          "transformers": stage_transformers,
+          "llama": stage_llama,
+          "wan_vae": stage_wan_vae,
+          "transformers": stage_transformers, "wan_transformer": stage_wan_transformer,
+          "wan_pipeline": stage_wan_pipeline,
           "real_configs": stage_real_configs,
+          "hunyuan_video_transformer": stage_hunyuan_video_transformer,
           "pipelines": stage_pipelines,
           "tokenizers": stage_tokenizers,
           "t5_tokenizer": stage_t5_tokenizer,
           "unets": stage_unets,
-          "sd_pipelines": stage_sd_pipelines}
+          "sd_pipelines": stage_sd_pipelines,
+          "export_quantize": stage_export_quantize}
 
 
 def main():

@@ -6,7 +6,7 @@
 //!   committed ones.
 //! - `cargo xtask oracle-env`: create or update the pinned Python environment only.
 //! - `cargo xtask cuda-bundle [TEST...]`: build the test binaries with the `cuda` feature (as CI
-//!   does) into `.device/` (only the named test targets, e.g. `layers flux`, when given) together
+//!   does) into `.device/` (only the named test targets, e.g. `layers transformers`, when given) together
 //!   with a script that runs them (`--ignored` CUDA tests included) on a machine with an NVIDIA
 //!   GPU and no Rust toolchain.
 //! - `cargo xtask bench-vs-torch [--quick] [--device cpu|cuda] [--dtype f32|bf16] [--threads N]
@@ -155,7 +155,7 @@ fn cuda_bundle(only: &[String]) -> Result<()> {
     }
     // The device carries at most 64 MiB: the stripped binaries go compressed, with a dictionary
     // larger than a binary so that the code they share (burn, cubecl: most of each) is stored
-    // once (flux, flux_pipeline, layers and the CLI: 25.5 MB with this one; six test binaries
+    // once (the flux test binary, flux_pipeline, layers and the CLI: 25.5 MB with this one; six test binaries
     // and the CLI: 34.5 MB, where xz's default dictionary had passed 58 MB for five of them and
     // the CLI before it was stopped).
     run(Command::new("tar")

@@ -4,8 +4,11 @@
 //!
 //! - [`transformer_flux::FluxTransformer2DModel`]: double- and single-stream blocks, multi-axis
 //!   RoPE, timestep/guidance/pooled-text embeddings (FLUX.1-dev and -schnell), any block count.
+//! - [`transformer_wan::WanTransformer3DModel`]: Wan 2.1 text-to-video (patchify, 3-D rotary
+//!   embeddings over frames, rows and columns, cross-attention over UMT5 states).
 
 mod error;
 pub mod transformer_flux;
+pub mod transformer_wan;
 
 pub use error::{Error, Result};

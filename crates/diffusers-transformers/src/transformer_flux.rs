@@ -121,15 +121,21 @@ pub struct MlpEmbedding<B: Backend> {
 }
 
 impl<B: Backend> MlpEmbedding<B> {
-    fn new(i: usize, o: usize, device: &B::Device) -> Self {
+    pub(crate) fn new(i: usize, o: usize, device: &B::Device) -> Self {
         Self {
             linear_1: LinearConfig::new(i, o).init(device),
             linear_2: LinearConfig::new(o, o).init(device),
         }
     }
 
-    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// `TimestepEmbedding`: SiLU between the projections.
+    pub(crate) fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         self.linear_2.forward(silu(self.linear_1.forward(x)))
+    }
+
+    /// `PixArtAlphaTextProjection(act_fn="gelu_tanh")`: tanh-GELU between the projections.
+    pub(crate) fn forward_gelu_tanh<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.linear_2.forward(gelu_tanh(self.linear_1.forward(x)))
     }
 }
 
@@ -155,7 +161,7 @@ pub struct AdaNorm<B: Backend> {
 }
 
 impl<B: Backend> AdaNorm<B> {
-    fn new(dim: usize, chunks: usize, device: &B::Device) -> Self {
+    pub(crate) fn new(dim: usize, chunks: usize, device: &B::Device) -> Self {
         Self {
             linear: LinearConfig::new(dim, chunks * dim).init(device),
             norm: LayerNormConfig::new(dim)
@@ -166,7 +172,7 @@ impl<B: Backend> AdaNorm<B> {
         }
     }
 
-    fn chunks(&self, temb: Tensor<B, 2>) -> Vec<Tensor<B, 3>> {
+    pub(crate) fn chunks(&self, temb: Tensor<B, 2>) -> Vec<Tensor<B, 3>> {
         self.linear
             .forward(silu(temb))
             .chunk(self.chunks, 1)
@@ -175,7 +181,12 @@ impl<B: Backend> AdaNorm<B> {
             .collect()
     }
 
-    fn modulate(&self, x: Tensor<B, 3>, shift: Tensor<B, 3>, scale: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn modulate(
+        &self,
+        x: Tensor<B, 3>,
+        shift: Tensor<B, 3>,
+        scale: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         self.norm.forward(x) * (scale + 1.0) + shift
     }
 }
@@ -359,16 +370,17 @@ impl<B: Backend> FluxAttention<B> {
 }
 
 impl<B: Backend> FeedForward<B> {
-    fn new(dim: usize, device: &B::Device) -> Self {
+    /// `FeedForward(dim, inner_dim=inner, activation_fn="gelu-approximate")`.
+    pub(crate) fn new(dim: usize, inner: usize, device: &B::Device) -> Self {
         Self {
-            net_0: GeluConfig::new(dim, 4 * dim)
+            net_0: GeluConfig::new(dim, inner)
                 .with_approximate(GeluApproximate::Tanh)
                 .init(device),
-            net_2: LinearConfig::new(4 * dim, dim).init(device),
+            net_2: LinearConfig::new(inner, dim).init(device),
         }
     }
 
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub(crate) fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.net_2.forward(self.net_0.forward(x))
     }
 }
@@ -477,8 +489,8 @@ impl<B: Backend> FluxTransformer2DModel<B> {
                         true,
                         device,
                     ),
-                    ff: FeedForward::new(dim, device),
-                    ff_context: FeedForward::new(dim, device),
+                    ff: FeedForward::new(dim, 4 * dim, device),
+                    ff_context: FeedForward::new(dim, 4 * dim, device),
                     norm2: ln(),
                 })
                 .collect(),

@@ -1,0 +1,5 @@
+//! The transformers against diffusers, one test binary (each binary links the CUDA backend:
+//! fewer binaries, a faster CI build).
+
+mod flux;
+mod wan;
