@@ -4,10 +4,13 @@
 //!
 //! - [`autoencoder_kl::AutoencoderKL`] (SD 1.x/2.x, SDXL, Flux): encoder, decoder, diagonal
 //!   Gaussian posterior, optional quant convs, `scaling_factor` and `shift_factor` in the config.
+//! - [`autoencoder_kl_wan::AutoencoderKLWan`] (Wan 2.1): causal 3D video VAE, encode and decode
+//!   chunk by chunk through diffusers' feature cache, `latents_mean`/`latents_std` in the config.
 //!
-//! Tiling, slicing and the video VAEs come later.
+//! Tiling, slicing and the other video VAEs come later.
 
 pub mod autoencoder_kl;
+pub mod autoencoder_kl_wan;
 mod error;
 pub mod vae;
 
