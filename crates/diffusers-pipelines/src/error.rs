@@ -36,6 +36,15 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// Exporting a video (MP4, GIF or PNG frames) failed, or its frames are invalid; nothing
+    /// was written.
+    #[error("{path}: {reason}")]
+    Export {
+        /// The file or folder being written.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// Reading files failed.
     #[error(transparent)]
     Core(#[from] diffusers_core::Error),

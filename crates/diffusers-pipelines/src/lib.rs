@@ -10,7 +10,9 @@
 //! - [`pipeline_flux::FluxPipeline`]: FLUX.1 text-to-image: prompt encoding with CLIP and T5,
 //!   latent packing, image ids, `mu` from the sequence length, guidance, explicit latents or a
 //!   torch seed, images per prompt, per-step callbacks, array/latent outputs;
-//! - [`image_processor`]: `[0, 1]` arrays, 8-bit pixels and PNG files.
+//! - [`image_processor`]: `[0, 1]` arrays, 8-bit pixels and PNG files;
+//! - [`export_utils`]: a video's frames to an H.264 MP4, an animated GIF or a folder of PNGs,
+//!   as diffusers' `export_to_video` and `export_to_gif`.
 //!
 //! ```
 //! use burn::tensor::DType;
@@ -31,6 +33,7 @@
 //! ```
 
 mod error;
+pub mod export_utils;
 pub mod image_input;
 pub mod image_processor;
 pub mod model_index;
