@@ -6,9 +6,13 @@
 //!   RoPE, timestep/guidance/pooled-text embeddings (FLUX.1-dev and -schnell), any block count.
 //! - [`transformer_wan::WanTransformer3DModel`]: Wan 2.1 text-to-video (patchify, 3-D rotary
 //!   embeddings over frames, rows and columns, cross-attention over UMT5 states).
+//! - [`transformer_hunyuan_video::HunyuanVideoTransformer3DModel`]: HunyuanVideo text-to-video
+//!   (token refiner under the text mask, dual- and single-stream blocks with the text after the
+//!   image tokens, 3-D rotary embeddings, guidance embedding).
 
 mod error;
 pub mod transformer_flux;
+pub mod transformer_hunyuan_video;
 pub mod transformer_wan;
 
 pub use error::{Error, Result};

@@ -2,4 +2,5 @@
 //! fewer binaries, a faster CI build).
 
 mod flux;
+mod hunyuan_video;
 mod wan;
