@@ -172,6 +172,15 @@ impl PromptTokenizer {
         self.tokenizer.token_to_id(token)
     }
 
+    /// Encodes one text without padding or truncation (special tokens included), as
+    /// transformers' `tokenizer(text)`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut t = self.tokenizer.clone();
+        t.with_truncation(None).map_err(err)?;
+        t.with_padding(None);
+        Ok(t.encode(text, true).map_err(err)?.get_ids().to_vec())
+    }
+
     /// Encodes prompts padded and truncated to `max_length` (special tokens included), and
     /// reports what truncation removed, with the warning diffusers logs.
     pub fn encode_padded(&self, prompts: &[&str], max_length: usize) -> Result<TokenizedPrompts> {
