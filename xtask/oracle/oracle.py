@@ -1018,6 +1018,76 @@ def stage_wan_vae(out: Path):
                {"wan2.1-t2v-1.3b": {"params": {k: list(v.shape) for k, v in model.state_dict().items()}}})
 
 
+HUNYUAN_VIDEO_VAE_CONFIG = {  # hunyuanvideo-community/HunyuanVideo, vae/config.json
+    "_class_name": "AutoencoderKLHunyuanVideo", "_diffusers_version": "0.32.0.dev0", "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["HunyuanVideoDownBlock3D", "HunyuanVideoDownBlock3D", "HunyuanVideoDownBlock3D",
+                         "HunyuanVideoDownBlock3D"],
+    "in_channels": 3, "latent_channels": 16, "layers_per_block": 2, "mid_block_add_attention": True,
+    "norm_num_groups": 32, "out_channels": 3, "scaling_factor": 0.476986, "spatial_compression_ratio": 8,
+    "temporal_compression_ratio": 4,
+    "up_block_types": ["HunyuanVideoUpBlock3D", "HunyuanVideoUpBlock3D", "HunyuanVideoUpBlock3D",
+                       "HunyuanVideoUpBlock3D"],
+}
+
+
+@torch.no_grad()
+def stage_hunyuan_video_vae(out: Path):
+    """A tiny AutoencoderKLHunyuanVideo (HunyuanVideo's causal video VAE: four levels, spatial
+    downsampling in the first three, temporal in the middle two, a channel change with shortcut
+    convs, mid attention with the causal frame mask) saved in the hub layout, with encode of a
+    9-frame video and decodes of 3 latent frames and of 1, in f32 and in bf16 (the bf16 outputs
+    kept to measure diffusers' own bf16 error); and the parameter layout of the real HunyuanVideo
+    VAE, built on the meta device. At these sizes diffusers' _encode/_decode are a single pass
+    (use_tiling is off by default; framewise encoding/decoding starts above 16 frames / 4 latent
+    frames), so no tiling switch is needed."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    c = Cases()
+    root = out / "vae"
+    torch.manual_seed(23)
+    z = 4
+    vae = AutoencoderKLHunyuanVideo(block_out_channels=(4, 8, 8, 8), layers_per_block=1, norm_num_groups=2,
+                                    latent_channels=z, temporal_compression_ratio=4,
+                                    spatial_compression_ratio=8).eval()
+    # The group norms start at weight 1, bias 0: move them off so that the test sees them used.
+    for name, p in vae.named_parameters():
+        if "norm" in name and name.endswith("weight"):
+            p.copy_(1 + 0.2 * torch.randn(p.shape))
+        elif "norm" in name and name.endswith("bias"):
+            p.copy_(0.1 * torch.randn(p.shape))
+    folder = root / "hunyuan_video_tiny"
+    if folder.exists():
+        shutil.rmtree(folder)
+    vae.save_pretrained(folder)
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(folder).eval()
+    assert not vae.use_tiling and not vae.use_slicing
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    posterior = vae.encode(video).latent_dist
+    latents = torch.randn(1, z, 3, 2, 2)
+    decoded = vae.decode(latents).sample
+    latents1 = torch.randn(1, z, 1, 2, 2)
+    decoded1 = vae.decode(latents1).sample
+    vae16 = AutoencoderKLHunyuanVideo.from_pretrained(folder, torch_dtype=torch.bfloat16).eval()
+    posterior16 = vae16.encode(video.to(torch.bfloat16)).latent_dist
+    decoded16 = vae16.decode(latents.to(torch.bfloat16)).sample
+    c.add("hunyuan_video_tiny", "autoencoder_kl_hunyuan_video", {"folder": "vae/hunyuan_video_tiny"},
+          {"video": video, "latents": latents, "latents_one_frame": latents1},
+          {"mean": posterior.mean, "logvar": posterior.logvar, "decoded": decoded,
+           "decoded_one_frame": decoded1, "mean_bf16": posterior16.mean, "decoded_bf16": decoded16})
+    c.save(root, "autoencoder_kl_hunyuan_video")
+
+    real = out / "real_configs"
+    cfg_dir = real / "hunyuanvideo" / "vae"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cfg_dir / "config.json", HUNYUAN_VIDEO_VAE_CONFIG)
+    kwargs = {k: v for k, v in HUNYUAN_VIDEO_VAE_CONFIG.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = AutoencoderKLHunyuanVideo(**kwargs)
+    write_json(real / "hunyuan_video_vae_params.json",
+               {"hunyuanvideo": {"params": {k: list(v.shape) for k, v in model.state_dict().items()}}})
+
+
 @torch.no_grad()
 def stage_transformers(out: Path):
     """Tiny FluxTransformer2DModels (FLUX.1-dev style with guidance, schnell style without),
@@ -2022,6 +2092,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "text_encoders": stage_text_encoders, "umt5": stage_umt5, "vae": stage_vae,
           "llama": stage_llama,
           "wan_vae": stage_wan_vae,
+          "hunyuan_video_vae": stage_hunyuan_video_vae,
           "transformers": stage_transformers, "wan_transformer": stage_wan_transformer,
           "wan_pipeline": stage_wan_pipeline,
           "real_configs": stage_real_configs,

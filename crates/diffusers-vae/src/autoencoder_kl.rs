@@ -10,6 +10,7 @@ use diffusers_core::weights::{LoadOptions, Weights, WeightsName, load_into};
 use diffusers_nn::conv::{Conv2d, Conv2dConfig};
 use serde::{Deserialize, Serialize};
 
+pub use crate::vae::DiagonalGaussianDistribution;
 use crate::vae::{Decoder, Encoder, VaeShape};
 use crate::{Error, Result};
 
@@ -147,35 +148,6 @@ impl AutoencoderKLConfig {
     /// The spatial downscaling factor (`2 ** (len(block_out_channels) - 1)`).
     pub fn scale_factor(&self) -> usize {
         1 << (self.block_out_channels.len().saturating_sub(1))
-    }
-}
-
-/// The posterior `N(mean, exp(logvar))` the encoder predicts.
-#[derive(Debug, Clone)]
-pub struct DiagonalGaussianDistribution<B: Backend> {
-    /// Mean `[b, latent, h, w]`.
-    pub mean: Tensor<B, 4>,
-    /// Log-variance, clamped to `[-30, 20]` as diffusers does.
-    pub logvar: Tensor<B, 4>,
-}
-
-impl<B: Backend> DiagonalGaussianDistribution<B> {
-    fn from_moments(moments: Tensor<B, 4>) -> Self {
-        let c = moments.dims()[1] / 2;
-        let mean = moments.clone().narrow(1, 0, c);
-        let logvar = moments.narrow(1, c, c).clamp(-30.0, 20.0);
-        Self { mean, logvar }
-    }
-
-    /// The mean (`latent_dist.mode()`).
-    pub fn mode(&self) -> Tensor<B, 4> {
-        self.mean.clone()
-    }
-
-    /// `mean + std * noise` with caller-supplied standard normal noise (`latent_dist.sample()`).
-    pub fn sample_with(&self, noise: Tensor<B, 4>) -> Tensor<B, 4> {
-        let std = (self.logvar.clone() * 0.5).exp();
-        self.mean.clone() + std * noise
     }
 }
 

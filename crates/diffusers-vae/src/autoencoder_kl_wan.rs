@@ -27,6 +27,7 @@ use diffusers_nn::pad::{PadMode, pad_dim};
 use diffusers_nn::upsampling::interpolate_nearest;
 use serde::{Deserialize, Serialize};
 
+pub use crate::vae::DiagonalGaussianDistribution;
 use crate::{Error, Result};
 
 const MODEL: &str = "AutoencoderKLWan";
@@ -823,36 +824,6 @@ impl<B: Backend> WanDecoder3d<B> {
     }
 }
 
-/// The posterior `N(mean, exp(logvar))` over video latents (diffusers'
-/// `DiagonalGaussianDistribution` on `[b, 2 * z_dim, f, h, w]` moments).
-#[derive(Debug, Clone)]
-pub struct DiagonalGaussianDistribution<B: Backend> {
-    /// Mean `[b, z_dim, f, h, w]`.
-    pub mean: Tensor<B, 5>,
-    /// Log-variance, clamped to `[-30, 20]` as diffusers does.
-    pub logvar: Tensor<B, 5>,
-}
-
-impl<B: Backend> DiagonalGaussianDistribution<B> {
-    fn from_moments(moments: Tensor<B, 5>) -> Self {
-        let c = moments.dims()[1] / 2;
-        let mean = moments.clone().narrow(1, 0, c);
-        let logvar = moments.narrow(1, c, c).clamp(-30.0, 20.0);
-        Self { mean, logvar }
-    }
-
-    /// The mean (`latent_dist.mode()`).
-    pub fn mode(&self) -> Tensor<B, 5> {
-        self.mean.clone()
-    }
-
-    /// `mean + std * noise` with caller-supplied standard normal noise (`latent_dist.sample()`).
-    pub fn sample_with(&self, noise: Tensor<B, 5>) -> Tensor<B, 5> {
-        let std = (self.logvar.clone() * 0.5).exp();
-        self.mean.clone() + std * noise
-    }
-}
-
 /// `AutoencoderKLWan`: causal 3D encoder and decoder with their 1x1x1 quant convolutions.
 #[derive(Module, Debug)]
 pub struct AutoencoderKLWan<B: Backend> {
@@ -926,7 +897,7 @@ impl<B: Backend> AutoencoderKLWan<B> {
     /// Encodes a video `[b, in_channels, 1 + 4k, h, w]` (in `[-1, 1]`, `h` and `w` multiples of
     /// the spatial factor) to the posterior over `[b, z_dim, 1 + k * 4 / temporal factor, h / 8,
     /// w / 8]` latents: frame 0, then chunks of 4 frames, through the feature cache.
-    pub fn encode(&self, video: Tensor<B, 5>) -> Result<DiagonalGaussianDistribution<B>> {
+    pub fn encode(&self, video: Tensor<B, 5>) -> Result<DiagonalGaussianDistribution<B, 5>> {
         let [b, c, f, h, w] = video.dims();
         let s = self.spatial_factor;
         if c != self.in_channels {

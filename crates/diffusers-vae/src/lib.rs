@@ -6,10 +6,14 @@
 //!   Gaussian posterior, optional quant convs, `scaling_factor` and `shift_factor` in the config.
 //! - [`autoencoder_kl_wan::AutoencoderKLWan`] (Wan 2.1): causal 3D video VAE, encode and decode
 //!   chunk by chunk through diffusers' feature cache, `latents_mean`/`latents_std` in the config.
+//! - [`autoencoder_kl_hunyuan_video::AutoencoderKLHunyuanVideo`] (HunyuanVideo): causal 3D video
+//!   VAE with replicate padding and a causal frame mask in the mid attention, encode and decode in
+//!   one pass, `scaling_factor` in the config.
 //!
 //! Tiling, slicing and the other video VAEs come later.
 
 pub mod autoencoder_kl;
+pub mod autoencoder_kl_hunyuan_video;
 pub mod autoencoder_kl_wan;
 mod error;
 pub mod vae;

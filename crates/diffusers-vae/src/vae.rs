@@ -5,7 +5,7 @@
 use burn::module::Module;
 use burn::prelude::*;
 use diffusers_nn::activation::silu;
-use diffusers_nn::attention::scaled_dot_product_attention;
+use diffusers_nn::attention::{AttentionMask, scaled_dot_product_attention};
 use diffusers_nn::conv::{Conv2d, Conv2dConfig};
 pub use diffusers_nn::downsampling::Downsample2D;
 use diffusers_nn::downsampling::Downsample2DConfig;
@@ -83,19 +83,26 @@ impl<B: Backend> SpatialAttention<B> {
         let [b, c, h, w] = x.dims();
         let n = self.group_norm.forward(x.clone());
         let seq = n.reshape([b, c, h * w]).swap_dims(1, 2);
+        let o = self.attend(seq, None);
+        o.swap_dims(1, 2).reshape([b, c, h, w]) + x
+    }
+
+    /// The projections, attention and output projection over group-normalised tokens
+    /// `[b, n, c]` (no residual), with an optional mask (the video VAEs' causal frame mask).
+    pub(crate) fn attend(&self, seq: Tensor<B, 3>, mask: Option<AttentionMask<B>>) -> Tensor<B, 3> {
+        let [b, n, c] = seq.dims();
         let d = c / self.heads;
-        let split = |t: Tensor<B, 3>| t.reshape([b, h * w, self.heads, d]).swap_dims(1, 2);
+        let split = |t: Tensor<B, 3>| t.reshape([b, n, self.heads, d]).swap_dims(1, 2);
         let q = split(self.to_q.forward(seq.clone()));
         let k = split(self.to_k.forward(seq.clone()));
         let v = split(self.to_v.forward(seq));
-        let o = scaled_dot_product_attention(q, k, v, None, None, false)
+        let o = scaled_dot_product_attention(q, k, v, mask, None, false)
             .swap_dims(1, 2)
-            .reshape([b, h * w, c]);
-        let o = match self.to_out.first() {
+            .reshape([b, n, c]);
+        match self.to_out.first() {
             Some(l) => l.forward(o),
             None => o,
-        };
-        o.swap_dims(1, 2).reshape([b, c, h, w]) + x
+        }
     }
 }
 
@@ -299,5 +306,37 @@ impl<B: Backend> Decoder<B> {
             }
         }
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}
+
+/// The posterior `N(mean, exp(logvar))` the encoder predicts (diffusers'
+/// `DiagonalGaussianDistribution`): rank 4 (`[b, latent, h, w]`) for images, rank 5
+/// (`[b, latent, f, h, w]`) for the video VAEs.
+#[derive(Debug, Clone)]
+pub struct DiagonalGaussianDistribution<B: Backend, const D: usize = 4> {
+    /// Mean `[b, latent, ...]`.
+    pub mean: Tensor<B, D>,
+    /// Log-variance, clamped to `[-30, 20]` as diffusers does.
+    pub logvar: Tensor<B, D>,
+}
+
+impl<B: Backend, const D: usize> DiagonalGaussianDistribution<B, D> {
+    /// Splits the encoder's `[b, 2 * latent, ...]` moments into mean and (clamped) log-variance.
+    pub(crate) fn from_moments(moments: Tensor<B, D>) -> Self {
+        let c = moments.dims()[1] / 2;
+        let mean = moments.clone().narrow(1, 0, c);
+        let logvar = moments.narrow(1, c, c).clamp(-30.0, 20.0);
+        Self { mean, logvar }
+    }
+
+    /// The mean (`latent_dist.mode()`).
+    pub fn mode(&self) -> Tensor<B, D> {
+        self.mean.clone()
+    }
+
+    /// `mean + std * noise` with caller-supplied standard normal noise (`latent_dist.sample()`).
+    pub fn sample_with(&self, noise: Tensor<B, D>) -> Tensor<B, D> {
+        let std = (self.logvar.clone() * 0.5).exp();
+        self.mean.clone() + std * noise
     }
 }
