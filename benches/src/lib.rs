@@ -27,8 +27,10 @@ use diffusers_pipelines::{DiffusionPipeline, PipelineOptions};
 use diffusers_transformers::transformer_flux::{
     FluxTransformer2DModel, FluxTransformer2DModelConfig,
 };
+use diffusers_transformers::transformer_wan::{WanTransformer3DModel, WanTransformer3DModelConfig};
 use diffusers_unets::unet_2d_blocks::{BlockArgs, CrossAttnDownBlock2D};
 use diffusers_vae::autoencoder_kl::{AutoencoderKL, AutoencoderKLConfig};
+use diffusers_vae::autoencoder_kl_wan::{AutoencoderKLWan, AutoencoderKLWanConfig};
 use serde_json::{Value, json};
 
 /// The workloads compared with PyTorch on every device, in table order.
@@ -43,6 +45,8 @@ pub const WORKLOADS: &[&str] = &[
     "flux_single",
     "unet_down",
     "vae_decoder",
+    "wan_block",
+    "wan_vae_decode",
     "tiny_pipeline",
     "load_1gb",
 ];
@@ -301,6 +305,41 @@ fn flux_config(c: &Ctx<'_, impl Backend>, double: bool) -> Result<FluxTransforme
     )?)
 }
 
+/// One Wan 2.1 block: Wan2.1-T2V-1.3B's widths (12 x 128, feed-forward 8960) at real scale.
+fn wan_config(c: &Ctx<'_, impl Backend>) -> Result<WanTransformer3DModelConfig> {
+    let (heads, head_dim, ffn) = match c.scale {
+        Scale::Tiny => (2, 12, 32),
+        Scale::Real => (12, 128, 8960),
+    };
+    let cfg = json!({
+        "_class_name": "WanTransformer3DModel",
+        "num_attention_heads": heads,
+        "attention_head_dim": head_dim,
+        "ffn_dim": ffn,
+        "in_channels": 16,
+        "out_channels": 16,
+        "text_dim": 64,
+        "num_layers": 1,
+    });
+    Ok(diffusers_core::config::parse_config(
+        &cfg.to_string(),
+        Path::new("wan_config"),
+    )?)
+}
+
+/// Wan 2.1's VAE (the real config at real scale; base_dim 8 when tiny).
+fn wan_vae_config(c: &Ctx<'_, impl Backend>) -> Result<AutoencoderKLWanConfig> {
+    let base = match c.scale {
+        Scale::Tiny => 8,
+        Scale::Real => 96,
+    };
+    let cfg = json!({"_class_name": "AutoencoderKLWan", "base_dim": base, "z_dim": 16});
+    Ok(diffusers_core::config::parse_config(
+        &cfg.to_string(),
+        Path::new("wan_vae_config"),
+    )?)
+}
+
 fn vae_config(c: &Ctx<'_, impl Backend>) -> Result<AutoencoderKLConfig> {
     let (channels, groups) = match c.scale {
         Scale::Tiny => (json!([32, 32]), 8),
@@ -536,6 +575,67 @@ pub fn prepare<B: Backend>(
             (
                 Box::new(move || {
                     let _out = vae.decode(z.clone());
+                    Ctx::<B>::sync(&dev)
+                }),
+                None,
+            )
+        }
+        "wan_block" => {
+            let model = match c.dir {
+                Some(d) => {
+                    WanTransformer3DModel::<B>::from_folder(d.join("model"), Some(dtype), device)?.0
+                }
+                None => WanTransformer3DModel::<B>::new(&wan_config(&c)?, device)?,
+            };
+            let img = c.size("image_tokens", 24, 1560);
+            let txt = c.size("text_tokens", 8, 512);
+            let (heads, head_dim, ffn) = match c.scale {
+                Scale::Tiny => (2, 12, 32),
+                Scale::Real => (12, 128, 8960),
+            };
+            let dim = heads * head_dim;
+            let x = c.input("x", [1, img, dim])?;
+            let ctx = c.input("ctx", [1, txt, dim])?;
+            let temb = c.input("temb", [1, 6, dim])?;
+            let cos = c.input("cos", [img, head_dim])?;
+            let sin = c.input("sin", [img, head_dim])?;
+            let (s, t, d, f) = (img as f64, txt as f64, dim as f64, ffn as f64);
+            // Multiply-adds: self-attention q, k, v, out (4·d² per image token), cross-attention
+            // q, out per image token and k, v per text token (2·d² each), the feed-forward
+            // (2·d·ffn per image token); QKᵀ and PV over image x image and image x text.
+            let flops = 2.0 * (6.0 * d * d * s + 2.0 * d * d * t + 2.0 * d * f * s)
+                + 4.0 * s * s * d
+                + 4.0 * s * t * d;
+            let Some(block) = model.blocks.into_iter().next() else {
+                bail!("the wan_block model has no block");
+            };
+            (
+                Box::new(move || {
+                    let _out = block.forward(
+                        x.clone(),
+                        ctx.clone(),
+                        temb.clone(),
+                        cos.clone(),
+                        sin.clone(),
+                    );
+                    Ctx::<B>::sync(&dev)
+                }),
+                Some(flops),
+            )
+        }
+        "wan_vae_decode" => {
+            let vae = match c.dir {
+                Some(d) => {
+                    AutoencoderKLWan::<B>::from_folder(d.join("model"), Some(dtype), device)?.0
+                }
+                None => AutoencoderKLWan::<B>::new(&wan_vae_config(&c)?, device)?,
+            };
+            let frames = c.size("latent_frames", 2, 2);
+            let hw = c.size("latent_size", 4, 32);
+            let z = c.input("z", [1, 16, frames, hw, hw])?;
+            (
+                Box::new(move || {
+                    let _out = vae.decode(z.clone())?;
                     Ctx::<B>::sync(&dev)
                 }),
                 None,

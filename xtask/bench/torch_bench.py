@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOADS = ["matmul", "conv_64", "conv_320", "attn_flux", "attn_sd", "groupnorm", "flux_double",
-             "flux_single", "unet_down", "vae_decoder", "tiny_pipeline", "load_1gb"]
+             "flux_single", "unet_down", "vae_decoder", "wan_block", "wan_vae_decode", "tiny_pipeline",
+             "load_1gb"]
 CUDA_WORKLOADS = ["matmul_ceiling"]
 
 FLUX = dict(patch_size=1, in_channels=64, num_attention_heads=24, attention_head_dim=128,
@@ -37,6 +38,9 @@ FLUX = dict(patch_size=1, in_channels=64, num_attention_heads=24, attention_head
 VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
            up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512],
            layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=256)
+# Wan2.1-T2V-1.3B's block widths (text_dim only sizes the unused text projection).
+WAN = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+           out_channels=16, text_dim=64, ffn_dim=8960)
 UNET_DOWN = dict(channels=320, size=64, temb_channels=1280, cross_attention_dim=768, tokens=77,
                  groups=32, heads=8)
 
@@ -119,6 +123,23 @@ def prepare(out: Path, names):
             AutoencoderKL(**VAE).save_pretrained(d / "model")
             meta = {"latent_size": 32}
             inputs = {"z": torch.randn(1, 4, 32, 32)}
+        elif name == "wan_block":
+            from diffusers import WanTransformer3DModel
+            from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+            WanTransformer3DModel(**WAN, num_layers=1).save_pretrained(d / "model")
+            # One latent frame of a 480x832 video: 30x52 patches of 2x2.
+            meta = {"image_tokens": 30 * 52, "text_tokens": 512}
+            dim = WAN["num_attention_heads"] * WAN["attention_head_dim"]
+            rope = WanRotaryPosEmbed(WAN["attention_head_dim"], WAN["patch_size"], 1024)
+            cos, sin = rope(torch.zeros(1, 16, 1, 60, 104))
+            inputs = {"x": torch.randn(1, 30 * 52, dim), "ctx": torch.randn(1, 512, dim),
+                      "temb": torch.randn(1, 6, dim), "cos": cos.reshape(30 * 52, -1).float(),
+                      "sin": sin.reshape(30 * 52, -1).float()}
+        elif name == "wan_vae_decode":
+            from diffusers import AutoencoderKLWan
+            AutoencoderKLWan(base_dim=96, z_dim=16).save_pretrained(d / "model")
+            meta = {"latent_frames": 2, "latent_size": 32}
+            inputs = {"z": torch.randn(1, 16, 2, 32, 32)}
         elif name == "tiny_pipeline":
             meta = {"folder": str(ROOT / "fixtures/pipelines/tiny_flux"), "steps": 4}
         elif name == "load_1gb":
@@ -193,6 +214,22 @@ def build(d: Path, name: str, device, dtype):
     if name == "vae_decoder":
         from diffusers import AutoencoderKL
         vae = AutoencoderKL.from_pretrained(d / "model", dtype=dtype).to(device).eval()
+        z = inp["z"]
+        return (lambda: vae.decode(z).sample), None
+    if name == "wan_block":
+        from diffusers import WanTransformer3DModel
+        model = WanTransformer3DModel.from_pretrained(d / "model", dtype=dtype).to(device).eval()
+        x, ctx, temb = inp["x"], inp["ctx"], inp["temb"]
+        s, t, dim = x.shape[1], ctx.shape[1], x.shape[2]
+        rope = (inp["cos"].float().view(1, s, 1, -1), inp["sin"].float().view(1, s, 1, -1))
+        ffn = WAN["ffn_dim"]
+        flops = (2.0 * (6.0 * dim * dim * s + 2.0 * dim * dim * t + 2.0 * dim * ffn * s)
+                 + 4.0 * s * s * dim + 4.0 * s * t * dim)
+        block = model.blocks[0]
+        return (lambda: block(x, ctx, temb, rope)), flops
+    if name == "wan_vae_decode":
+        from diffusers import AutoencoderKLWan
+        vae = AutoencoderKLWan.from_pretrained(d / "model", dtype=dtype).to(device).eval()
         z = inp["z"]
         return (lambda: vae.decode(z).sample), None
     if name == "tiny_pipeline":

@@ -1255,6 +1255,98 @@ def WanPipeline_from(folder: Path, dtype):
     return pipe
 
 
+HV_TEST_TEMPLATE = ("<|start_header_id|>system<|end_header_id|>\n\nDescribe the video: <|eot_id|>"
+                    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>")
+
+
+def tiny_hunyuan_video_pipeline(folder: Path):
+    """A tiny HunyuanVideo pipeline (Llama 3-style byte-level tokenizer and a random LlamaModel, a
+    CLIP tokenizer and text model for the pooled embedding, HunyuanVideoTransformer3DModel with
+    guidance embedding, AutoencoderKLHunyuanVideo with temporal compression 4 and spatial 8,
+    FlowMatchEuler with shift 7 as the real repository), saved and reloaded."""
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                           HunyuanVideoTransformer3DModel)
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    torch.manual_seed(14)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
+        qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=10,
+        rope_theta=256.0, rope_axes_dim=(4, 6, 6)).eval()
+    vae = AutoencoderKLHunyuanVideo(block_out_channels=(4, 8, 8, 8), layers_per_block=1, norm_num_groups=2,
+                                    latent_channels=4, temporal_compression_ratio=4,
+                                    spatial_compression_ratio=8).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    tmp = folder.parent / (folder.name + "_tok")
+    tokenizer = make_llama_tokenizer(tmp / "tokenizer")
+    tokenizer_2 = make_clip_tokenizer(tmp / "tokenizer_2", model_max_length=77)
+    torch.manual_seed(15)
+    text_encoder = LlamaModel(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5,
+        rope_theta=500000.0, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
+    text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer_2), hidden_size=10, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0,
+        eos_token_id=2, pad_token_id=1, projection_dim=10)).eval()
+    pipe = HunyuanVideoPipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                                scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+    if folder.exists():
+        shutil.rmtree(folder)
+    pipe.save_pretrained(folder)
+    shutil.rmtree(tmp)
+    pipe = HunyuanVideoPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def stage_hunyuan_video_pipeline(out: Path):
+    """The tiny HunyuanVideo pipeline run end to end: a short prompt template (written as the
+    `--prompt-template` JSON file) with explicit latents and embedded guidance; the default template
+    (crop_start 95) from a seed with a negative prompt and true CFG; diffusers' bf16 run from the
+    latents."""
+    c = Cases()
+    root = out / "pipelines"
+    folder = root / "tiny_hunyuan_video"
+    pipe = tiny_hunyuan_video_pipeline(folder)
+    prefix = HV_TEST_TEMPLATE.split("{}")[0]
+    template = {"template": HV_TEST_TEMPLATE, "crop_start": len(pipe.tokenizer(prefix).input_ids)}
+    write_json(root / "hunyuan_video_template.json", template)
+    base = {"folder": "pipelines/tiny_hunyuan_video", "height": 32, "width": 32, "num_frames": 5,
+            "num_inference_steps": 3, "max_sequence_length": 8}
+    kw = {k: v for k, v in base.items() if k != "folder"}
+    prompt = "a red dog in the snow"
+    latents = torch.randn(1, 4, 2, 4, 4)
+    save_file({"latents": latents.contiguous()}, str(root / "hunyuan_video_latents.safetensors"))
+    frames = pipe(prompt=prompt, prompt_template=template, guidance_scale=6.0, latents=latents.clone(),
+                  output_type="np", **kw).frames
+    final = pipe(prompt=prompt, prompt_template=template, guidance_scale=6.0, latents=latents.clone(),
+                 output_type="latent", **kw).frames
+    embeds, pooled, mask = pipe.encode_prompt(prompt=prompt, prompt_template=template, max_sequence_length=8)
+    c.add("hv_latents", "hunyuan_video_pipeline",
+          {**base, "prompt": prompt, "guidance_scale": 6.0, "template": template}, {"latents": latents},
+          {"frames": torch.from_numpy(frames), "final_latents": final, "prompt_embeds": embeds,
+           "pooled_prompt_embeds": pooled, "prompt_attention_mask": mask.float()})
+    negative = "the cat with a hat"
+    frames = pipe(prompt=prompt, negative_prompt=negative, true_cfg_scale=2.0, guidance_scale=4.0,
+                  generator=torch.Generator("cpu").manual_seed(5), output_type="np", **kw).frames
+    c.add("hv_seed_true_cfg", "hunyuan_video_pipeline",
+          {**base, "prompt": prompt, "negative_prompt": negative, "true_cfg_scale": 2.0, "guidance_scale": 4.0,
+           "seed": 5}, {}, {"frames": torch.from_numpy(frames)})
+    from diffusers import HunyuanVideoPipeline
+    bf16 = HunyuanVideoPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    bf16.set_progress_bar_config(disable=True)
+    frames16 = bf16(prompt=prompt, prompt_template=template, guidance_scale=6.0, latents=latents.clone(),
+                    output_type="np", **kw).frames
+    c.add("hv_latents_bf16", "hunyuan_video_pipeline",
+          {**base, "prompt": prompt, "guidance_scale": 6.0, "template": template, "dtype": "bf16"}, {},
+          {"frames": torch.from_numpy(frames16)})
+    c.save(root, "hunyuan_video")
+
+
 @torch.no_grad()
 def stage_real_configs(out: Path):
     """Parameter names and shapes of diffusers models built from real repositories' configs
@@ -2095,6 +2187,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "hunyuan_video_vae": stage_hunyuan_video_vae,
           "transformers": stage_transformers, "wan_transformer": stage_wan_transformer,
           "wan_pipeline": stage_wan_pipeline,
+          "hunyuan_video_pipeline": stage_hunyuan_video_pipeline,
           "real_configs": stage_real_configs,
           "hunyuan_video_transformer": stage_hunyuan_video_transformer,
           "pipelines": stage_pipelines,

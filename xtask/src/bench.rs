@@ -32,6 +32,8 @@ const WORKLOADS: &[&str] = &[
     "flux_single",
     "unet_down",
     "vae_decoder",
+    "wan_block",
+    "wan_vae_decode",
     "tiny_pipeline",
     "load_1gb",
 ];
@@ -50,6 +52,8 @@ fn describe(name: &str) -> &'static str {
         "flux_single" => "Flux single block, 3072 wide, 1024+256 tokens",
         "unet_down" => "SD1.5 CrossAttnDownBlock2D 320ch, 64x64, 77x768 text",
         "vae_decoder" => "SD VAE decode 4x32x32 -> 3x256x256",
+        "wan_block" => "Wan 2.1 1.3B block, 1536 wide, 1560+512 tokens",
+        "wan_vae_decode" => "Wan VAE decode 16x2x32x32 -> 3x5x256x256",
         "tiny_pipeline" => "tiny_flux pipeline, 16x24, 4 steps",
         "load_1gb" => "load 1 GiB safetensors (16 x 4096x4096 f32)",
         "matmul_ceiling" => "matmul 8192^3 (ceiling)",
@@ -70,7 +74,8 @@ fn plan(name: &str, quick: bool, cuda: bool) -> (usize, usize, usize) {
         // The block rows move with the machine's load by 10-20 % from run to run: more rounds,
         // so the medians hold still (the whole table is about 6 minutes on 2 cores).
         "unet_down" => (1, 3, 4),
-        "vae_decoder" => (1, 2, 3),
+        "vae_decoder" | "wan_vae_decode" => (1, 2, 3),
+        "wan_block" => (1, 2, 4),
         "flux_double" | "flux_single" => (1, 2, 4),
         _ => (1, 3, 2),
     };

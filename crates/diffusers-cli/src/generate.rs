@@ -10,18 +10,12 @@ use burn::tensor::{DType, TensorData};
 use diffusers_core::backend::{Cpu, DeviceSpec, Precision};
 use diffusers_core::repo::{DownloadProgress, RepoOptions};
 use diffusers_core::weights::Weights;
+use diffusers_pipelines::export_utils;
+use diffusers_pipelines::generate::{GenerateEvent, GenerateRequest, Generated};
 use diffusers_pipelines::image_input::load_image;
 use diffusers_pipelines::image_processor::{numbered_paths, save_png};
-use diffusers_pipelines::pipeline_flux::{FluxCall, OutputType};
-use diffusers_pipelines::pipeline_flux_img2img::{FluxImg2ImgCall, FluxImg2ImgPipeline};
-use diffusers_pipelines::pipeline_stable_diffusion::StableDiffusionCall;
-use diffusers_pipelines::pipeline_stable_diffusion_img2img::{
-    StableDiffusionImg2ImgCall, StableDiffusionImg2ImgPipeline,
-};
-use diffusers_pipelines::pipeline_stable_diffusion_xl::StableDiffusionXLCall;
-use diffusers_pipelines::pipeline_stable_diffusion_xl_img2img::{
-    StableDiffusionXLImg2ImgCall, StableDiffusionXLImg2ImgPipeline,
-};
+use diffusers_pipelines::pipeline_flux::OutputType;
+use diffusers_pipelines::pipeline_hunyuan_video::PromptTemplate;
 use diffusers_pipelines::{DiffusionPipeline, LoadEvent, PipelineOptions};
 use diffusers_schedulers::registry::SCHEDULERS;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -110,36 +104,17 @@ fn peak_memory_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// The tensor `latents` of a safetensors file as f32 values and its shape.
-fn read_latents(path: &Path) -> Result<(TensorData, Vec<usize>)> {
+/// The tensor `latents` of a safetensors file as f32 values with its shape.
+fn read_latents(path: &Path) -> Result<TensorData> {
     let weights = Weights::open(path)?;
-    let info = weights.info("latents").ok_or_else(|| {
-        CliError::Usage(format!(
+    if weights.info("latents").is_none() {
+        return Err(CliError::Usage(format!(
             "{}: no tensor named `latents` (found: {})",
             path.display(),
             weights.keys().collect::<Vec<_>>().join(", ")
-        ))
-    })?;
-    let shape = info.shape.clone();
-    Ok((weights.read("latents")?.convert::<f32>(), shape))
-}
-
-fn latents_of_rank<B: Backend, const D: usize>(
-    latents: Option<&(TensorData, Vec<usize>)>,
-    path: Option<&Path>,
-    expected: &str,
-    device: &B::Device,
-) -> Result<Option<Tensor<B, D>>> {
-    let (Some((data, shape)), Some(path)) = (latents, path) else {
-        return Ok(None);
-    };
-    if shape.len() != D {
-        return Err(CliError::Usage(format!(
-            "{}: `latents` has shape {shape:?}; this pipeline takes {expected}",
-            path.display()
         )));
     }
-    Ok(Some(Tensor::from_data(data.clone(), device)))
+    Ok(weights.read("latents")?.convert::<f32>())
 }
 
 /// Lowercase alphanumerics without the `Scheduler`, `Discrete` and `Multistep` words.
@@ -180,21 +155,11 @@ fn scheduler_class(name: &str) -> Result<&'static str> {
         })
 }
 
-/// What a run produced: images `[h, w, 3]` in [0, 1], or the final latents.
-struct Generated<B: Backend> {
-    images: Vec<Tensor<B, 3>>,
-    latents: Option<(Vec<usize>, Tensor<B, 1>)>,
-}
-
-fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Tensor<B, 1>) {
-    let dims = t.dims().to_vec();
-    (dims, t.reshape([-1]))
-}
-
 fn write_safetensors<B: Backend>(
     path: &Path,
     name: &str,
-    (shape, tensor): (Vec<usize>, Tensor<B, 1>),
+    shape: Vec<usize>,
+    tensor: Tensor<B, 1>,
 ) -> Result<()> {
     let values: Vec<f32> = tensor
         .cast(DType::F32)
@@ -228,10 +193,34 @@ fn non_finite<B: Backend, const D: usize>(t: Tensor<B, D>) -> usize {
         .elem::<i64>() as usize
 }
 
+fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Tensor<B, 1>) {
+    let dims = t.dims().to_vec();
+    (dims, t.reshape([-1]))
+}
+
+/// Where a video goes, checked before any work: `.mp4`, `.gif`, or a folder of PNG frames.
+fn video_target(path: &Path, class: &str) -> Result<()> {
+    match export_utils::ExportFormat::from_path(path) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(CliError::Usage(format!(
+            "{class} makes videos: -o takes a .mp4 or .gif file or a folder for PNG frames, got {}",
+            path.display()
+        ))),
+    }
+}
+
+/// Whether `-o` names a video (so an image pipeline refuses it).
+fn is_video_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("mp4") || e.eq_ignore_ascii_case("gif"))
+}
+
 fn write_outputs<B: Backend>(
     out: Generated<B>,
     kind: OutputKind,
     path: &Path,
+    fps: u32,
 ) -> Result<Vec<PathBuf>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.is_dir()
@@ -248,140 +237,82 @@ fn write_outputs<B: Backend>(
              reduced precision: try --dtype bf16 or f32); nothing written"
         ),
     };
-    match kind {
-        OutputKind::Latent => {
-            if let Some((_, l)) = &out.latents {
-                let n = non_finite(l.clone());
-                if n > 0 {
-                    return Err(not_finite(n, "latents"));
-                }
-            }
-        }
-        _ => {
-            let n = out.images.iter().map(|i| non_finite(i.clone())).sum();
-            if n > 0 {
-                return Err(not_finite(n, "images"));
-            }
-        }
+    let n = match &out {
+        Generated::Images(i) => non_finite(i.clone()),
+        Generated::Video(v) => non_finite(v.clone()),
+        Generated::Latents { values, .. } => non_finite(values.clone()),
+    };
+    if n > 0 {
+        let what = match &out {
+            Generated::Images(_) => "images",
+            Generated::Video(_) => "frames",
+            Generated::Latents { .. } => "latents",
+        };
+        return Err(not_finite(n, what));
     }
-    match kind {
-        OutputKind::Image => {
-            let paths = numbered_paths(path, out.images.len());
-            for (img, p) in out.images.iter().zip(&paths) {
-                save_png(img, p)?;
+    let wrong = |reason: &str| CliError::Output {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    match (kind, out) {
+        (OutputKind::Latent, Generated::Latents { shape, values }) => {
+            write_safetensors(path, "latents", shape, values)?;
+            Ok(vec![path.to_path_buf()])
+        }
+        (OutputKind::Latent, _) => Err(wrong("the pipeline returned no latents")),
+        (_, Generated::Latents { .. }) => Err(wrong("the pipeline returned latents only")),
+        (OutputKind::Array, Generated::Images(images)) => {
+            let (shape, values) = flat(images);
+            write_safetensors(path, "images", shape, values)?;
+            Ok(vec![path.to_path_buf()])
+        }
+        (OutputKind::Array, Generated::Video(frames)) => {
+            let (shape, values) = flat(frames);
+            write_safetensors(path, "frames", shape, values)?;
+            Ok(vec![path.to_path_buf()])
+        }
+        (OutputKind::Image, Generated::Images(images)) => {
+            let b = images.dims()[0];
+            let paths = numbered_paths(path, b);
+            for (i, p) in paths.iter().enumerate() {
+                save_png(&images.clone().narrow(0, i, 1).squeeze_dim::<3>(0), p)?;
             }
             Ok(paths)
         }
-        OutputKind::Array => {
-            if out.images.is_empty() {
-                return Err(CliError::Output {
-                    path: path.to_path_buf(),
-                    reason: "the pipeline returned no images".into(),
-                });
+        (OutputKind::Image, Generated::Video(videos)) => {
+            let b = videos.dims()[0];
+            let paths = if b == 1 {
+                vec![path.to_path_buf()]
+            } else {
+                numbered_paths(path, b)
+            };
+            for (i, p) in paths.iter().enumerate() {
+                let video = videos.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
+                export_utils::export_tensor(&video, p, fps)?;
             }
-            let array = Tensor::stack::<4>(out.images, 0);
-            write_safetensors(path, "images", flat(array))?;
-            Ok(vec![path.to_path_buf()])
-        }
-        OutputKind::Latent => {
-            let latents = out.latents.ok_or_else(|| CliError::Output {
-                path: path.to_path_buf(),
-                reason: "the pipeline returned no latents".into(),
-            })?;
-            write_safetensors(path, "latents", latents)?;
-            Ok(vec![path.to_path_buf()])
+            Ok(paths)
         }
     }
 }
 
-/// Rejects a flag the loaded pipeline has no use for.
-fn unused(flag: &str, set: bool, class: &str) -> Result<()> {
-    if set {
-        return Err(CliError::Usage(format!("{flag} is not used by {class}")));
+/// The CLI flag of a request field a pipeline refused.
+fn flag_of(field: &str) -> String {
+    match field {
+        "num_inference_steps" => "--steps".into(),
+        "guidance_scale" => "--guidance".into(),
+        "num_per_prompt" => "--num-images".into(),
+        other => format!("--{}", other.replace('_', "-")),
     }
-    Ok(())
 }
 
-/// The SD and SDXL arms of `generate`: the same flags on call structs with the same field
-/// names (diffusers' SD and SDXL pipelines take the same knobs).
-macro_rules! stable_diffusion_arm {
-    ($pipe:ident, $call:ident, $i2i_call:ident, $i2i_pipe:ident, $args:ident, $class:ident, $image:ident, $latents:ident, $prompt:ident, $negative:ident, $seed:ident, $output_type:ident, $device:ident, $on_step:ident, $tick:ident) => {{
-        let (args, class, image, latents, prompt, negative, seed, output_type, device) = (
-            $args,
-            $class,
-            $image,
-            $latents,
-            $prompt,
-            $negative,
-            $seed,
-            $output_type,
-            $device,
-        );
-        let mut pipe = $pipe;
-        let on_step = &$on_step;
-        let tick = &mut $tick;
-        unused("--true-cfg-scale", args.true_cfg_scale.is_some(), class)?;
-        unused(
-            "--max-sequence-length",
-            args.max_sequence_length.is_some(),
-            class,
-        )?;
-        if let Some(name) = &args.scheduler {
-            pipe.set_scheduler(scheduler_class(name)?)?;
+/// A request field the pipeline refused, as the flag that set it.
+fn cli_error(e: diffusers_pipelines::Error) -> CliError {
+    match e {
+        diffusers_pipelines::Error::UnusedArgument { pipeline, field } => {
+            CliError::Usage(format!("{} is not used by {pipeline}", flag_of(field)))
         }
-        let out = match image {
-            Some(image) => {
-                unused("--latents", latents.is_some(), "the img2img pipeline")?;
-                let d = $i2i_call::<B>::default();
-                let steps = args.steps.unwrap_or(d.num_inference_steps);
-                on_step(steps);
-                let call = $i2i_call {
-                    prompt,
-                    negative_prompt: negative,
-                    image: Some(image),
-                    strength: args.strength.unwrap_or(d.strength),
-                    num_inference_steps: steps,
-                    guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
-                    num_images_per_prompt: args.num_images,
-                    seed,
-                    clip_skip: args.clip_skip,
-                    output_type,
-                    ..d
-                };
-                $i2i_pipe::from(*pipe).call_with_callback(call, &mut |_, _, _| tick())?
-            }
-            None => {
-                unused("--strength", args.strength.is_some(), class)?;
-                let d = $call::<B>::default();
-                let steps = args.steps.unwrap_or(d.num_inference_steps);
-                on_step(steps);
-                let call = $call {
-                    prompt,
-                    negative_prompt: negative,
-                    height: args.height,
-                    width: args.width,
-                    num_inference_steps: steps,
-                    guidance_scale: args.guidance.unwrap_or(d.guidance_scale),
-                    num_images_per_prompt: args.num_images,
-                    latents: latents_of_rank::<B, 4>(
-                        latents.as_ref(),
-                        args.latents.as_deref(),
-                        "latents [batch, 4, height / 8, width / 8]",
-                        device,
-                    )?,
-                    seed,
-                    clip_skip: args.clip_skip,
-                    output_type,
-                    ..d
-                };
-                pipe.call_with_callback(call, &mut |_, _, _| tick())?
-            }
-        };
-        Generated {
-            images: out.images,
-            latents: out.latents.map(flat),
-        }
-    }};
+        other => CliError::Pipeline(other),
+    }
 }
 
 fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -> Result<()> {
@@ -409,8 +340,38 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
         },
     );
     load.finish_and_clear();
-    let pipe = pipe?;
+    let mut pipe = pipe?;
     let loaded = start.elapsed();
+    let class = pipe.class_name();
+    let video = matches!(
+        pipe,
+        DiffusionPipeline::Wan(_) | DiffusionPipeline::HunyuanVideo(_)
+    );
+    // Output and flag checks before any work.
+    if video {
+        if args.output_type == OutputKind::Image {
+            video_target(&args.output, class)?;
+        }
+        if let Some(0) = args.fps {
+            return Err(CliError::Usage("--fps must be at least 1".into()));
+        }
+    } else {
+        if args.fps.is_some() {
+            return Err(CliError::Usage(format!("--fps is not used by {class}")));
+        }
+        if args.output_type == OutputKind::Image && is_video_path(&args.output) {
+            return Err(CliError::Usage(format!(
+                "{class} makes images: -o takes a .png file, got {}",
+                args.output.display()
+            )));
+        }
+    }
+    let prompt_template = args
+        .prompt_template
+        .as_deref()
+        .map(PromptTemplate::from_file)
+        .transpose()
+        .map_err(|e| CliError::Pipeline(e.into()))?;
     let latents = args.latents.as_deref().map(read_latents).transpose()?;
     let image = args
         .image
@@ -431,124 +392,61 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
         OutputKind::Latent => OutputType::Latent,
         _ => OutputType::Array,
     };
-    let prompt = vec![args.prompt.clone()];
-    let negative = args.negative_prompt.clone().map(|n| vec![n]);
-    let class = pipe.class_name();
+    let scheduler = args
+        .scheduler
+        .as_deref()
+        .map(scheduler_class)
+        .transpose()?
+        .map(str::to_string);
+    let request = GenerateRequest {
+        negative_prompt: args.negative_prompt.clone(),
+        height: args.height,
+        width: args.width,
+        num_frames: args.num_frames,
+        num_inference_steps: args.steps,
+        guidance_scale: args.guidance,
+        true_cfg_scale: args.true_cfg_scale,
+        num_per_prompt: args.num_images,
+        max_sequence_length: args.max_sequence_length,
+        clip_skip: args.clip_skip,
+        scheduler,
+        prompt_template,
+        image,
+        strength: args.strength,
+        seed,
+        latents,
+        output_type,
+        ..GenerateRequest::new(args.prompt.clone())
+    };
     let bar = progress_bar(args.quiet);
+    let decode_bar = progress_bar(args.quiet);
     let mut denoised = Duration::ZERO;
     let t0 = Instant::now();
-    let on_step = |steps: usize| {
-        bar.set_length(steps as u64);
-        bar.set_style(steps_style());
-        bar.set_message("denoising");
-    };
-    let mut tick = || {
-        bar.inc(1);
-        denoised = t0.elapsed();
-    };
-    let out: Generated<B> = match pipe {
-        DiffusionPipeline::Flux(mut pipe) => {
-            unused("--clip-skip", args.clip_skip.is_some(), class)?;
-            if let Some(name) = &args.scheduler
-                && scheduler_class(name)? != "FlowMatchEulerDiscreteScheduler"
-            {
-                return Err(CliError::Usage(format!(
-                    "{class} runs FlowMatchEulerDiscreteScheduler only, not `{name}`"
-                )));
+    let out = pipe
+        .generate(request, &mut |e| match e {
+            GenerateEvent::Denoising { steps } => {
+                bar.set_length(steps as u64);
+                bar.set_style(steps_style());
+                bar.set_message("denoising");
             }
-            let defaults = FluxCall::<B>::default();
-            let steps = args.steps.unwrap_or(defaults.num_inference_steps);
-            let call = FluxCall {
-                prompt,
-                negative_prompt: negative,
-                true_cfg_scale: args.true_cfg_scale.unwrap_or(defaults.true_cfg_scale),
-                height: args.height,
-                width: args.width,
-                num_inference_steps: steps,
-                guidance_scale: args.guidance.unwrap_or(defaults.guidance_scale),
-                num_images_per_prompt: args.num_images,
-                max_sequence_length: args
-                    .max_sequence_length
-                    .unwrap_or(defaults.max_sequence_length),
-                latents: latents_of_rank::<B, 3>(
-                    latents.as_ref(),
-                    args.latents.as_deref(),
-                    "packed latents [batch, seq, channels]",
-                    device,
-                )?,
-                seed,
-                output_type,
-                ..Default::default()
-            };
-            on_step(steps);
-            let out = match image {
-                Some(image) => {
-                    let strength = args.strength.unwrap_or(0.6);
-                    let steps = (steps as f64 * strength).min(steps as f64) as usize;
-                    on_step(steps.max(1));
-                    FluxImg2ImgPipeline::from_pipe(*pipe).call_with_callback(
-                        FluxImg2ImgCall {
-                            call,
-                            image,
-                            strength,
-                        },
-                        &mut |_, _, _| tick(),
-                    )?
-                }
-                None => {
-                    unused("--strength", args.strength.is_some(), class)?;
-                    pipe.call_with_callback(call, &mut |_, _, _| tick())?
-                }
-            };
-            Generated {
-                images: out.images,
-                latents: out.latents.map(flat),
+            GenerateEvent::Step { .. } => {
+                bar.inc(1);
+                denoised = t0.elapsed();
             }
-        }
-        DiffusionPipeline::StableDiffusion(pipe) => stable_diffusion_arm!(
-            pipe,
-            StableDiffusionCall,
-            StableDiffusionImg2ImgCall,
-            StableDiffusionImg2ImgPipeline,
-            args,
-            class,
-            image,
-            latents,
-            prompt,
-            negative,
-            seed,
-            output_type,
-            device,
-            on_step,
-            tick
-        ),
-        DiffusionPipeline::StableDiffusionXL(pipe) => stable_diffusion_arm!(
-            pipe,
-            StableDiffusionXLCall,
-            StableDiffusionXLImg2ImgCall,
-            StableDiffusionXLImg2ImgPipeline,
-            args,
-            class,
-            image,
-            latents,
-            prompt,
-            negative,
-            seed,
-            output_type,
-            device,
-            on_step,
-            tick
-        ),
-        other => {
-            return Err(CliError::Usage(format!(
-                "{}: `{}` is not supported by `generate` yet",
-                args.model,
-                other.class_name()
-            )));
-        }
-    };
+            GenerateEvent::Decoding { frames } => {
+                bar.finish_and_clear();
+                decode_bar.set_message(format!("decoding {frames} frames"));
+            }
+        })
+        .map_err(cli_error)?;
     bar.finish_and_clear();
-    let written = write_outputs(out, args.output_type, &args.output)?;
+    decode_bar.finish_and_clear();
+    let written = write_outputs(
+        out,
+        args.output_type,
+        &args.output,
+        args.fps.unwrap_or(default_fps(class)),
+    )?;
     if !args.quiet {
         let total = start.elapsed();
         let mem = peak_memory_mib().map_or("n/a".into(), |m| format!("{m:.0} MiB"));
@@ -564,6 +462,15 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
         );
     }
     Ok(())
+}
+
+/// Frames per second of a written video when `--fps` is not given: what diffusers' examples
+/// pass to `export_to_video` for the pipeline (Wan 16, HunyuanVideo 15).
+fn default_fps(class: &str) -> u32 {
+    match class {
+        "HunyuanVideoPipeline" => 15,
+        _ => 16,
+    }
 }
 
 #[cfg(test)]

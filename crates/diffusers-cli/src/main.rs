@@ -57,9 +57,11 @@ enum Command {
 /// What `generate` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputKind {
-    /// PNG files (several images: `stem-0.png`, `stem-1.png`, ...).
+    /// PNG files (several images: `stem-0.png`, `stem-1.png`, ...); for a video pipeline, by
+    /// `-o`: an H.264 `.mp4`, an animated `.gif`, or a folder of PNG frames.
     Image,
-    /// A safetensors file with `images` `[batch, height, width, 3]` in [0, 1] (`output_type="np"`).
+    /// A safetensors file with `images` `[batch, height, width, 3]` (video pipelines: `frames`
+    /// `[batch, frames, height, width, 3]`) in [0, 1] (`output_type="np"`).
     Array,
     /// A safetensors file with the final `latents` (`output_type="latent"`).
     Latent,
@@ -126,12 +128,24 @@ pub struct GenerateArgs {
     pub dtype: String,
     /// Initial latents: a safetensors file with one tensor `latents`, shaped as diffusers'
     /// `latents=` for the pipeline (Flux: packed `[batch, seq, channels]`; SD/SDXL:
-    /// `[batch, 4, height / 8, width / 8]`).
+    /// `[batch, 4, height / 8, width / 8]`; Wan: `[batch, 16, (frames - 1) / 4 + 1, height / 8,
+    /// width / 8]`).
     #[arg(long)]
     pub latents: Option<PathBuf>,
     /// What to write.
     #[arg(long, value_enum, default_value_t = OutputKind::Image)]
     pub output_type: OutputKind,
+    /// Video frames (video pipelines; of the form 4k + 1, default 81).
+    #[arg(long)]
+    pub num_frames: Option<usize>,
+    /// Frames per second of a written video (default: 16 for Wan, 15 for HunyuanVideo, as
+    /// diffusers' examples).
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// HunyuanVideo's prompt template: a JSON file `{"template": "...{}...", "crop_start": N}`
+    /// (diffusers' `prompt_template=`).
+    #[arg(long)]
+    pub prompt_template: Option<PathBuf>,
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     pub revision: Option<String>,

@@ -762,3 +762,241 @@ fn pipeline_specific_flag_errors_are_one_line() {
     let out = generate_raw(dir.path(), &sd, &["--height", "12", "--width", "24"], &[]);
     one_line_error(&out, "12");
 }
+
+// ---- Video (WanPipeline): `fixtures/pipelines/wan.*`, the tiny Wan 2.1 repository. ----
+
+fn wan_model() -> String {
+    fixtures_dir()
+        .join("pipelines/tiny_wan")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs `diffusers generate "a red dog in the snow" --model tiny_wan <the fixture's knobs> ARGS`.
+fn generate_wan(dir: &Path, args: &[&str]) -> Output {
+    let latents = fixtures_dir().join("pipelines/wan_latents.safetensors");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffusers"));
+    cmd.current_dir(dir)
+        .args(["generate", "a red dog in the snow", "--model", &wan_model()])
+        .args(["--num-frames", "5", "--height", "32", "--width", "32"])
+        .args([
+            "--steps",
+            "3",
+            "--guidance",
+            "5",
+            "--max-sequence-length",
+            "16",
+        ])
+        .args(["--negative-prompt", "the cat with a hat"])
+        .arg("--latents")
+        .arg(latents)
+        .args(args)
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("RUST_LOG");
+    cmd.output().expect("run diffusers")
+}
+
+/// `ffprobe`'s view of a video's first stream: codec, pixel format, width, height, frame rate
+/// and decoded frame count. Debian's ffmpeg is the independent decoder (`.ci/run` installs it).
+fn ffprobe(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,pix_fmt,width,height,r_frame_rate,nb_read_frames",
+        ])
+        .args(["-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe is needed for the video tests: apt-get install ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    v["streams"][0].clone()
+}
+
+/// Decodes a video with ffmpeg to RGB bytes.
+fn ffmpeg_rgb(path: &Path) -> Vec<u8> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10()
+}
+
+#[test]
+fn wan_video_outputs_match_diffusers() {
+    let fx = Fixture::open("pipelines/wan");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The frames array: diffusers' `.frames` within the f32 bound.
+    let out = generate_wan(
+        dir.path(),
+        &["--output-type", "array", "-o", "f.safetensors"],
+    );
+    ok(&out);
+    let w = Weights::open(dir.path().join("f.safetensors")).expect("open");
+    assert_eq!(
+        w.info("frames").expect("frames").shape,
+        vec![1, 5, 32, 32, 3]
+    );
+    let frames: Tensor<Cpu, 5> = Tensor::from_data(
+        w.read("frames").expect("read").convert::<f32>(),
+        &Default::default(),
+    );
+    assert_close(
+        frames.clone(),
+        &fx.values("wan_cfg.frames"),
+        None,
+        IMAGE,
+        "cli frames",
+    );
+    let ours: Vec<u8> = fx
+        .values("wan_cfg.frames")
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+
+    // MP4: H.264 yuv420p at the asked fps, 5 frames of 32x32, decoded close to ours.
+    let out = generate_wan(dir.path(), &["--fps", "8", "-o", "v.mp4"]);
+    ok(&out);
+    let s = ffprobe(&dir.path().join("v.mp4"));
+    assert_eq!(s["codec_name"], "h264", "{s}");
+    assert_eq!(s["pix_fmt"], "yuv420p", "{s}");
+    assert_eq!(
+        (s["width"].as_u64(), s["height"].as_u64()),
+        (Some(32), Some(32))
+    );
+    assert_eq!(s["r_frame_rate"], "8/1", "{s}");
+    assert_eq!(s["nb_read_frames"], "5", "{s}");
+    let p = psnr(&ffmpeg_rgb(&dir.path().join("v.mp4")), &ours);
+    assert!(p >= 30.0, "MP4 PSNR {p:.1} dB");
+
+    // GIF: 5 frames of 32x32 (palette quantisation: a lower but bounded PSNR).
+    let out = generate_wan(dir.path(), &["-o", "v.gif"]);
+    ok(&out);
+    let s = ffprobe(&dir.path().join("v.gif"));
+    assert_eq!(s["codec_name"], "gif", "{s}");
+    assert_eq!(s["nb_read_frames"], "5", "{s}");
+    let p = psnr(&ffmpeg_rgb(&dir.path().join("v.gif")), &ours);
+    assert!(p >= 20.0, "GIF PSNR {p:.1} dB");
+
+    // A folder of PNG frames, exactly our 8-bit frames.
+    let out = generate_wan(dir.path(), &["-o", "frames"]);
+    ok(&out);
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join("frames"))
+        .expect("frames folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "{names:?}");
+    let (w, h, first) =
+        diffusers_pipelines::image_processor::read_png(dir.path().join("frames").join(&names[0]))
+            .expect("png");
+    assert_eq!((w, h), (32, 32));
+    assert_eq!(first, ours[..32 * 32 * 3]);
+}
+
+#[test]
+fn wan_user_errors_are_one_line_and_write_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tpl = tempfile::tempdir().expect("tempdir");
+    let template = tpl.path().join("t.json");
+    std::fs::write(&template, r#"{"template": "say {}", "crop_start": 1}"#).expect("write");
+    let template = template.to_string_lossy().into_owned();
+    for (args, needle) in [
+        (&["--num-frames", "6", "-o", "a.mp4"][..], "4k + 1"),
+        (&["--height", "24", "-o", "a.mp4"][..], "multiples of 16"),
+        (&["-o", "a.png"][..], "makes videos"),
+        (
+            &["--clip-skip", "1", "-o", "a.mp4"][..],
+            "--clip-skip is not used by WanPipeline",
+        ),
+        (
+            &["--fps", "0", "-o", "a.mp4"][..],
+            "--fps must be at least 1",
+        ),
+        (
+            &["--prompt-template", &template, "-o", "a.mp4"][..],
+            "--prompt-template is not used by WanPipeline",
+        ),
+    ] {
+        let out = generate_wan(dir.path(), args);
+        one_line_error(&out, needle);
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+    assert!(left.is_empty(), "files written: {left:?}");
+    // Video flags on an image pipeline.
+    let m = model().to_string_lossy().into_owned();
+    let out = generate(dir.path(), &m, &["--num-frames", "5"], &[]);
+    one_line_error(&out, "--num-frames is not used by FluxPipeline");
+    let out = generate(dir.path(), &m, &["--fps", "8"], &[]);
+    one_line_error(&out, "--fps is not used by FluxPipeline");
+    let out = generate(dir.path(), &m, &["-o", "x.mp4"], &[]);
+    one_line_error(&out, "makes images");
+}
+
+#[test]
+fn hunyuan_video_with_a_prompt_template_matches_diffusers() {
+    let fx = Fixture::open("pipelines/hunyuan_video");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipelines = fixtures_dir().join("pipelines");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_diffusers"));
+    cmd.current_dir(dir.path())
+        .args(["generate", "a red dog in the snow", "--model"])
+        .arg(pipelines.join("tiny_hunyuan_video"))
+        .args(["--num-frames", "5", "--height", "32", "--width", "32"])
+        .args([
+            "--steps",
+            "3",
+            "--guidance",
+            "6",
+            "--max-sequence-length",
+            "8",
+        ])
+        .arg("--prompt-template")
+        .arg(pipelines.join("hunyuan_video_template.json"))
+        .arg("--latents")
+        .arg(pipelines.join("hunyuan_video_latents.safetensors"))
+        .args(["--output-type", "array", "-o", "f.safetensors"])
+        .env_remove("HF_HUB_OFFLINE")
+        .env_remove("RUST_LOG");
+    let out = cmd.output().expect("run diffusers");
+    ok(&out);
+    let w = Weights::open(dir.path().join("f.safetensors")).expect("open");
+    assert_eq!(
+        w.info("frames").expect("frames").shape,
+        vec![1, 5, 32, 32, 3]
+    );
+    let frames: Tensor<Cpu, 5> = Tensor::from_data(
+        w.read("frames").expect("read").convert::<f32>(),
+        &Default::default(),
+    );
+    assert_close(
+        frames,
+        &fx.values("hv_latents.frames"),
+        None,
+        IMAGE,
+        "cli frames",
+    );
+}

@@ -20,6 +20,15 @@ pub enum Error {
         /// What is unsupported.
         reason: String,
     },
+    /// A request field the pipeline has no use for (a video knob on an image pipeline, an
+    /// image-to-image strength without an image, ...).
+    #[error("{pipeline}: `{field}` is not used by this pipeline")]
+    UnusedArgument {
+        /// The pipeline class.
+        pipeline: &'static str,
+        /// The request field.
+        field: &'static str,
+    },
     /// A component `model_index.json` names is not in the repository.
     #[error("{path}: component `{component}` is listed in model_index.json but missing")]
     MissingComponent {

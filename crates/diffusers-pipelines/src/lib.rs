@@ -5,11 +5,20 @@
 //! - [`DiffusionPipeline::from_pretrained`]: reads `model_index.json` from a folder or a hub
 //!   repository and builds the pipeline its `_class_name` names (a clear error for classes not
 //!   supported yet);
+//! - [`generate::GenerateRequest`] into [`DiffusionPipeline::generate`]: one
+//!   pipeline-agnostic request (prompt, size, frames, steps, guidance, seed or latents, output
+//!   type, progress events) for every pipeline;
 //! - [`model_index::ModelIndex`]: `model_index.json` (the only crate that reads it), with
 //!   optional `[null, null]` components;
 //! - [`pipeline_flux::FluxPipeline`]: FLUX.1 text-to-image: prompt encoding with CLIP and T5,
 //!   latent packing, image ids, `mu` from the sequence length, guidance, explicit latents or a
 //!   torch seed, images per prompt, per-step callbacks, array/latent outputs;
+//! - [`pipeline_wan::WanPipeline`]: Wan 2.1 text-to-video: UMT5 prompt encoding, flow-matching
+//!   denoising with classifier-free guidance, `AutoencoderKLWan` decoding to `[batch, frames,
+//!   height, width, 3]` frames;
+//! - [`pipeline_hunyuan_video::HunyuanVideoPipeline`]: HunyuanVideo text-to-video: Llama states
+//!   under a prompt template, CLIP's pooled embedding, embedded guidance (and true CFG with a
+//!   negative prompt), `AutoencoderKLHunyuanVideo` decoding;
 //! - [`image_processor`]: `[0, 1]` arrays, 8-bit pixels and PNG files;
 //! - [`export_utils`]: a video's frames to an H.264 MP4, an animated GIF or a folder of PNGs,
 //!   as diffusers' `export_to_video` and `export_to_gif`.
@@ -34,16 +43,19 @@
 
 mod error;
 pub mod export_utils;
+pub mod generate;
 pub mod image_input;
 pub mod image_processor;
 pub mod model_index;
 pub mod pipeline_flux;
 pub mod pipeline_flux_img2img;
+pub mod pipeline_hunyuan_video;
 pub mod pipeline_stable_diffusion;
 pub mod pipeline_stable_diffusion_img2img;
 pub mod pipeline_stable_diffusion_xl;
 pub mod pipeline_stable_diffusion_xl_img2img;
 pub mod pipeline_utils;
+pub mod pipeline_wan;
 
 pub use error::{Error, Result};
 pub use pipeline_utils::{DiffusionPipeline, LoadEvent, PipelineOptions, SUPPORTED_PIPELINES};

@@ -113,7 +113,15 @@ impl<B: Backend> StableDiffusionImg2ImgPipeline<B> {
         call: StableDiffusionImg2ImgCall<B>,
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 4>),
     ) -> Result<StableDiffusionOutput<B>> {
-        let p = &mut self.pipe;
+        Self::run(&mut self.pipe, call, on_step_end)
+    }
+
+    /// The call on borrowed text-to-image components (as `DiffusionPipeline::generate` runs it).
+    pub(crate) fn run(
+        p: &mut StableDiffusionPipeline<B>,
+        call: StableDiffusionImg2ImgCall<B>,
+        on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 4>),
+    ) -> Result<StableDiffusionOutput<B>> {
         let image = call
             .image
             .ok_or_else(|| invalid(PIPELINE, "image is required"))?;

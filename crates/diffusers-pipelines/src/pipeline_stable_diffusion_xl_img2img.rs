@@ -143,7 +143,15 @@ impl<B: Backend> StableDiffusionXLImg2ImgPipeline<B> {
         call: StableDiffusionXLImg2ImgCall<B>,
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 4>),
     ) -> Result<StableDiffusionOutput<B>> {
-        let p = &mut self.pipe;
+        Self::run(&mut self.pipe, call, on_step_end)
+    }
+
+    /// The call on borrowed text-to-image components (as `DiffusionPipeline::generate` runs it).
+    pub(crate) fn run(
+        p: &mut StableDiffusionXLPipeline<B>,
+        call: StableDiffusionXLImg2ImgCall<B>,
+        on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 4>),
+    ) -> Result<StableDiffusionOutput<B>> {
         let image = call
             .image
             .ok_or_else(|| invalid(PIPELINE, "image is required"))?;

@@ -11,8 +11,10 @@ use diffusers_core::weights::WeightsName;
 
 use crate::model_index::ModelIndex;
 use crate::pipeline_flux::FluxPipeline;
+use crate::pipeline_hunyuan_video::HunyuanVideoPipeline;
 use crate::pipeline_stable_diffusion::StableDiffusionPipeline;
 use crate::pipeline_stable_diffusion_xl::StableDiffusionXLPipeline;
+use crate::pipeline_wan::WanPipeline;
 use crate::{Error, Result};
 
 /// The pipeline classes [`DiffusionPipeline::from_pretrained`] builds (an img2img class builds
@@ -24,6 +26,8 @@ pub const SUPPORTED_PIPELINES: &[&str] = &[
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline",
+    "WanPipeline",
+    "HunyuanVideoPipeline",
 ];
 
 /// The most values one tensor of a request may hold (`i32::MAX`, 8 GiB in f32): a guard against
@@ -100,6 +104,10 @@ pub enum DiffusionPipeline<B: Backend> {
     StableDiffusion(Box<StableDiffusionPipeline<B>>),
     /// `StableDiffusionXLPipeline` (and `StableDiffusionXLImg2ImgPipeline`).
     StableDiffusionXL(Box<StableDiffusionXLPipeline<B>>),
+    /// `WanPipeline` (Wan 2.1 text-to-video).
+    Wan(Box<WanPipeline<B>>),
+    /// `HunyuanVideoPipeline` (HunyuanVideo text-to-video).
+    HunyuanVideo(Box<HunyuanVideoPipeline<B>>),
 }
 
 fn is_weight_file(name: &str) -> bool {
@@ -227,6 +235,12 @@ impl<B: Backend> DiffusionPipeline<B> {
                     &root, variant, opts.dtype, device,
                 )?)),
             ),
+            "WanPipeline" => Ok(Self::Wan(Box::new(WanPipeline::from_folder_variant(
+                &root, variant, opts.dtype, device,
+            )?))),
+            "HunyuanVideoPipeline" => Ok(Self::HunyuanVideo(Box::new(
+                HunyuanVideoPipeline::from_folder_variant(&root, variant, opts.dtype, device)?,
+            ))),
             other => Err(unsupported(repo_or_dir, other)),
         }
     }
@@ -237,6 +251,8 @@ impl<B: Backend> DiffusionPipeline<B> {
             Self::Flux(_) => "FluxPipeline",
             Self::StableDiffusion(_) => "StableDiffusionPipeline",
             Self::StableDiffusionXL(_) => "StableDiffusionXLPipeline",
+            Self::Wan(_) => "WanPipeline",
+            Self::HunyuanVideo(_) => "HunyuanVideoPipeline",
         }
     }
 }

@@ -51,6 +51,9 @@ impl std::fmt::Debug for PromptTokenizer {
 pub struct TokenizedPrompts {
     /// `[batch][max_length]` ids.
     pub ids: Vec<Vec<u32>>,
+    /// `[batch][max_length]` attention mask (1 for tokens, 0 for padding), as transformers'
+    /// `return_attention_mask=True`.
+    pub attention_mask: Vec<Vec<u32>>,
     /// For each prompt, the text cut off by truncation (empty when nothing was cut).
     pub truncated: Vec<String>,
 }
@@ -204,6 +207,7 @@ impl PromptTokenizer {
         untruncated.with_truncation(None).map_err(err)?;
         untruncated.with_padding(None);
         let mut ids = Vec::with_capacity(prompts.len());
+        let mut attention_mask = Vec::with_capacity(prompts.len());
         let mut truncated = Vec::with_capacity(prompts.len());
         for p in prompts {
             let enc = t.encode(*p, true).map_err(err)?;
@@ -221,8 +225,13 @@ impl PromptTokenizer {
                 String::new()
             };
             ids.push(enc.get_ids().to_vec());
+            attention_mask.push(enc.get_attention_mask().to_vec());
             truncated.push(removed);
         }
-        Ok(TokenizedPrompts { ids, truncated })
+        Ok(TokenizedPrompts {
+            ids,
+            attention_mask,
+            truncated,
+        })
     }
 }
