@@ -1,7 +1,7 @@
-//! `LMSDiscreteScheduler` against diffusers (`fixtures/schedulers/lms.*`): order-4 linear
-//! multistep with coefficients integrated as scipy does, karras/exponential sigmas, v-prediction.
+//! `HeunDiscreteScheduler` against diffusers (`fixtures/schedulers/heun.*`): both halves of
+//! every step, karras and exponential sigmas, v- and sample prediction, clipping, `exp` betas.
 
-mod common;
+use crate::common;
 
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};
@@ -18,7 +18,7 @@ const STEP: Tol = Tol {
 
 #[test]
 fn loops_match_diffusers() {
-    let fx = Fixture::open("schedulers/lms");
+    let fx = Fixture::open("schedulers/heun");
     let names: Vec<String> = fx
         .cases
         .as_object()
@@ -26,14 +26,15 @@ fn loops_match_diffusers() {
         .keys()
         .cloned()
         .collect();
-    assert_eq!(names.len(), 3);
+    assert_eq!(names.len(), 4);
     for name in names {
         let config = fx.case(&name)["config"]
             .as_object()
             .expect("config")
             .clone();
-        let mut s = from_config::<Cpu>(&config, Some("LMSDiscreteScheduler"))
+        let mut s = from_config::<Cpu>(&config, Some("HeunDiscreteScheduler"))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(s.order(), 2);
         common::check_loop(&fx, &name, s.as_mut(), SCHEDULE, STEP, &mut |_| {});
     }
 }

@@ -1,7 +1,7 @@
 //! `PNDMScheduler` against diffusers (`fixtures/schedulers/pndm.*`): PLMS only (Stable
 //! Diffusion's config), the Runge-Kutta warm-up, v-prediction, linspace and trailing spacing.
 
-mod common;
+use crate::common;
 
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};

@@ -2,7 +2,7 @@
 //! corrector of orders 1-3, bh1/bh2, x0 and noise parameterisations, karras/exponential sigmas,
 //! and Wan's flow configuration (flow sigmas, flow prediction, dynamic shift, terminal stretch).
 
-mod common;
+use crate::common;
 
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};

@@ -1,7 +1,7 @@
 //! `FlowMatchEulerDiscreteScheduler` against diffusers (`fixtures/schedulers/flow_match.*`):
 //! timesteps, sigmas and every step of a whole denoising loop, for each recorded config.
 
-mod common;
+use crate::common;
 
 use burn::prelude::*;
 use diffusers_core::backend::Cpu;

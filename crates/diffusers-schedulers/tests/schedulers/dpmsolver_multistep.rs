@@ -2,7 +2,7 @@
 //! orders 1-3, midpoint and Heun, DPM-Solver++ and its SDE form, karras/exponential/Lu/flow
 //! sigmas, `final_sigmas_type`, `lower_order_final`, `euler_at_final`, clipped lambdas.
 
-mod common;
+use crate::common;
 
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};

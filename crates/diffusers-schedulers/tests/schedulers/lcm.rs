@@ -1,7 +1,7 @@
 //! `LCMScheduler` against diffusers (`fixtures/schedulers/lcm.*`): the distilled schedule,
 //! img2img `strength`, custom timesteps, v-prediction with clipping, noise between steps.
 
-mod common;
+use crate::common;
 
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};

@@ -1,7 +1,7 @@
 //! `DDPMScheduler` against diffusers (`fixtures/schedulers/ddpm.*`): variance types, prediction
 //! types, spacings and custom timesteps, with noise from the torch-compatible generator.
 
-mod common;
+use crate::common;
 
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};

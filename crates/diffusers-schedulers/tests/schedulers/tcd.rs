@@ -1,7 +1,7 @@
 //! `TCDScheduler` against diffusers (`fixtures/schedulers/tcd.*`): the strategic stochastic
 //! step with the default gamma 0.3, img2img `strength`, v-prediction.
 
-mod common;
+use crate::common;
 
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};

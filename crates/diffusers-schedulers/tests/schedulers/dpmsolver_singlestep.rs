@@ -1,11 +1,11 @@
-//! Dynamic thresholding (`thresholding=True`) against diffusers in every scheduler that has it
-//! (`fixtures/schedulers/beta_sigmas.*`).
+//! `DPMSolverSinglestepScheduler` against diffusers (`fixtures/schedulers/dpmsolver_singlestep.*`):
+//! orders 1-3 with diffusers' order lists, midpoint and Heun, DPM-Solver, DPM-Solver++ and its SDE
+//! form, karras and flow sigmas, v-prediction; one scheduler loaded from the config file diffusers
+//! saved (`lambda_min_clipped: -Infinity`).
 
-mod common;
+use crate::common;
 
-use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};
-use diffusers_schedulers::from_config;
 
 const SCHEDULE: Tol = Tol {
     atol: 1e-6,
@@ -21,8 +21,8 @@ const STOCHASTIC: Tol = Tol {
 };
 
 #[test]
-fn beta_sigma_loops_match_diffusers() {
-    let fx = Fixture::open("schedulers/beta_sigmas");
+fn loops_match_diffusers() {
+    let fx = Fixture::open("schedulers/dpmsolver_singlestep");
     let names: Vec<String> = fx
         .cases
         .as_object()
@@ -33,8 +33,7 @@ fn beta_sigma_loops_match_diffusers() {
     assert_eq!(names.len(), 7);
     for name in names {
         let c = fx.case(&name).clone();
-        let config = c["config"].as_object().expect("config").clone();
-        let mut s = from_config::<Cpu>(&config, c["class"].as_str())
+        let mut s = common::from_case(&c, "DPMSolverSinglestepScheduler")
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let tol = if c["gen_seed"].is_null() {
             STEP

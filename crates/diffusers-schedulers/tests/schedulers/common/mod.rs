@@ -25,7 +25,6 @@ pub fn opts(v: &serde_json::Value) -> TimestepOptions {
 
 /// The scheduler of a recorded case: from the `scheduler_config.json` diffusers saved (the case
 /// names its folder under `saved`), else from the case's config as `from_config` builds it.
-#[allow(dead_code)] // used by the DPM-Solver tests only; every test binary compiles this module
 pub fn from_case(
     case: &serde_json::Value,
     class: &str,

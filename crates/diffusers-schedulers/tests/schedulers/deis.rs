@@ -1,7 +1,7 @@
 //! `DEISMultistepScheduler` against diffusers (`fixtures/schedulers/deis.*`): log-rho updates
 //! of orders 1-3, v-prediction, karras and flow sigmas.
 
-mod common;
+use crate::common;
 
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};

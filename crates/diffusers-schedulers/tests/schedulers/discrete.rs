@@ -1,7 +1,7 @@
 //! DDIM, Euler and Euler-ancestral against diffusers over SD-style configs
 //! (`fixtures/schedulers/discrete.*`): timesteps, sigmas, `scale_model_input` and every step.
 
-mod common;
+use crate::common;
 
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol};
