@@ -202,6 +202,84 @@ fn images<B: Backend>(images: Vec<Tensor<B, 3>>, pipeline: &'static str) -> Resu
     Ok(Generated::Images(Tensor::stack(images, 0)))
 }
 
+/// The SD and SDXL arms of [`DiffusionPipeline::generate`]: the same request fields on call
+/// structs with the same field names (diffusers' SD and SDXL pipelines take the same knobs).
+macro_rules! stable_diffusion_arm {
+    ($pipe:ident, $req:ident, $class:ident, $prompt:ident, $negative:ident, $latent:ident, $on_event:ident, $call:ident, $i2i_call:ident, $i2i_pipe:ident) => {{
+        let (pipe, req, class, prompt, negative, latent, on_event) =
+            ($pipe, $req, $class, $prompt, $negative, $latent, $on_event);
+        refuse(
+            class,
+            &[
+                ("num_frames", req.num_frames.is_some()),
+                ("true_cfg_scale", req.true_cfg_scale.is_some()),
+                ("max_sequence_length", req.max_sequence_length.is_some()),
+                ("prompt_template", req.prompt_template.is_some()),
+            ],
+        )?;
+        if let Some(s) = &req.scheduler {
+            pipe.set_scheduler(s)?;
+        }
+        let out = match req.image {
+            Some(image) => {
+                refuse(class, &[("latents", req.latents.is_some())])?;
+                let d = $i2i_call::<B>::default();
+                let steps = req.num_inference_steps.unwrap_or(d.num_inference_steps);
+                on_event(GenerateEvent::Denoising { steps });
+                let call = $i2i_call {
+                    prompt,
+                    negative_prompt: negative,
+                    image: Some(image),
+                    strength: req.strength.unwrap_or(d.strength),
+                    num_inference_steps: steps,
+                    guidance_scale: req.guidance_scale.unwrap_or(d.guidance_scale),
+                    num_images_per_prompt: req.num_per_prompt,
+                    seed: req.seed,
+                    clip_skip: req.clip_skip,
+                    output_type: req.output_type,
+                    ..d
+                };
+                $i2i_pipe::run(pipe, call, &mut |i, _, _| {
+                    on_event(GenerateEvent::Step { step: i })
+                })?
+            }
+            None => {
+                refuse(class, &[("strength", req.strength.is_some())])?;
+                let d = $call::<B>::default();
+                let steps = req.num_inference_steps.unwrap_or(d.num_inference_steps);
+                on_event(GenerateEvent::Denoising { steps });
+                let device = pipe.device().clone();
+                let call = $call {
+                    prompt,
+                    negative_prompt: negative,
+                    height: req.height,
+                    width: req.width,
+                    num_inference_steps: steps,
+                    guidance_scale: req.guidance_scale.unwrap_or(d.guidance_scale),
+                    num_images_per_prompt: req.num_per_prompt,
+                    latents: latents_of_rank::<B, 4>(
+                        req.latents,
+                        class,
+                        "latents [batch, 4, height / 8, width / 8]",
+                        &device,
+                    )?,
+                    seed: req.seed,
+                    clip_skip: req.clip_skip,
+                    output_type: req.output_type,
+                    ..d
+                };
+                pipe.call_with_callback(call, &mut |i, _, _| {
+                    on_event(GenerateEvent::Step { step: i })
+                })?
+            }
+        };
+        match out.latents {
+            Some(l) if latent => Ok(flat(l)),
+            _ => images(out.images, class),
+        }
+    }};
+}
+
 impl<B: Backend> DiffusionPipeline<B> {
     /// Runs whatever pipeline this is on one pipeline-agnostic request, reporting progress
     /// through `on_event`. Request fields the pipeline does not take are an
@@ -278,148 +356,30 @@ impl<B: Backend> DiffusionPipeline<B> {
                     _ => images(out.images, class),
                 }
             }
-            Self::StableDiffusion(pipe) => {
-                refuse(
-                    class,
-                    &[
-                        ("num_frames", req.num_frames.is_some()),
-                        ("true_cfg_scale", req.true_cfg_scale.is_some()),
-                        ("max_sequence_length", req.max_sequence_length.is_some()),
-                        ("prompt_template", req.prompt_template.is_some()),
-                    ],
-                )?;
-                if let Some(s) = &req.scheduler {
-                    pipe.set_scheduler(s)?;
-                }
-                let out = match req.image {
-                    Some(image) => {
-                        refuse(class, &[("latents", req.latents.is_some())])?;
-                        let d = StableDiffusionImg2ImgCall::<B>::default();
-                        let steps = req.num_inference_steps.unwrap_or(d.num_inference_steps);
-                        on_event(GenerateEvent::Denoising { steps });
-                        let call = StableDiffusionImg2ImgCall {
-                            prompt,
-                            negative_prompt: negative,
-                            image: Some(image),
-                            strength: req.strength.unwrap_or(d.strength),
-                            num_inference_steps: steps,
-                            guidance_scale: req.guidance_scale.unwrap_or(d.guidance_scale),
-                            num_images_per_prompt: req.num_per_prompt,
-                            seed: req.seed,
-                            clip_skip: req.clip_skip,
-                            output_type: req.output_type,
-                            ..d
-                        };
-                        StableDiffusionImg2ImgPipeline::run(pipe, call, &mut |i, _, _| {
-                            on_event(GenerateEvent::Step { step: i })
-                        })?
-                    }
-                    None => {
-                        refuse(class, &[("strength", req.strength.is_some())])?;
-                        let d = StableDiffusionCall::<B>::default();
-                        let steps = req.num_inference_steps.unwrap_or(d.num_inference_steps);
-                        on_event(GenerateEvent::Denoising { steps });
-                        let device = pipe.device().clone();
-                        let call = StableDiffusionCall {
-                            prompt,
-                            negative_prompt: negative,
-                            height: req.height,
-                            width: req.width,
-                            num_inference_steps: steps,
-                            guidance_scale: req.guidance_scale.unwrap_or(d.guidance_scale),
-                            num_images_per_prompt: req.num_per_prompt,
-                            latents: latents_of_rank::<B, 4>(
-                                req.latents,
-                                class,
-                                "latents [batch, 4, height / 8, width / 8]",
-                                &device,
-                            )?,
-                            seed: req.seed,
-                            clip_skip: req.clip_skip,
-                            output_type: req.output_type,
-                            ..d
-                        };
-                        pipe.call_with_callback(call, &mut |i, _, _| {
-                            on_event(GenerateEvent::Step { step: i })
-                        })?
-                    }
-                };
-                match out.latents {
-                    Some(l) if latent => Ok(flat(l)),
-                    _ => images(out.images, class),
-                }
-            }
-            Self::StableDiffusionXL(pipe) => {
-                refuse(
-                    class,
-                    &[
-                        ("num_frames", req.num_frames.is_some()),
-                        ("true_cfg_scale", req.true_cfg_scale.is_some()),
-                        ("max_sequence_length", req.max_sequence_length.is_some()),
-                        ("prompt_template", req.prompt_template.is_some()),
-                    ],
-                )?;
-                if let Some(s) = &req.scheduler {
-                    pipe.set_scheduler(s)?;
-                }
-                let out = match req.image {
-                    Some(image) => {
-                        refuse(class, &[("latents", req.latents.is_some())])?;
-                        let d = StableDiffusionXLImg2ImgCall::<B>::default();
-                        let steps = req.num_inference_steps.unwrap_or(d.num_inference_steps);
-                        on_event(GenerateEvent::Denoising { steps });
-                        let call = StableDiffusionXLImg2ImgCall {
-                            prompt,
-                            negative_prompt: negative,
-                            image: Some(image),
-                            strength: req.strength.unwrap_or(d.strength),
-                            num_inference_steps: steps,
-                            guidance_scale: req.guidance_scale.unwrap_or(d.guidance_scale),
-                            num_images_per_prompt: req.num_per_prompt,
-                            seed: req.seed,
-                            clip_skip: req.clip_skip,
-                            output_type: req.output_type,
-                            ..d
-                        };
-                        StableDiffusionXLImg2ImgPipeline::run(pipe, call, &mut |i, _, _| {
-                            on_event(GenerateEvent::Step { step: i })
-                        })?
-                    }
-                    None => {
-                        refuse(class, &[("strength", req.strength.is_some())])?;
-                        let d = StableDiffusionXLCall::<B>::default();
-                        let steps = req.num_inference_steps.unwrap_or(d.num_inference_steps);
-                        on_event(GenerateEvent::Denoising { steps });
-                        let device = pipe.device().clone();
-                        let call = StableDiffusionXLCall {
-                            prompt,
-                            negative_prompt: negative,
-                            height: req.height,
-                            width: req.width,
-                            num_inference_steps: steps,
-                            guidance_scale: req.guidance_scale.unwrap_or(d.guidance_scale),
-                            num_images_per_prompt: req.num_per_prompt,
-                            latents: latents_of_rank::<B, 4>(
-                                req.latents,
-                                class,
-                                "latents [batch, 4, height / 8, width / 8]",
-                                &device,
-                            )?,
-                            seed: req.seed,
-                            clip_skip: req.clip_skip,
-                            output_type: req.output_type,
-                            ..d
-                        };
-                        pipe.call_with_callback(call, &mut |i, _, _| {
-                            on_event(GenerateEvent::Step { step: i })
-                        })?
-                    }
-                };
-                match out.latents {
-                    Some(l) if latent => Ok(flat(l)),
-                    _ => images(out.images, class),
-                }
-            }
+            Self::StableDiffusion(pipe) => stable_diffusion_arm!(
+                pipe,
+                req,
+                class,
+                prompt,
+                negative,
+                latent,
+                on_event,
+                StableDiffusionCall,
+                StableDiffusionImg2ImgCall,
+                StableDiffusionImg2ImgPipeline
+            ),
+            Self::StableDiffusionXL(pipe) => stable_diffusion_arm!(
+                pipe,
+                req,
+                class,
+                prompt,
+                negative,
+                latent,
+                on_event,
+                StableDiffusionXLCall,
+                StableDiffusionXLImg2ImgCall,
+                StableDiffusionXLImg2ImgPipeline
+            ),
             Self::Wan(pipe) => {
                 refuse(
                     class,
