@@ -1617,6 +1617,95 @@ def stage_pipelines(out: Path):
           {}, {"images": torch.from_numpy(image)})
     c.save(out / "pipelines", "flux")
 
+def bnb_4bit_on_cpu():
+    """diffusers 0.42.1 refuses bitsandbytes 4-bit loading without a GPU (validate_environment raises
+    "No GPU found", update_device_map asks torch.cuda for the current device), although bitsandbytes
+    0.50.2 runs NF4/FP4 on the CPU. These two environment checks, and nothing else, are bypassed
+    here: the weights are quantized by bitsandbytes' own CPU kernels and diffusers' replace/load code."""
+    from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
+
+    BnB4BitDiffusersQuantizer.validate_environment = lambda self, *a, **k: None
+    BnB4BitDiffusersQuantizer.update_device_map = lambda self, device_map: device_map or {"": "cpu"}
+
+
+@torch.no_grad()
+def stage_quantization(out: Path):
+    """Quantizers (bitsandbytes' quantize_4bit/dequantize_4bit on CPU for NF4/FP4 with and without
+    double quantization; int8 and fp8 by their documented formulas) and the tiny FLUX.1-dev-style
+    pipeline with its transformer quantized by diffusers + bitsandbytes (f32 compute), its images
+    and the quantized transformer saved by save_pretrained (a pre-quantized checkpoint)."""
+    import bitsandbytes
+    import bitsandbytes.functional as F
+    from diffusers import BitsAndBytesConfig, FluxPipeline, FluxTransformer2DModel
+
+    bnb_4bit_on_cpu()
+    folder = out / "quantization"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(21)
+    w = torch.randn(16, 128) * torch.linspace(0.01, 3.0, 16).unsqueeze(1)
+    w[3] = 0.0                      # an all-zero block
+    w[5, :64] = torch.randn(64) * 1e-3
+    w[5, 10:20] = 0.0               # exact zeros next to tiny values (FP4 has +0 and -0)
+    odd = torch.randn(3, 40)        # 120 values: a last block of 56
+    tensors, cases = {}, {}
+    for name, x in [("w", w), ("odd", odd)]:
+        tensors[f"{name}.input"] = x.contiguous()
+        for qt in ["nf4", "fp4"]:
+            for dq in [False, True]:
+                c = f"{name}.{qt}{'_dq' if dq else ''}"
+                q, st = F.quantize_4bit(x, blocksize=64, quant_type=qt, compress_statistics=dq)
+                tensors[f"{c}.packed"] = q.reshape(-1).contiguous()
+                tensors[f"{c}.dequantized"] = F.dequantize_4bit(q, st).float().contiguous()
+                for k, v in st.as_dict(packed=True).items():
+                    if not k.startswith("quant_state"):
+                        tensors[f"{c}.{k}"] = v.contiguous()
+                cases[c] = {"input": f"{name}.input", "quant_type": qt, "double_quant": dq, "blocksize": 64,
+                            "offset": float(st.offset) if dq else None}
+        # int8, torchao's int8_weight_only formula (symmetric per row, quant range [-128, 127]).
+        amax = torch.maximum(-x.amin(1).clamp(max=0), x.amax(1).clamp(min=0))
+        scale = torch.clamp(amax / 127.5, min=torch.finfo(torch.float32).eps)
+        q = torch.clamp(torch.round(x * (1.0 / scale.unsqueeze(1))), -128, 127).to(torch.int8)
+        tensors[f"{name}.int8.q"] = q.contiguous()
+        tensors[f"{name}.int8.scale"] = scale.contiguous()
+        tensors[f"{name}.int8.dequantized"] = (q.float() * scale.unsqueeze(1)).contiguous()
+        # fp8 e4m3fn, per row and per tensor: PyTorch's own float8 conversion.
+        for g, am in [("row", x.abs().amax(1, keepdim=True)), ("tensor", x.abs().amax().reshape(1, 1))]:
+            s = torch.clamp(am / 448.0, min=torch.finfo(torch.float32).eps)
+            q8 = (x / s).to(torch.float8_e4m3fn)
+            tensors[f"{name}.fp8_{g}.q"] = q8.view(torch.uint8).contiguous()
+            tensors[f"{name}.fp8_{g}.scale"] = s.reshape(-1).contiguous()
+            tensors[f"{name}.fp8_{g}.dequantized"] = (q8.float() * s).contiguous()
+    tensors["code.nf4"] = F.get_4bit_type("nf4", device="cpu")
+    tensors["code.fp4"] = F.get_4bit_type("fp4", device="cpu")
+    save_file(tensors, str(folder / "quantizers.safetensors"))
+    write_json(folder / "quantizers.json", {"cases": cases, "versions": {**versions(),
+               "bitsandbytes": bitsandbytes.__version__}})
+
+    # The tiny Flux pipeline (fixtures/pipelines/tiny_flux) with a 4-bit transformer.
+    repo = out / "pipelines" / "tiny_flux"
+    prompt, latents = "a photo of the cat", torch.randn(1, 24, 16)
+    args = dict(prompt=prompt, height=16, width=24, num_inference_steps=3, guidance_scale=3.5, max_sequence_length=8)
+    images, pcases = {"latents": latents.contiguous()}, {}
+    for qt, dq in [("nf4", False), ("fp4", True), ("nf4", True)]:
+        qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=qt, bnb_4bit_use_double_quant=dq,
+                                bnb_4bit_compute_dtype=torch.float32)
+        t = FluxTransformer2DModel.from_pretrained(repo, subfolder="transformer", quantization_config=qc,
+                                                   torch_dtype=torch.float32)
+        pipe = FluxPipeline.from_pretrained(repo, transformer=t)
+        name = f"{qt}{'_dq' if dq else ''}"
+        images[f"{name}.images"] = torch.from_numpy(pipe(**args, latents=latents.clone(), output_type="np").images).contiguous()
+        pcases[name] = {"quant_type": qt, "double_quant": dq, "compute_dtype": "float32", **args}
+        if (qt, dq) == ("nf4", True):
+            saved = folder / "tiny_flux_transformer_nf4_dq"
+            if saved.exists():
+                shutil.rmtree(saved)
+            t.save_pretrained(saved)
+    dense = FluxPipeline.from_pretrained(repo)
+    images["dense.images"] = torch.from_numpy(dense(**args, latents=latents.clone(), output_type="np").images).contiguous()
+    save_file(images, str(folder / "flux_pipeline.safetensors"))
+    write_json(folder / "flux_pipeline.json", {"cases": pcases, "versions": {**versions(),
+               "bitsandbytes": bitsandbytes.__version__}})
+
 
 def bytes_to_unicode():
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -2195,6 +2284,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "t5_tokenizer": stage_t5_tokenizer,
           "unets": stage_unets,
           "sd_pipelines": stage_sd_pipelines,
+          "quantization": stage_quantization,
           "export_quantize": stage_export_quantize}
 
 

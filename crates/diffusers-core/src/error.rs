@@ -102,7 +102,7 @@ pub enum Error {
     },
     /// A tensor is stored in a dtype that cannot be converted to a float compute dtype.
     #[error(
-        "{path}: tensor `{key}` has dtype {dtype}, which is not supported (expected F32, F16, BF16 or F64)"
+        "{path}: tensor `{key}` has dtype {dtype}, which is not supported (expected F32, F16, BF16, F64, or U8/I8 for packed weights)"
     )]
     UnsupportedDtype {
         /// The weight file.
@@ -231,6 +231,16 @@ pub enum Error {
     /// A dtype string could not be parsed.
     #[error("unknown dtype `{0}` (expected f32, f16 or bf16)")]
     UnknownDtype(String),
+    /// A `Linear` weight hook (quantization) refused a weight.
+    #[error("{}: `{key}`: {message}", path.display())]
+    LinearHook {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The weight's key.
+        key: String,
+        /// What the hook reported.
+        message: String,
+    },
 }
 
 /// The result type of diffusers-core.

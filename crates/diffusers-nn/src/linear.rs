@@ -1,13 +1,24 @@
 //! `Linear`: the projection every model uses, with a slot for low-rank (LoRA) deltas.
 //!
 //! The weight is stored as PyTorch stores it, `[out_features, in_features]`, so checkpoint
-//! tensors load without transposition. A quantized weight attaches by replacing the weight
-//! parameter with a burn quantized tensor; a LoRA delta attaches with [`Linear::add_delta`].
-//! Neither changes model code, since every model calls [`Linear::forward`].
+//! tensors load without transposition. A quantized weight attaches in the slot
+//! [`Linear::packed`] (filled while loading, see [`QuantizedWeight`]), and the dense parameter
+//! then stays unloaded; a LoRA delta attaches with [`Linear::add_delta`]. Neither changes model
+//! code, since every model calls [`Linear::forward`].
 
-use burn::module::{Module, Param};
+use std::sync::Arc;
+
+use burn::module::{
+    AutodiffModule, Content, Devices, EmptyRecord, Module, ModuleDisplay, ModuleDisplayDefault,
+    ModuleMapper,
+    ModuleVisitor, Param,
+};
 use burn::prelude::*;
+
+use burn::tensor::DType;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::linear;
+use diffusers_quantization::QuantizedTensor;
 
 /// Configuration of a [`Linear`] layer (as `torch.nn.Linear`).
 #[derive(Config, Debug)]
@@ -41,6 +52,116 @@ pub struct Linear<B: Backend> {
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// Attached low-rank deltas (empty unless an adapter is loaded).
     pub deltas: Vec<LinearDelta<B>>,
+    /// The packed weight when the layer is quantized (then `weight` is never loaded).
+    pub packed: QuantizedWeight<B>,
+}
+
+/// The packed (quantized) weight of a [`Linear`], or nothing.
+///
+/// Not a burn parameter: module visitors and mappers pass over it, and it is filled only while
+/// loading, when a quantizing load hook (`diffusers_core::weights::with_linear_hook`) has just
+/// taken this layer's weight and stashed its packed form
+/// (`diffusers_quantization::packed::stash`): the loader maps a `Linear`'s fields in order, so
+/// this slot, after `weight`, takes it.
+#[derive(Clone, Debug)]
+pub struct QuantizedWeight<B: Backend> {
+    /// The packed matrix, shared by clones of the module.
+    pub tensor: Option<Arc<QuantizedTensor>>,
+    /// The dtype the layer computes in (that of its input, or this when given).
+    pub compute_dtype: Option<DType>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: Backend> Default for QuantizedWeight<B> {
+    fn default() -> Self {
+        QuantizedWeight {
+            tensor: None,
+            compute_dtype: None,
+            _b: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<B: Backend> QuantizedWeight<B> {
+    /// A slot holding `tensor`.
+    pub fn new(tensor: QuantizedTensor) -> Self {
+        QuantizedWeight {
+            tensor: Some(Arc::new(tensor)),
+            ..Default::default()
+        }
+    }
+
+    /// Bytes held by the packed weight (0 when dense).
+    pub fn nbytes(&self) -> usize {
+        self.tensor.as_ref().map_or(0, |t| t.nbytes())
+    }
+}
+
+impl<B: Backend> Module<B> for QuantizedWeight<B> {
+    type Record = EmptyRecord;
+
+    fn visit<V: ModuleVisitor<B>>(&self, _visitor: &mut V) {
+        crate::footprint::add_packed(self.nbytes());
+    }
+
+    fn map<M: ModuleMapper<B>>(mut self, _mapper: &mut M) -> Self {
+        if let Some(t) = diffusers_quantization::packed::take_stashed() {
+            self.tensor = Some(t);
+        }
+        self
+    }
+
+    fn load_record(self, _record: Self::Record) -> Self {
+        self
+    }
+
+    fn into_record(self) -> Self::Record {
+        EmptyRecord::new()
+    }
+
+    fn to_device(self, _: &B::Device) -> Self {
+        self
+    }
+
+    fn fork(self, _: &B::Device) -> Self {
+        self
+    }
+
+    fn collect_devices(&self, devices: Devices<B>) -> Devices<B> {
+        devices
+    }
+}
+
+impl<B: Backend> ModuleDisplayDefault for QuantizedWeight<B> {
+    fn content(&self, content: Content) -> Option<Content> {
+        let s = match &self.tensor {
+            Some(t) => format!("{} {:?}", t.format(), t.shape()),
+            None => "dense".to_string(),
+        };
+        content.add_single(&s).optional()
+    }
+}
+
+impl<B: Backend> ModuleDisplay for QuantizedWeight<B> {}
+
+impl<B: AutodiffBackend> AutodiffModule<B> for QuantizedWeight<B> {
+    type InnerModule = QuantizedWeight<B::InnerBackend>;
+
+    fn valid(&self) -> Self::InnerModule {
+        QuantizedWeight {
+            tensor: self.tensor.clone(),
+            compute_dtype: self.compute_dtype,
+            _b: std::marker::PhantomData,
+        }
+    }
+
+    fn from_inner(module: Self::InnerModule) -> Self {
+        QuantizedWeight {
+            tensor: module.tensor,
+            compute_dtype: module.compute_dtype,
+            _b: std::marker::PhantomData,
+        }
+    }
 }
 
 impl LinearConfig {
@@ -62,6 +183,7 @@ impl LinearConfig {
                 .bias
                 .then(|| init.init_with([self.out_features], Some(self.in_features), None, device)),
             deltas: Vec::new(),
+            packed: QuantizedWeight::default(),
         }
     }
 }
@@ -77,12 +199,20 @@ impl<B: Backend> Linear<B> {
             dims[D - 1] = self.dims().1;
             return self.forward(rows).reshape(dims);
         }
-        let weight = self.weight.val();
-        let y = linear(
-            x.clone(),
-            weight.transpose(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
+        let y = match &self.packed.tensor {
+            Some(q) => {
+                let mut dims = x.dims();
+                let inp = dims[D - 1];
+                let x2: Tensor<B, 2> = x.clone().reshape([x.shape().num_elements() / inp, inp]);
+                dims[D - 1] = q.shape()[0];
+                self.forward_packed(x2, q).reshape(dims)
+            }
+            None => linear(
+                x.clone(),
+                self.weight.val().transpose(),
+                self.bias.as_ref().map(|b| b.val()),
+            ),
+        };
         self.deltas.iter().fold(y, |y, d| {
             let h = linear(x.clone(), d.down.val().transpose(), None);
             let h = linear(h, d.up.val().transpose(), None);
@@ -106,5 +236,59 @@ impl<B: Backend> Linear<B> {
     pub fn dims(&self) -> (usize, usize) {
         let s = self.weight.lazy_shape();
         (s[1], s[0])
+    }
+
+    /// The dtype the layer computes in: the weight's, or for a quantized layer its compute
+    /// dtype (that of the bias, or f32).
+    pub fn dtype(&self) -> DType {
+        if self.packed.tensor.is_some() {
+            return self
+                .packed
+                .compute_dtype
+                .or_else(|| self.bias.as_ref().map(|b| b.val().dtype()))
+                .unwrap_or(DType::F32);
+        }
+        self.weight.val().dtype()
+    }
+
+    /// Whether the weight is quantized (packed).
+    pub fn is_quantized(&self) -> bool {
+        self.packed.tensor.is_some()
+    }
+
+    /// `x W^T + b` with the packed weight: on the CPU backend the host kernel dequantizes a few
+    /// rows at a time inside the matmul (never the whole matrix); elsewhere the weight is
+    /// dequantized on the host for the call.
+    fn forward_packed(&self, x: Tensor<B, 2>, q: &QuantizedTensor) -> Tensor<B, 2> {
+        let dtype = x.dtype();
+        let device = x.device();
+        let bias = self.bias.as_ref().map(|b| b.val());
+        if diffusers_core::backend::is_cpu::<B>() {
+            let xf = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+            let [rows, _] = xf.dims();
+            let kernel = |xs: &[f32]| crate::host_quant_linear::matmul_packed(xs, rows, q);
+            let y = match diffusers_core::backend::with_cpu_f32(&xf, kernel) {
+                Some(y) => y,
+                // Not contiguous: one contiguous copy, then the kernel.
+                None => {
+                    let xc = Tensor::<B, 2>::from_data(xf.into_data(), &device);
+                    diffusers_core::backend::with_cpu_f32(&xc, kernel)
+                        .expect("a fresh CPU f32 tensor is contiguous")
+                }
+            };
+            let [_, out] = q.shape();
+            let y = Tensor::<B, 2>::from_data(TensorData::new(y, [rows, out]), &device);
+            let y = match bias {
+                Some(b) => y + b.cast(DType::F32).unsqueeze(),
+                None => y,
+            };
+            return if dtype == DType::F32 { y } else { y.cast(dtype) };
+        }
+        let [out, inp] = q.shape();
+        let w = q
+            .to_f32()
+            .expect("a QuantizedTensor's storage is checked to hold its shape");
+        let w = Tensor::<B, 2>::from_data(TensorData::new(w, [out, inp]), (&device, dtype));
+        linear(x, w.transpose(), bias)
     }
 }

@@ -515,7 +515,7 @@ impl<B: Backend> WanTransformer3DModel<B> {
             1.0,
             10000.0,
         )
-        .cast(ce.time_embedder.linear_1.weight.val().dtype());
+        .cast(ce.time_embedder.linear_1.dtype());
         let temb = ce
             .time_embedder
             .forward(t)

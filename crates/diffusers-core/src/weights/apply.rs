@@ -2,7 +2,9 @@
 //!
 //! This is the one place that walks burn modules for loading (burn-version-specific).
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::Backend;
@@ -38,10 +40,50 @@ pub struct LoadReport {
     pub loaded: usize,
 }
 
+/// What a [`LinearHook`] says about one `Linear` weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookDecision {
+    /// Load the weight as usual (dense).
+    Dense,
+    /// The hook took the weight (and these checkpoint tensors): the parameter stays unloaded
+    /// and never allocates.
+    Taken(Vec<String>),
+}
+
+/// Called by [`load_into`] for every `Linear` weight (a float parameter `weight` of a
+/// `diffusers_nn::linear::Linear`) before it is read, with its checkpoint key, the shape the
+/// module expects, and the checkpoint. Quantization installs one (with
+/// [`with_linear_hook`]) to pack each weight as it comes out of the file, so no dense copy of a
+/// quantized component is ever held; the error string becomes [`Error::LinearHook`].
+pub type LinearHook =
+    Arc<dyn Fn(&str, &[usize], &Weights) -> std::result::Result<HookDecision, String> + Send + Sync>;
+
+thread_local! {
+    static LINEAR_HOOK: RefCell<Option<LinearHook>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `hook` consulted by every [`load_into`] on this thread (model loaders need not
+/// know about it: a pipeline wraps a component's load in this). The previous hook comes back
+/// afterwards, also when `f` panics.
+pub fn with_linear_hook<R>(hook: Option<LinearHook>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<LinearHook>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            LINEAR_HOOK.with(|h| *h.borrow_mut() = prev);
+        }
+    }
+    let prev = LINEAR_HOOK.with(|h| std::mem::replace(&mut *h.borrow_mut(), hook));
+    let _restore = Restore(prev);
+    f()
+}
+
 struct Loader<'a, B: Backend> {
     weights: &'a Weights,
     opts: LoadOptions<'a>,
     path: Vec<String>,
+    containers: Vec<String>,
+    hook: Option<LinearHook>,
     used: BTreeSet<String>,
     missing: Vec<String>,
     error: Option<Error>,
@@ -96,17 +138,41 @@ impl<B: Backend> Loader<'_, B> {
 }
 
 impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.path.pop();
+        self.containers.pop();
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let shape = param.lazy_shape();
         let device = param.lazy_device();
+        let is_linear_weight = D == 2
+            && self.path.last().is_some_and(|p| p == "weight")
+            && self.containers.last().is_some_and(|c| c == "Struct:Linear");
+        if let (true, Some(hook), None) = (is_linear_weight, self.hook.clone(), &self.error) {
+            let key = self.key();
+            match hook(&key, shape.as_slice(), self.weights) {
+                Ok(HookDecision::Dense) => {}
+                Ok(HookDecision::Taken(keys)) => {
+                    self.used.extend(keys);
+                    self.loaded += 1;
+                    return param;
+                }
+                Err(message) => {
+                    self.error = Some(Error::LinearHook {
+                        path: self.weights.origin().to_path_buf(),
+                        key,
+                        message,
+                    });
+                    return param;
+                }
+            }
+        }
         match self.load::<D>(&shape.to_vec(), &device) {
             // The parameter is replaced without ever materialising its initial value.
             Some(t) => Param::initialized(param.id, t),
@@ -129,6 +195,8 @@ pub fn load_into<B: Backend, M: Module<B>>(
         weights,
         opts,
         path: Vec::new(),
+        containers: Vec::new(),
+        hook: LINEAR_HOOK.with(|h| h.borrow().clone()),
         used: BTreeSet::new(),
         missing: Vec::new(),
         error: None,

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use burn::tensor::TensorData;
 use serde::Deserialize;
 
-pub use self::apply::{LoadOptions, LoadReport, load_into, module_shapes};
+pub use self::apply::{
+    HookDecision, LinearHook, LoadOptions, LoadReport, load_into, module_shapes, with_linear_hook,
+};
 pub use self::files::{WeightFormat, WeightsName, resolve_weight_files, variant_name};
 pub use self::pickle::PickleFile;
 pub use self::safetensors::SafetensorsFile;

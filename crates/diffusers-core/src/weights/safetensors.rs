@@ -191,7 +191,13 @@ impl SafetensorsFile {
             path: self.path.clone(),
             keys: vec![key.to_string()],
         })?;
-        let dtype = float_dtype(&info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+        // Floats, and the byte types packed (quantized) weights are stored in.
+        let byte_dtype = match info.dtype.as_str() {
+            "U8" => Some(DType::U8),
+            "I8" => Some(DType::I8),
+            _ => None,
+        };
+        let dtype = float_dtype(&info.dtype).or(byte_dtype).ok_or_else(|| Error::UnsupportedDtype {
             path: self.path.clone(),
             key: key.to_string(),
             dtype: info.dtype.clone(),
@@ -200,7 +206,8 @@ impl SafetensorsFile {
         let bytes = match dtype.size() {
             8 => copy_out::<u64>(src),
             4 => copy_out::<u32>(src),
-            _ => copy_out::<u16>(src),
+            2 => copy_out::<u16>(src),
+            _ => copy_out::<u8>(src),
         };
         Ok(TensorData::from_bytes(bytes, info.shape.clone(), dtype))
     }

@@ -1,0 +1,4 @@
+//! Tests of diffusers-quantization (one test binary).
+
+mod gguf;
+mod quantizers;
