@@ -2269,6 +2269,120 @@ def stage_export_quantize(out: Path):
           {"truncate": torch.from_numpy(truncate.reshape(-1).astype(np.float32)),
            "round": torch.from_numpy(rounded.reshape(-1).astype(np.float32))})
     c.save(out / "pipelines", "export_quantize")
+
+GGUF_DEQUANT_TYPES = ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+# Byte offsets of each K-quant block's f16 scales (d, and dmin where the type has one).
+GGUF_K_SCALES = {"Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}
+
+
+def gguf_random_blocks(rng, qtype, rows, cols):
+    """Random K-quant blocks (gguf-py has no quantizer for them): random bytes with the f16 scale
+    fields set to finite values in [1e-3, 1e-1], so every dequantized value is finite."""
+    import gguf
+
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    blocks = rng.integers(0, 256, size=(rows * cols // block_size, type_size), dtype=np.uint8)
+    for off in GGUF_K_SCALES[qtype.name]:
+        scale = rng.uniform(1e-3, 1e-1, size=blocks.shape[0]).astype(np.float16)
+        blocks[:, off:off + 2] = scale.view(np.uint8).reshape(-1, 2)
+    return blocks.reshape(rows, cols // block_size * type_size)
+
+
+def gguf_quantized(rng, qtype, rows, cols):
+    """A [rows, cols] tensor in `qtype`'s bytes: gguf.quants.quantize of normal draws where gguf-py
+    has a quantizer, random blocks with sane scales for the K-quants."""
+    import gguf
+
+    if qtype.name in GGUF_K_SCALES:
+        return gguf_random_blocks(rng, qtype, rows, cols)
+    data = rng.standard_normal((rows, cols)).astype(np.float32)
+    return np.ascontiguousarray(gguf.quants.quantize(data, qtype)).view(np.uint8)
+
+
+def stage_gguf(out: Path):
+    """GGML's block formats and the .gguf container through gguf-py (llama.cpp's Python package):
+    for each type, a [2, 256] tensor's raw bytes (stored as f32 byte values) and
+    gguf.quants.dequantize's float32 output; and tiny .gguf files written by GGUFWriter (metadata of
+    several value types, F32/F16/Q8_0/Q4_K/Q4_0 tensors; one with general.alignment 64) read back by
+    GGUFReader: shapes in torch order, types, dequantized values."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    folder = out / "quantization"
+    folder.mkdir(parents=True, exist_ok=True)
+    c = Cases()
+    rows, cols = 2, 256
+    for name in GGUF_DEQUANT_TYPES:
+        qtype = gguf.GGMLQuantizationType[name]
+        raw = gguf_quantized(rng, qtype, rows, cols)
+        deq = gguf.quants.dequantize(raw, qtype)
+        assert deq.dtype == np.float32 and deq.shape == (rows, cols) and np.isfinite(deq).all(), name
+        block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        c.add(name, "gguf_dequantize",
+              {"type": name, "type_id": int(qtype), "shape": [rows, cols], "block_size": block_size,
+               "type_size": type_size},
+              {"bytes": torch.from_numpy(raw.astype(np.float32))},
+              {"dequantized": torch.from_numpy(np.ascontiguousarray(deq))})
+
+    def tiny(path: Path, alignment=None):
+        w = gguf.GGUFWriter(path, arch="tiny")
+        if alignment is not None:
+            w.add_custom_alignment(alignment)
+        w.add_string("general.name", "tiny test model")
+        w.add_uint32("tiny.block_count", 3)
+        w.add_int8("tiny.int8", -5)
+        w.add_uint16("tiny.uint16", 65535)
+        w.add_int16("tiny.int16", -300)
+        w.add_int32("tiny.int32", -70000)
+        w.add_int64("tiny.int64", -(2**40))
+        w.add_uint64("tiny.uint64", 2**63 + 5)
+        w.add_uint8("tiny.uint8", 200)
+        w.add_float32("tiny.eps", 1e-6)
+        w.add_float64("tiny.theta", 10000.5)
+        w.add_bool("tiny.causal", True)
+        w.add_array("tiny.dims", [3, 64, 256])
+        w.add_array("tiny.labels", ["alpha", "béta", ""])
+        w.add_array("tiny.scales", [0.5, -1.25])
+        w.add_tensor("linear.weight", rng.standard_normal((4, 8)).astype(np.float32))
+        w.add_tensor("norm.bias", rng.standard_normal(5).astype(np.float16))
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        w.add_tensor("blocks.0.q8.weight", gguf_quantized(rng, q8, 3, 64), raw_dtype=q8)
+        q4k = gguf.GGMLQuantizationType.Q4_K
+        w.add_tensor("blocks.0.q4k.weight", gguf_quantized(rng, q4k, 2, 256), raw_dtype=q4k)
+        q40 = gguf.GGMLQuantizationType.Q4_0
+        w.add_tensor("conv.weight", gguf_quantized(rng, q40, 2 * 3, 32).reshape(2, 3, 18), raw_dtype=q40)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    files = {}
+    for stem, alignment in [("tiny", None), ("tiny_aligned", 64)]:
+        path = folder / f"{stem}.gguf"
+        tiny(path, alignment)
+        reader = gguf.GGUFReader(path)
+        metadata = {}
+        for key, field in reader.fields.items():
+            if key.startswith("GGUF."):
+                continue  # the reader's own header pseudo-fields
+            entry = {"type": field.types[0].name, "value": field.contents()}
+            if field.types[0] == gguf.GGUFValueType.ARRAY:
+                entry["sub_type"] = field.types[-1].name
+            metadata[key] = entry
+        tensors = {}
+        for t in reader.tensors:
+            deq = gguf.quants.dequantize(t.data, t.tensor_type)
+            shape = [int(d) for d in reversed(t.shape.tolist())]
+            tensors[t.name] = {"type": t.tensor_type.name, "shape": shape, "n_bytes": int(t.n_bytes),
+                               "data_offset": int(t.data_offset)}
+            c.tensors[f"{stem}.{t.name}"] = torch.from_numpy(np.ascontiguousarray(deq).astype(np.float32).reshape(shape))
+        files[stem] = {"alignment": int(reader.alignment), "data_offset": int(reader.data_offset),
+                       "version": int(reader.fields["GGUF.version"].contents()),
+                       "metadata": metadata, "tensors": tensors,
+                       "tensor_order": [t.name for t in reader.tensors]}
+    c.cases["files"] = files
+    c.save(folder, "gguf")
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders, "umt5": stage_umt5, "vae": stage_vae,
           "llama": stage_llama,
@@ -2280,6 +2394,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "real_configs": stage_real_configs,
           "hunyuan_video_transformer": stage_hunyuan_video_transformer,
           "pipelines": stage_pipelines,
+          "gguf": stage_gguf,
           "tokenizers": stage_tokenizers,
           "t5_tokenizer": stage_t5_tokenizer,
           "unets": stage_unets,
