@@ -49,6 +49,9 @@ pub const WORKLOADS: &[&str] = &[
     "wan_vae_decode",
     "tiny_pipeline",
     "load_1gb",
+    "linear_dense",
+    "linear_nf4",
+    "flux_double_nf4",
 ];
 
 /// Extra workloads that only make sense on a GPU (`matmul_ceiling`: an 8192³ matmul, the
@@ -466,12 +469,55 @@ pub fn prepare<B: Backend>(
                 None,
             )
         }
-        "flux_double" | "flux_single" => {
-            let double = name == "flux_double";
+        "linear_dense" | "linear_nf4" => {
+            // A Flux MLP projection, 3072 -> 12288 over 512 tokens; NF4 packs the weight as
+            // bitsandbytes does and multiplies by it without a dense copy.
+            let (inp, out) = (c.size("in", 64, 3072), c.size("out", 256, 12288));
+            let rows = c.size("rows", 16, 512);
+            let x = c.input("x", [rows, inp])?;
+            let w = c.input("w", [out, inp])?;
+            let b = c.input("b", [out])?;
+            let mut layer = LinearConfig::new(inp, out).init::<B>(device);
+            layer.bias = Some(burn::module::Param::from_tensor(b));
+            if name == "linear_nf4" {
+                let values: Vec<f32> = w.into_data().convert::<f32>().into_vec()?;
+                let method = diffusers_quantization::QuantMethod::parse("nf4", false)?;
+                let q =
+                    diffusers_quantization::QuantizedTensor::quantize(&values, out, inp, method)?;
+                layer.packed = diffusers_nn::linear::QuantizedWeight::new(q);
+            } else {
+                layer.weight = burn::module::Param::from_tensor(w);
+            }
+            (
+                Box::new(move || {
+                    let _out = layer.forward(x.clone());
+                    Ctx::<B>::sync(&dev)
+                }),
+                Some(2.0 * (rows * inp * out) as f64),
+            )
+        }
+        "flux_double" | "flux_single" | "flux_double_nf4" => {
+            let double = name != "flux_single";
             let model = match c.dir {
                 Some(d) => {
-                    FluxTransformer2DModel::<B>::from_folder(d.join("model"), Some(dtype), device)?
+                    let load = || {
+                        FluxTransformer2DModel::<B>::from_folder(
+                            d.join("model"),
+                            Some(dtype),
+                            device,
+                        )
+                    };
+                    if name == "flux_double_nf4" {
+                        let method = diffusers_quantization::QuantMethod::parse("nf4", false)?;
+                        let config = diffusers_quantization::QuantizationConfig::new(method);
+                        diffusers_core::weights::with_linear_hook(
+                            Some(diffusers_quantization::linear_hook(Some(config))),
+                            load,
+                        )?
                         .0
+                    } else {
+                        load()?.0
+                    }
                 }
                 None => FluxTransformer2DModel::<B>::new(&flux_config(&c, double)?, device)?,
             };
@@ -752,6 +798,87 @@ pub fn measure<B: Backend>(
         "flops_per_s": w.flops.zip(median_s).map(|(f, t)| f / t),
         "peak_rss_bytes": peak_rss_bytes(),
     }))
+}
+
+/// Weight bytes of a FLUX.1-sized transformer (the config at `config`, built lazily: no weight is
+/// allocated) dense in bf16 and with every `Linear` weight packed (NF4, NF4 with double
+/// quantization, int8, fp8, GGUF Q4_0 and Q8_0); norms, biases and embeddings stay bf16 as
+/// diffusers keeps them. A markdown table: bytes, the ratio to bf16, and the ideal ratio (the
+/// format's bits per value over 16, scales included, as if every parameter were packed).
+pub fn flux_weight_footprint(config: &Path) -> Result<String> {
+    use diffusers_quantization::QuantMethod;
+    use diffusers_quantization::gguf::GgmlType;
+    let cfg: FluxTransformer2DModelConfig =
+        serde_json::from_value(diffusers_core::json::read(config)?)?;
+    let model =
+        FluxTransformer2DModel::<diffusers_core::backend::Cpu>::new(&cfg, &Default::default())?;
+    let shapes = diffusers_core::weights::module_shapes(&model, None);
+    let (mut linear, mut other) = (Vec::new(), 0usize);
+    for (k, s) in &shapes {
+        if s.len() == 2 && k.ends_with(".weight") {
+            linear.push((s[0], s[1]));
+        } else {
+            other += s.iter().product::<usize>();
+        }
+    }
+    let params: usize = linear.iter().map(|(r, c)| r * c).sum::<usize>() + other;
+    let dense = 2 * params;
+    let mut rows = vec![format!(
+        "| bf16 (dense) | {:.2} GB | 1.00 | 1.00 |",
+        dense as f64 / 1e9
+    )];
+    type Bytes = Box<dyn Fn(usize, usize) -> Result<usize>>;
+    let methods: Vec<(&str, Bytes, f64)> = vec![
+        (
+            "NF4",
+            Box::new(|r, c| Ok(QuantMethod::parse("nf4", false)?.packed_bytes(r, c))),
+            4.5,
+        ),
+        (
+            "NF4 + double quant",
+            Box::new(|r, c| Ok(QuantMethod::parse("nf4", true)?.packed_bytes(r, c))),
+            4.127,
+        ),
+        (
+            "int8 (per-row scale)",
+            Box::new(|r, c| Ok(QuantMethod::Int8.packed_bytes(r, c))),
+            8.0,
+        ),
+        (
+            "fp8 e4m3 (per-row scale)",
+            Box::new(|r, c| Ok(QuantMethod::parse("fp8", false)?.packed_bytes(r, c))),
+            8.0,
+        ),
+        (
+            "GGUF Q4_0",
+            Box::new(|r, c| Ok(GgmlType::Q4_0.bytes_for(r * c)?)),
+            4.5,
+        ),
+        (
+            "GGUF Q8_0",
+            Box::new(|r, c| Ok(GgmlType::Q8_0.bytes_for(r * c)?)),
+            8.5,
+        ),
+    ];
+    for (name, bytes, bits) in methods {
+        let packed: usize = linear
+            .iter()
+            .map(|&(r, c)| bytes(r, c))
+            .sum::<Result<usize>>()?;
+        let total = packed + 2 * other;
+        rows.push(format!(
+            "| {name} | {:.2} GB | {:.3} | {:.3} |",
+            total as f64 / 1e9,
+            total as f64 / dense as f64,
+            bits / 16.0
+        ));
+    }
+    Ok(format!(
+        "{params} parameters ({} in {} Linear weights)\n\n| weights | bytes | ratio to bf16 | ideal |\n|---|---|---|---|\n{}\n",
+        params - other,
+        linear.len(),
+        rows.join("\n")
+    ))
 }
 
 #[cfg(test)]

@@ -26,6 +26,17 @@ const USAGE: &str = "usage: diffusers-bench WORKLOAD [--dir DIR] [--scale tiny|r
     [--warmup N] [--iters N] [--device cpu|cuda[:N]] [--dtype f32|bf16|f16]";
 
 fn main() -> Result<()> {
+    // `footprint CONFIG`: weight bytes of a FLUX.1-sized transformer, dense and packed.
+    if std::env::args().nth(1).as_deref() == Some("footprint") {
+        let config = std::env::args()
+            .nth(2)
+            .context("footprint needs a FluxTransformer2DModel config.json")?;
+        print!(
+            "{}",
+            diffusers_bench::flux_weight_footprint(config.as_ref())?
+        );
+        return Ok(());
+    }
     let mut args = std::env::args().skip(1);
     let mut workload = None;
     let mut dir = None;

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKLOADS = ["matmul", "conv_64", "conv_320", "attn_flux", "attn_sd", "groupnorm", "flux_double",
+WORKLOADS = ["linear_dense", "linear_nf4", "flux_double_nf4", "matmul", "conv_64", "conv_320", "attn_flux", "attn_sd", "groupnorm", "flux_double",
              "flux_single", "unet_down", "vae_decoder", "wan_block", "wan_vae_decode", "tiny_pipeline",
              "load_1gb"]
 CUDA_WORKLOADS = ["matmul_ceiling"]
@@ -100,9 +100,13 @@ def prepare(out: Path, names):
             torch.nn.init.normal_(gn.bias)
             save_file(gn.state_dict(), d / "weights.safetensors")
             inputs = {"x": torch.randn(1, 320, 64, 64)}
-        elif name in ("flux_double", "flux_single"):
+        elif name in ("linear_dense", "linear_nf4"):
+            meta = {"in": 3072, "out": 12288, "rows": 512}
+            inputs = {"x": torch.randn(512, 3072), "w": torch.randn(12288, 3072) * 0.02,
+                      "b": torch.randn(12288) * 0.02}
+        elif name in ("flux_double", "flux_single", "flux_double_nf4"):
             from diffusers import FluxTransformer2DModel
-            double = name == "flux_double"
+            double = name != "flux_single"
             model = FluxTransformer2DModel(**FLUX, num_layers=int(double),
                                            num_single_layers=int(not double))
             model.save_pretrained(d / "model")
@@ -192,17 +196,37 @@ def build(d: Path, name: str, device, dtype):
         gn = gn.to(device, dtype)
         x = inp["x"]
         return (lambda: gn(x)), None
-    if name in ("flux_double", "flux_single"):
+    if name == "linear_dense":
+        x, w, b = inp["x"], inp["w"], inp["b"]
+        return (lambda: F.linear(x, w, b)), 2.0 * x.shape[0] * w.shape[0] * w.shape[1]
+    if name == "linear_nf4":
+        # What bitsandbytes' Linear4bit.forward runs: matmul_4bit on the packed weight.
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnbf
+        x, w, b = inp["x"], inp["w"], inp["b"]
+        q, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        return (lambda: bnb.matmul_4bit(x, q.t(), bias=b, quant_state=state)), \
+            2.0 * x.shape[0] * w.shape[0] * w.shape[1]
+    if name in ("flux_double", "flux_single", "flux_double_nf4"):
         from diffusers import FluxTransformer2DModel
-        model = FluxTransformer2DModel.from_pretrained(d / "model", dtype=dtype).to(device)
+        kwargs = {}
+        if name == "flux_double_nf4":
+            from diffusers import BitsAndBytesConfig
+            from diffusers.quantizers.bitsandbytes.bnb_quantizer import BnB4BitDiffusersQuantizer
+            # diffusers refuses 4-bit without a GPU; bitsandbytes runs it on the CPU.
+            BnB4BitDiffusersQuantizer.validate_environment = lambda self, *a, **k: None
+            BnB4BitDiffusersQuantizer.update_device_map = lambda self, m: m or {"": "cpu"}
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        model = FluxTransformer2DModel.from_pretrained(d / "model", dtype=dtype, **kwargs).to(device)
         model.eval()
         x, ctx, temb = inp["x"], inp["ctx"], inp["temb"]
         rope = (inp["cos"], inp["sin"])
         s = x.shape[1] + ctx.shape[1]
         dim = x.shape[2]
         flops = 24.0 * dim * dim * s + 4.0 * s * s * dim
-        block = (model.transformer_blocks if name == "flux_double"
-                 else model.single_transformer_blocks)[0]
+        block = (model.single_transformer_blocks if name == "flux_single"
+                 else model.transformer_blocks)[0]
         return (lambda: block(hidden_states=x, encoder_hidden_states=ctx, temb=temb,
                               image_rotary_emb=rope)), flops
     if name == "unet_down":

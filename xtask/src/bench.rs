@@ -36,6 +36,9 @@ const WORKLOADS: &[&str] = &[
     "wan_vae_decode",
     "tiny_pipeline",
     "load_1gb",
+    "linear_dense",
+    "linear_nf4",
+    "flux_double_nf4",
 ];
 const CUDA_WORKLOADS: &[&str] = &["matmul_ceiling"];
 
@@ -57,6 +60,13 @@ fn describe(name: &str) -> &'static str {
         "tiny_pipeline" => "tiny_flux pipeline, 16x24, 4 steps",
         "load_1gb" => "load 1 GiB safetensors (16 x 4096x4096 f32)",
         "matmul_ceiling" => "matmul 8192^3 (ceiling)",
+        "linear_dense" => "Linear 3072->12288, 512 tokens, f32 weight",
+        "linear_nf4" => {
+            "Linear 3072->12288, 512 tokens, NF4 weight (bitsandbytes on the torch side)"
+        }
+        "flux_double_nf4" => {
+            "Flux double block as flux_double, NF4 Linears (diffusers + bitsandbytes)"
+        }
         _ => "",
     }
 }
@@ -76,7 +86,8 @@ fn plan(name: &str, quick: bool, cuda: bool) -> (usize, usize, usize) {
         "unet_down" => (1, 3, 4),
         "vae_decoder" | "wan_vae_decode" => (1, 2, 3),
         "wan_block" => (1, 2, 4),
-        "flux_double" | "flux_single" => (1, 2, 4),
+        "flux_double" | "flux_single" | "flux_double_nf4" => (1, 2, 4),
+        "linear_dense" | "linear_nf4" => (1, 5, 3),
         _ => (1, 3, 2),
     };
     if cuda {

@@ -1,5 +1,7 @@
 //! `diffusers generate`: load a pipeline, run it, write PNG / array / latent outputs.
 
+use diffusers_nn::footprint::Footprint;
+use diffusers_pipelines::quantization::{PipelineQuantizationConfig, QuantMethod};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -97,6 +99,23 @@ fn download_progress(bar: ProgressBar) -> DownloadProgress {
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+/// Weight bytes in all, with the packed (quantized) components named: `"1234 MiB
+/// (transformer 310 MiB packed)"`.
+fn weights_summary(footprints: &[(&'static str, Footprint)]) -> String {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let total: usize = footprints.iter().map(|(_, f)| f.total()).sum();
+    let packed: Vec<String> = footprints
+        .iter()
+        .filter(|(_, f)| f.packed_bytes > 0)
+        .map(|(n, f)| format!("{n} {:.1} MiB packed", mib(f.total())))
+        .collect();
+    if packed.is_empty() {
+        format!("{:.1} MiB", mib(total))
+    } else {
+        format!("{:.1} MiB ({})", mib(total), packed.join(", "))
+    }
+}
+
 fn peak_memory_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -315,9 +334,33 @@ fn cli_error(e: diffusers_pipelines::Error) -> CliError {
     }
 }
 
+/// `--quantize`, `--quantize-components`, `--double-quant` as a pipeline quantization config.
+fn quantization(args: &GenerateArgs) -> Result<Option<PipelineQuantizationConfig>> {
+    let Some(method) = args.quantize.as_deref() else {
+        if args.double_quant || !args.quantize_components.is_empty() {
+            return Err(CliError::Usage(
+                "--double-quant and --quantize-components need --quantize".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if args.double_quant && !matches!(method, "nf4" | "fp4") {
+        return Err(CliError::Usage(format!(
+            "--double-quant applies to --quantize nf4 or fp4, not {method}"
+        )));
+    }
+    let method = QuantMethod::parse(method, args.double_quant)
+        .map_err(|e| CliError::Usage(format!("--quantize: {e}")))?;
+    Ok(Some(PipelineQuantizationConfig {
+        method,
+        components_to_quantize: args.quantize_components.clone(),
+    }))
+}
+
 fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -> Result<()> {
     let start = Instant::now();
     let load = progress_bar(args.quiet);
+    let quantization = quantization(args)?;
     let opts = PipelineOptions {
         repo: RepoOptions {
             revision: args.revision.clone(),
@@ -327,6 +370,7 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
         },
         dtype,
         variant: args.variant.clone(),
+        quantization,
     };
     load.set_message(format!("loading {}", args.model));
     let pipe = DiffusionPipeline::<B>::from_pretrained_with_progress(
@@ -343,6 +387,7 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
     let mut pipe = pipe?;
     let loaded = start.elapsed();
     let class = pipe.class_name();
+    let footprints = pipe.memory_footprint();
     let video = matches!(
         pipe,
         DiffusionPipeline::Wan(_) | DiffusionPipeline::HunyuanVideo(_)
@@ -450,10 +495,11 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
     if !args.quiet {
         let total = start.elapsed();
         let mem = peak_memory_mib().map_or("n/a".into(), |m| format!("{m:.0} MiB"));
+        let weights = weights_summary(&footprints);
         let seed = seed.map_or(String::new(), |s| format!(", seed {s}"));
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         eprintln!(
-            "wrote {} in {:.1}s (load {:.1}s, denoise {:.1}s, decode {:.1}s{seed}); peak memory {mem}",
+            "wrote {} in {:.1}s (load {:.1}s, denoise {:.1}s, decode {:.1}s{seed}); weights {weights}; peak memory {mem}",
             files.join(", "),
             total.as_secs_f64(),
             loaded.as_secs_f64(),

@@ -146,6 +146,17 @@ pub struct GenerateArgs {
     /// (diffusers' `prompt_template=`).
     #[arg(long)]
     pub prompt_template: Option<PathBuf>,
+    /// Quantize weights while loading: nf4, fp4 (bitsandbytes 4-bit), int8, fp8 (e4m3,
+    /// per-row scales). A repository saved pre-quantized loads packed without it.
+    #[arg(long, value_name = "nf4|fp4|int8|fp8")]
+    pub quantize: Option<String>,
+    /// The components --quantize applies to, comma-separated (default: the denoiser only).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub quantize_components: Vec<String>,
+    /// Double quantization of the 4-bit scales (bnb_4bit_use_double_quant), with --quantize
+    /// nf4 or fp4.
+    #[arg(long)]
+    pub double_quant: bool,
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     pub revision: Option<String>,

@@ -10,8 +10,7 @@ use std::sync::Arc;
 
 use burn::module::{
     AutodiffModule, Content, Devices, EmptyRecord, Module, ModuleDisplay, ModuleDisplayDefault,
-    ModuleMapper,
-    ModuleVisitor, Param,
+    ModuleMapper, ModuleVisitor, Param,
 };
 use burn::prelude::*;
 
@@ -264,7 +263,11 @@ impl<B: Backend> Linear<B> {
         let device = x.device();
         let bias = self.bias.as_ref().map(|b| b.val());
         if diffusers_core::backend::is_cpu::<B>() {
-            let xf = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
+            let xf = if dtype == DType::F32 {
+                x
+            } else {
+                x.cast(DType::F32)
+            };
             let [rows, _] = xf.dims();
             let kernel = |xs: &[f32]| crate::host_quant_linear::matmul_packed(xs, rows, q);
             let y = match diffusers_core::backend::with_cpu_f32(&xf, kernel) {
@@ -276,13 +279,17 @@ impl<B: Backend> Linear<B> {
                         .expect("a fresh CPU f32 tensor is contiguous")
                 }
             };
-            let [_, out] = q.shape();
+            let [out, _] = q.shape();
             let y = Tensor::<B, 2>::from_data(TensorData::new(y, [rows, out]), &device);
             let y = match bias {
                 Some(b) => y + b.cast(DType::F32).unsqueeze(),
                 None => y,
             };
-            return if dtype == DType::F32 { y } else { y.cast(dtype) };
+            return if dtype == DType::F32 {
+                y
+            } else {
+                y.cast(dtype)
+            };
         }
         let [out, inp] = q.shape();
         let w = q

@@ -451,3 +451,93 @@ fn check_rope<B: Backend>(dev: &B::Device, dtype: DType, tol: Tol) {
     }
 }
 parity_tests!(rope, check_rope, bf16 = BF16);
+
+/// A quantized `Linear` (packed slot filled, dense weight never loaded) against the same layer
+/// with the dequantized weight loaded dense: the host kernel's tiles (64 output rows; 150 rows
+/// make two full tiles and a partial one), 3-D inputs, a transposed (non-contiguous) input and
+/// a bf16 input. Both sides multiply the same f32 values; the tolerance is f32 summation order
+/// over 96 products (measured 4.8e-7 on values of O(10)).
+#[test]
+fn quantized_linear_equals_its_dequantized_dense_layer() {
+    use burn::module::Param;
+    use diffusers_core::backend::Cpu;
+    use diffusers_nn::footprint::memory_footprint;
+    use diffusers_nn::linear::{LinearConfig, QuantizedWeight};
+    use diffusers_quantization::{QuantMethod, QuantizedTensor};
+
+    let dev = Default::default();
+    let (inp, out) = (96, 150);
+    let w: Vec<f32> = (0..inp * out)
+        .map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 0.3)
+        .collect();
+    let bias: Vec<f32> = (0..out).map(|i| i as f32 * 0.01).collect();
+    for method in ["nf4", "fp4", "int8", "fp8"] {
+        let q = QuantizedTensor::quantize(
+            &w,
+            out,
+            inp,
+            QuantMethod::parse(method, method == "fp4").expect("method"),
+        )
+        .expect("quantize");
+        let dq = q.to_f32().expect("dequantize");
+        let mut packed = LinearConfig::new(inp, out).init::<Cpu>(&dev);
+        packed.packed = QuantizedWeight::new(q.clone());
+        packed.bias = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(bias.clone(), [out]),
+            &dev,
+        )));
+        let mut dense = LinearConfig::new(inp, out).init::<Cpu>(&dev);
+        dense.weight = Param::from_tensor(Tensor::from_data(TensorData::new(dq, [out, inp]), &dev));
+        dense.bias = packed.bias.clone();
+        assert!(packed.is_quantized() && !dense.is_quantized());
+        let fp = memory_footprint(&packed);
+        assert_eq!(fp.packed_bytes, q.nbytes(), "{method}");
+        assert_eq!(fp.dense_bytes, 4 * out, "{method}: only the bias is dense");
+
+        let x = Tensor::<Cpu, 3>::from_data(
+            TensorData::new(
+                (0..2 * 5 * inp)
+                    .map(|i| ((i % 13) as f32 - 6.0) * 0.25)
+                    .collect::<Vec<_>>(),
+                [2, 5, inp],
+            ),
+            &dev,
+        );
+        let check = |a: Tensor<Cpu, 3>, b: Tensor<Cpu, 3>, tol: f32, what: &str| {
+            let (a, b) = (
+                a.into_data().convert::<f32>(),
+                b.into_data().convert::<f32>(),
+            );
+            let (a, b): (Vec<f32>, Vec<f32>) = (a.into_vec().expect("a"), b.into_vec().expect("b"));
+            let err = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max);
+            assert!(err <= tol, "{method} {what}: {err}");
+        };
+        check(
+            packed.forward(x.clone()),
+            dense.forward(x.clone()),
+            1e-5,
+            "f32",
+        );
+        // A transposed view: not contiguous.
+        let xt = x.clone().swap_dims(0, 1).swap_dims(0, 1);
+        let xt2: Tensor<Cpu, 3> = Tensor::<Cpu, 3>::from_data(x.clone().into_data(), &dev)
+            .reshape([5, 2, inp])
+            .swap_dims(0, 1);
+        check(
+            packed.forward(xt2.clone()),
+            dense.forward(xt2),
+            1e-5,
+            "strided",
+        );
+        check(packed.forward(xt), dense.forward(x.clone()), 1e-5, "view");
+        // bf16 in, bf16 out (computed in f32 from the packed weight, rounded once).
+        let xb = x.clone().cast(DType::BF16);
+        let yb = packed.forward(xb.clone());
+        assert_eq!(yb.dtype(), DType::BF16);
+        check(yb, dense.forward(xb.cast(DType::F32)), 4e-2, "bf16");
+    }
+}

@@ -54,6 +54,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A quantization option or a quantized checkpoint that cannot be used.
+    #[error("quantization: {0}")]
+    Quantization(String),
     /// Reading files failed.
     #[error(transparent)]
     Core(#[from] diffusers_core::Error),

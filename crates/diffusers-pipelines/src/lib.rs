@@ -56,6 +56,7 @@ pub mod pipeline_stable_diffusion_xl;
 pub mod pipeline_stable_diffusion_xl_img2img;
 pub mod pipeline_utils;
 pub mod pipeline_wan;
+pub mod quantization;
 
 pub use error::{Error, Result};
 pub use pipeline_utils::{DiffusionPipeline, LoadEvent, PipelineOptions, SUPPORTED_PIPELINES};

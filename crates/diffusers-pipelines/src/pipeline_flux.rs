@@ -218,15 +218,19 @@ impl<B: Backend> FluxPipeline<B> {
 
         let weights_dtype = (dtype != DType::F32).then_some(dtype);
         tracing::info!("{}: loading transformer", folder.display());
-        let (transformer, transformer_config) = FluxTransformer2DModel::from_folder_variant(
-            folder.join("transformer"),
-            variant,
-            weights_dtype,
-            device,
-        )?;
+        let (transformer, transformer_config) =
+            crate::quantization::load_component(folder, "transformer", || {
+                FluxTransformer2DModel::from_folder_variant(
+                    folder.join("transformer"),
+                    variant,
+                    weights_dtype,
+                    device,
+                )
+            })?;
         tracing::info!("{}: loading vae", folder.display());
-        let (vae, vae_config) =
-            AutoencoderKL::from_folder_variant(folder.join("vae"), variant, weights_dtype, device)?;
+        let (vae, vae_config) = crate::quantization::load_component(folder, "vae", || {
+            AutoencoderKL::from_folder_variant(folder.join("vae"), variant, weights_dtype, device)
+        })?;
         let sched_path = folder.join("scheduler/scheduler_config.json");
         let scheduler =
             FlowMatchEulerDiscreteScheduler::new(diffusers_core::json::read(&sched_path)?)?;
@@ -239,23 +243,27 @@ impl<B: Backend> FluxPipeline<B> {
         let text_encoder = has_clip
             .then(|| {
                 tracing::info!("{}: loading text_encoder", folder.display());
-                CLIPTextModel::from_folder_variant(
-                    folder.join("text_encoder"),
-                    variant,
-                    weights_dtype,
-                    device,
-                )
+                crate::quantization::load_component(folder, "text_encoder", || {
+                    CLIPTextModel::from_folder_variant(
+                        folder.join("text_encoder"),
+                        variant,
+                        weights_dtype,
+                        device,
+                    )
+                })
             })
             .transpose()?;
         let text_encoder_2 = has_t5
             .then(|| {
                 tracing::info!("{}: loading text_encoder_2", folder.display());
-                T5EncoderModel::from_folder_variant(
-                    folder.join("text_encoder_2"),
-                    variant,
-                    weights_dtype,
-                    device,
-                )
+                crate::quantization::load_component(folder, "text_encoder_2", || {
+                    T5EncoderModel::from_folder_variant(
+                        folder.join("text_encoder_2"),
+                        variant,
+                        weights_dtype,
+                        device,
+                    )
+                })
             })
             .transpose()?;
         Ok(Self {

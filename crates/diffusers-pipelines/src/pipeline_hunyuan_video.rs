@@ -192,35 +192,43 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
         let weights_dtype = (dtype != DType::F32).then_some(dtype);
         tracing::info!("{}: loading transformer", folder.display());
         let (transformer, transformer_config) =
-            HunyuanVideoTransformer3DModel::from_folder_variant(
-                folder.join("transformer"),
+            crate::quantization::load_component(folder, "transformer", || {
+                HunyuanVideoTransformer3DModel::from_folder_variant(
+                    folder.join("transformer"),
+                    variant,
+                    weights_dtype,
+                    device,
+                )
+            })?;
+        tracing::info!("{}: loading vae", folder.display());
+        let (vae, vae_config) = crate::quantization::load_component(folder, "vae", || {
+            AutoencoderKLHunyuanVideo::from_folder_variant(
+                folder.join("vae"),
                 variant,
                 weights_dtype,
                 device,
-            )?;
-        tracing::info!("{}: loading vae", folder.display());
-        let (vae, vae_config) = AutoencoderKLHunyuanVideo::from_folder_variant(
-            folder.join("vae"),
-            variant,
-            weights_dtype,
-            device,
-        )?;
+            )
+        })?;
         let tokenizer = PromptTokenizer::from_pretrained(folder.join("tokenizer"))?;
         let tokenizer_2 = PromptTokenizer::from_pretrained(folder.join("tokenizer_2"))?;
         tracing::info!("{}: loading text_encoder", folder.display());
-        let text_encoder = LlamaModel::from_folder_variant(
-            folder.join("text_encoder"),
-            variant,
-            weights_dtype,
-            device,
-        )?;
+        let text_encoder = crate::quantization::load_component(folder, "text_encoder", || {
+            LlamaModel::from_folder_variant(
+                folder.join("text_encoder"),
+                variant,
+                weights_dtype,
+                device,
+            )
+        })?;
         tracing::info!("{}: loading text_encoder_2", folder.display());
-        let text_encoder_2 = CLIPTextModel::from_folder_variant(
-            folder.join("text_encoder_2"),
-            variant,
-            weights_dtype,
-            device,
-        )?;
+        let text_encoder_2 = crate::quantization::load_component(folder, "text_encoder_2", || {
+            CLIPTextModel::from_folder_variant(
+                folder.join("text_encoder_2"),
+                variant,
+                weights_dtype,
+                device,
+            )
+        })?;
         Ok(Self {
             transformer,
             transformer_config,

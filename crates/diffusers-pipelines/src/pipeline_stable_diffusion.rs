@@ -269,12 +269,14 @@ impl Components {
     ) -> Result<(UNet2DConditionModel<B>, UNet2DConditionModelConfig)> {
         self.has("unet", &["UNet2DConditionModel"], true)?;
         tracing::info!("{}: loading unet", self.folder.display());
-        Ok(UNet2DConditionModel::from_folder_variant(
-            self.folder.join("unet"),
-            self.variant.as_deref(),
-            dtype,
-            device,
-        )?)
+        crate::quantization::load_component(&self.folder, "unet", || {
+            UNet2DConditionModel::from_folder_variant(
+                self.folder.join("unet"),
+                self.variant.as_deref(),
+                dtype,
+                device,
+            )
+        })
     }
 
     /// The VAE (`vae/`).
@@ -285,12 +287,14 @@ impl Components {
     ) -> Result<(AutoencoderKL<B>, AutoencoderKLConfig)> {
         self.has("vae", &["AutoencoderKL"], true)?;
         tracing::info!("{}: loading vae", self.folder.display());
-        Ok(AutoencoderKL::from_folder_variant(
-            self.folder.join("vae"),
-            self.variant.as_deref(),
-            dtype,
-            device,
-        )?)
+        crate::quantization::load_component(&self.folder, "vae", || {
+            AutoencoderKL::from_folder_variant(
+                self.folder.join("vae"),
+                self.variant.as_deref(),
+                dtype,
+                device,
+            )
+        })
     }
 
     /// A CLIP tokenizer folder, if present (`required` makes its absence an error).
@@ -737,12 +741,14 @@ impl<B: Backend> StableDiffusionPipeline<B> {
         let (unet, unet_config) = c.unet(weights_dtype, device)?;
         let (vae, vae_config) = c.vae(weights_dtype, device)?;
         tracing::info!("{}: loading text_encoder", c.folder.display());
-        let text_encoder = CLIPTextModel::from_folder_variant(
-            c.folder.join("text_encoder"),
-            c.variant.as_deref(),
-            weights_dtype,
-            device,
-        )?;
+        let text_encoder = crate::quantization::load_component(&c.folder, "text_encoder", || {
+            CLIPTextModel::from_folder_variant(
+                c.folder.join("text_encoder"),
+                c.variant.as_deref(),
+                weights_dtype,
+                device,
+            )
+        })?;
         Ok(Self {
             unet,
             unet_config,

@@ -228,23 +228,28 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
         let text_encoder = has_te
             .then(|| {
                 tracing::info!("{}: loading text_encoder", c.folder.display());
-                CLIPTextModel::from_folder_variant(
-                    c.folder.join("text_encoder"),
-                    c.variant.as_deref(),
-                    weights_dtype,
-                    device,
-                )
+                crate::quantization::load_component(&c.folder, "text_encoder", || {
+                    CLIPTextModel::from_folder_variant(
+                        c.folder.join("text_encoder"),
+                        c.variant.as_deref(),
+                        weights_dtype,
+                        device,
+                    )
+                })
             })
             .transpose()?;
         tracing::info!("{}: loading text_encoder_2", c.folder.display());
         let text_encoder_2_config =
             CLIPTextConfig::load(c.folder.join("text_encoder_2/config.json"))?;
-        let text_encoder_2 = CLIPTextModelWithProjection::from_folder_variant(
-            c.folder.join("text_encoder_2"),
-            c.variant.as_deref(),
-            weights_dtype,
-            device,
-        )?;
+        let text_encoder_2 =
+            crate::quantization::load_component(&c.folder, "text_encoder_2", || {
+                CLIPTextModelWithProjection::from_folder_variant(
+                    c.folder.join("text_encoder_2"),
+                    c.variant.as_deref(),
+                    weights_dtype,
+                    device,
+                )
+            })?;
         Ok(Self {
             unet,
             unet_config,

@@ -2,6 +2,7 @@
 //! `model_index.json` from a local folder or a hub repository and builds the pipeline its
 //! `_class_name` names.
 
+use diffusers_nn::footprint::{Footprint, memory_footprint};
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -71,6 +72,8 @@ pub struct PipelineOptions {
     /// those files are fetched and loaded (a model without them loads its default files, with a
     /// warning).
     pub variant: Option<String>,
+    /// Quantize components while loading (`quantization_config=PipelineQuantizationConfig(...)`).
+    pub quantization: Option<crate::quantization::PipelineQuantizationConfig>,
 }
 
 impl Default for PipelineOptions {
@@ -79,6 +82,7 @@ impl Default for PipelineOptions {
             repo: RepoOptions::default(),
             dtype: DType::F32,
             variant: None,
+            quantization: None,
         }
     }
 }
@@ -221,28 +225,105 @@ impl<B: Backend> DiffusionPipeline<B> {
         let variant = opts.variant.as_deref();
         let (root, index) = fetch(&repo, variant, progress)?;
         progress(LoadEvent::Loading(index.class_name.clone()));
-        match index.class_name.as_str() {
+        let quantization = match &opts.quantization {
+            Some(q) => {
+                let names: Vec<String> = (index.components.iter())
+                    .filter(|(_, c)| c.is_some())
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                Some((q.method, q.resolve(&names)?))
+            }
+            None => None,
+        };
+        crate::quantization::with_quantization(quantization, || {
+            Self::from_folder_class(repo_or_dir, &root, &index.class_name, variant, opts, device)
+        })
+    }
+
+    fn from_folder_class(
+        repo_or_dir: &str,
+        root: &std::path::Path,
+        class_name: &str,
+        variant: Option<&str>,
+        opts: &PipelineOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        match class_name {
             "FluxPipeline" | "FluxImg2ImgPipeline" => Ok(Self::Flux(Box::new(
-                FluxPipeline::from_folder_variant(&root, variant, opts.dtype, device)?,
+                FluxPipeline::from_folder_variant(root, variant, opts.dtype, device)?,
             ))),
             "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => Ok(
                 Self::StableDiffusion(Box::new(StableDiffusionPipeline::from_folder_variant(
-                    &root, variant, opts.dtype, device,
+                    root, variant, opts.dtype, device,
                 )?)),
             ),
             "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline" => Ok(
                 Self::StableDiffusionXL(Box::new(StableDiffusionXLPipeline::from_folder_variant(
-                    &root, variant, opts.dtype, device,
+                    root, variant, opts.dtype, device,
                 )?)),
             ),
             "WanPipeline" => Ok(Self::Wan(Box::new(WanPipeline::from_folder_variant(
-                &root, variant, opts.dtype, device,
+                root, variant, opts.dtype, device,
             )?))),
             "HunyuanVideoPipeline" => Ok(Self::HunyuanVideo(Box::new(
-                HunyuanVideoPipeline::from_folder_variant(&root, variant, opts.dtype, device)?,
+                HunyuanVideoPipeline::from_folder_variant(root, variant, opts.dtype, device)?,
             ))),
             other => Err(unsupported(repo_or_dir, other)),
         }
+    }
+
+    /// The bytes each component's weights hold (dense parameters plus packed quantized
+    /// weights), by model_index.json name (diffusers' `memory_footprint()` per component).
+    pub fn memory_footprint(&self) -> Vec<(&'static str, Footprint)> {
+        let mut v = Vec::new();
+        let mut add = |name: &'static str, f: Option<Footprint>| {
+            if let Some(f) = f {
+                v.push((name, f));
+            }
+        };
+        match self {
+            Self::Flux(p) => {
+                add("transformer", Some(memory_footprint(&p.transformer)));
+                add(
+                    "text_encoder",
+                    p.text_encoder.as_ref().map(memory_footprint),
+                );
+                add(
+                    "text_encoder_2",
+                    p.text_encoder_2.as_ref().map(memory_footprint),
+                );
+                add("vae", Some(memory_footprint(&p.vae)));
+            }
+            Self::StableDiffusion(p) => {
+                add("unet", Some(memory_footprint(&p.unet)));
+                add("text_encoder", Some(memory_footprint(&p.text_encoder)));
+                add("vae", Some(memory_footprint(&p.vae)));
+            }
+            Self::StableDiffusionXL(p) => {
+                add("unet", Some(memory_footprint(&p.unet)));
+                add(
+                    "text_encoder",
+                    p.text_encoder.as_ref().map(memory_footprint),
+                );
+                add("text_encoder_2", Some(memory_footprint(&p.text_encoder_2)));
+                add("vae", Some(memory_footprint(&p.vae)));
+            }
+            Self::Wan(p) => {
+                add("transformer", Some(memory_footprint(&p.transformer)));
+                add(
+                    "text_encoder",
+                    p.text_encoder.as_ref().map(memory_footprint),
+                );
+                add("vae", Some(memory_footprint(&p.vae)));
+            }
+            Self::HunyuanVideo(p) => {
+                add("transformer", Some(memory_footprint(&p.transformer)));
+                add("text_encoder", Some(memory_footprint(&p.text_encoder)));
+                add("text_encoder_2", Some(memory_footprint(&p.text_encoder_2)));
+                add("vae", Some(memory_footprint(&p.vae)));
+            }
+        }
+        v
     }
 
     /// The diffusers class name of the pipeline.

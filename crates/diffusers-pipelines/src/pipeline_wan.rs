@@ -224,31 +224,38 @@ impl<B: Backend> WanPipeline<B> {
         let scheduler = c.scheduler::<B>()?;
         let weights_dtype = (dtype != DType::F32).then_some(dtype);
         tracing::info!("{}: loading transformer", folder.display());
-        let (transformer, transformer_config) = WanTransformer3DModel::from_folder_variant(
-            folder.join("transformer"),
-            variant,
-            weights_dtype,
-            device,
-        )?;
+        let (transformer, transformer_config) =
+            crate::quantization::load_component(folder, "transformer", || {
+                WanTransformer3DModel::from_folder_variant(
+                    folder.join("transformer"),
+                    variant,
+                    weights_dtype,
+                    device,
+                )
+            })?;
         tracing::info!("{}: loading vae", folder.display());
-        let (vae, vae_config) = AutoencoderKLWan::from_folder_variant(
-            folder.join("vae"),
-            variant,
-            weights_dtype,
-            device,
-        )?;
+        let (vae, vae_config) = crate::quantization::load_component(folder, "vae", || {
+            AutoencoderKLWan::from_folder_variant(
+                folder.join("vae"),
+                variant,
+                weights_dtype,
+                device,
+            )
+        })?;
         let tokenizer = has_tok
             .then(|| PromptTokenizer::from_pretrained(folder.join("tokenizer")))
             .transpose()?;
         let text_encoder = has_te
             .then(|| {
                 tracing::info!("{}: loading text_encoder", folder.display());
-                UMT5EncoderModel::from_folder_variant(
-                    folder.join("text_encoder"),
-                    variant,
-                    weights_dtype,
-                    device,
-                )
+                crate::quantization::load_component(folder, "text_encoder", || {
+                    UMT5EncoderModel::from_folder_variant(
+                        folder.join("text_encoder"),
+                        variant,
+                        weights_dtype,
+                        device,
+                    )
+                })
             })
             .transpose()?;
         Ok(Self {

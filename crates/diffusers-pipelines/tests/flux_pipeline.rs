@@ -614,3 +614,154 @@ fn f16_end_to_end_on_flex() {
 /// f16 keeps 3 more mantissa bits than bf16, so about 8x less rounding error: measured 1.2e-3
 /// max abs from diffusers' f32 image (bf16: 2.5e-2). Tolerance 2.5x that.
 const F16_IMAGE_ATOL: f32 = 3e-3;
+
+/// The tiny Flux pipeline with its transformer quantized while loading (oracle stage
+/// `quantization`: diffusers + bitsandbytes 0.50.2 on CPU, f32 compute), from the prompt and
+/// latents of `flux_prompt`. Quantization moves the image by 5.7e-2 (NF4) to 6.5e-2 (FP4), so
+/// the 1e-4 bound checks the packed weights and the kernel, not just the dense path.
+mod quantized {
+    use super::*;
+    use diffusers_nn::footprint::memory_footprint;
+    use diffusers_pipelines::quantization::{PipelineQuantizationConfig, QuantMethod};
+
+    fn run(folder: &std::path::Path, opts: &PipelineOptions) -> (Vec<f32>, (usize, usize)) {
+        let fx = Fixture::open("quantization/flux_pipeline");
+        let pipe = DiffusionPipeline::<Cpu>::from_pretrained(
+            &folder.to_string_lossy(),
+            opts,
+            &Default::default(),
+        )
+        .expect("from_pretrained");
+        let DiffusionPipeline::Flux(mut p) = pipe else {
+            panic!("not flux")
+        };
+        let fp = memory_footprint(&p.transformer);
+        let call = FluxCall {
+            height: Some(16),
+            width: Some(24),
+            num_inference_steps: 3,
+            guidance_scale: 3.5,
+            max_sequence_length: 8,
+            latents: Some(fx.tensor("latents", &Default::default(), DType::F32)),
+            output_type: OutputType::Array,
+            ..FluxCall::new("a photo of the cat")
+        };
+        let out = p.call(call).expect("call");
+        let img = array(&out)
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("f32");
+        (img, (fp.dense_bytes, fp.packed_bytes))
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn quantized_while_loading_matches_diffusers_bitsandbytes() {
+        let fx = Fixture::open("quantization/flux_pipeline");
+        let dense = fx.values("dense.images");
+        for (case, method) in [
+            ("nf4", QuantMethod::parse("nf4", false)),
+            ("fp4_dq", QuantMethod::parse("fp4", true)),
+            ("nf4_dq", QuantMethod::parse("nf4", true)),
+        ] {
+            let opts = PipelineOptions {
+                quantization: Some(PipelineQuantizationConfig::new(method.expect("method"))),
+                ..Default::default()
+            };
+            let (img, (dense_bytes, packed)) = run(&folder(), &opts);
+            let want = fx.values(&format!("{case}.images"));
+            let err = max_diff(&img, &want);
+            assert!(err <= 1e-4, "{case}: {err} from diffusers");
+            assert!(max_diff(&img, &dense) > 1e-2, "{case}: not quantized?");
+            // Every Linear of the transformer is packed; norms, embeddings and biases stay dense.
+            assert!(
+                packed > 0 && dense_bytes > 0,
+                "{case}: {dense_bytes} {packed}"
+            );
+        }
+    }
+
+    /// A repository whose transformer diffusers saved quantized (NF4, double quantization)
+    /// loads packed with no option and gives diffusers' image.
+    #[test]
+    fn prequantized_checkpoint_loads_with_no_option() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(&folder(), dir.path());
+        let t = dir.path().join("transformer");
+        std::fs::remove_dir_all(&t).expect("rm");
+        copy_dir(
+            &fixtures_dir().join("quantization/tiny_flux_transformer_nf4_dq"),
+            &t,
+        );
+        let (img, (_, packed)) = run(dir.path(), &PipelineOptions::default());
+        let fx = Fixture::open("quantization/flux_pipeline");
+        let err = max_diff(&img, &fx.values("nf4_dq.images"));
+        assert!(err <= 1e-4, "{err} from diffusers");
+        assert!(packed > 0);
+
+        // The same checkpoint with one quant-state tensor missing: an error naming it.
+        let file = t.join("diffusion_pytorch_model.safetensors");
+        let bytes = std::fs::read(&file).expect("read");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
+        let gone = "transformer_blocks.0.attn.to_q.weight.quant_state.bitsandbytes__nf4";
+        let kept: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(k, _)| k != gone)
+            .collect();
+        let out = safetensors::serialize(kept, None).expect("serialize");
+        std::fs::write(&file, out).expect("write");
+        let err = DiffusionPipeline::<Cpu>::from_pretrained(
+            &dir.path().to_string_lossy(),
+            &PipelineOptions::default(),
+            &Default::default(),
+        )
+        .map(|_| ())
+        .expect_err("missing quant state");
+        let msg = err.to_string();
+        assert!(msg.contains(gone) && msg.contains("missing"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_component_to_quantize_is_an_error() {
+        let opts = PipelineOptions {
+            quantization: Some(PipelineQuantizationConfig {
+                method: QuantMethod::Int8,
+                components_to_quantize: vec!["transformer".into(), "text_encoder_3".into()],
+            }),
+            ..Default::default()
+        };
+        let err = DiffusionPipeline::<Cpu>::from_pretrained(
+            &folder().to_string_lossy(),
+            &opts,
+            &Default::default(),
+        )
+        .map(|_| ())
+        .expect_err("error");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`text_encoder_3`") && msg.contains("text_encoder_2"),
+            "{msg}"
+        );
+    }
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read_dir") {
+            let e = e.expect("entry");
+            let dst = to.join(e.file_name());
+            if e.path().is_dir() {
+                copy_dir(&e.path(), &dst);
+            } else {
+                std::fs::copy(e.path(), dst).expect("copy");
+            }
+        }
+    }
+}

@@ -86,8 +86,8 @@ pub const NF4_CODE: [f32; 16] = [
 /// `-0` is a Python integer, so both zeros are +0).
 pub const FP4_CODE: [f32; 16] = {
     let v = [
-        0.0f32, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, 0.0, -0.0625, -8.0, -12.0, -4.0, -6.0,
-        -2.0, -3.0,
+        0.0f32, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, 0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0,
+        -3.0,
     ];
     let mut out = [0.0f32; 16];
     let mut i = 0;
@@ -325,10 +325,10 @@ pub fn torch_sum_f32(x: &[f32]) -> f32 {
                 i += 1;
             }
             for j in 1..LEVELS {
-                for k in 0..ILP {
-                    let lower = acc[j - 1][k];
-                    add(&mut acc[j][k], &lower);
-                    acc[j - 1][k] = [0.0; W];
+                let (below, above) = acc.split_at_mut(j);
+                for (upper, lower) in above[0].iter_mut().zip(below[j - 1].iter_mut()) {
+                    add(upper, lower);
+                    *lower = [0.0; W];
                 }
                 if i & (level_mask << (j * level_power)) != 0 {
                     break;
@@ -342,9 +342,9 @@ pub fn torch_sum_f32(x: &[f32]) -> f32 {
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..ILP {
-                let upper = acc[j][k];
-                add(&mut acc[0][k], &upper);
+            let (first, rest) = acc.split_at_mut(1);
+            for (a, upper) in first[0].iter_mut().zip(rest[j - 1].iter()) {
+                add(a, upper);
             }
         }
         partial = acc[0];
@@ -452,13 +452,19 @@ mod tests {
 
     #[test]
     fn round_trip_is_within_half_a_code_step() {
-        let x: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let x: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         for t in [Bnb4bitType::Nf4, Bnb4bitType::Fp4] {
             for dq in [false, true] {
                 let q = Bnb4bit::quantize(&x, 64, t, dq).expect("valid");
                 let mut y = vec![0.0; x.len()];
                 q.dequantize_range(0, &mut y);
-                let worst = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                let worst = x
+                    .iter()
+                    .zip(&y)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
                 // The largest gap between neighbouring code values is 1/3 (FP4) of the
                 // absmax (7.2 here): half of it bounds the error.
                 assert!(worst <= 7.2 / 6.0 + 0.05, "{t:?} {dq}: {worst}");

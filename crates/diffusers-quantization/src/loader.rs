@@ -235,7 +235,12 @@ fn read_bnb_4bit(
             quant_type.name()
         )));
     }
-    let mut keys = vec![key.to_string(), state_key.to_string(), absmax_k.clone(), map_k];
+    let mut keys = vec![
+        key.to_string(),
+        state_key.to_string(),
+        absmax_k.clone(),
+        map_k,
+    ];
     let absmax = match (state.nested_blocksize, state.nested_offset) {
         (Some(nested_blocksize), Some(offset)) => {
             let (na, nm) = (

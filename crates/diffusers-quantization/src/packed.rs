@@ -49,6 +49,30 @@ impl QuantMethod {
         })
     }
 
+    /// Bytes a `[rows, cols]` weight takes packed in this format, values and scales (what
+    /// [`QuantizedTensor::nbytes`] reports for it), without quantizing anything.
+    pub fn packed_bytes(&self, rows: usize, cols: usize) -> usize {
+        let n = rows * cols;
+        match *self {
+            QuantMethod::Bnb4bit {
+                blocksize,
+                double_quant,
+                ..
+            } => {
+                let blocks = n.div_ceil(blocksize);
+                let scales = if double_quant {
+                    blocks + 4 * blocks.div_ceil(crate::bnb_4bit::NESTED_BLOCKSIZE) + 4 * 256 + 4
+                } else {
+                    4 * blocks
+                };
+                n.div_ceil(2) + scales
+            }
+            QuantMethod::Int8 => n + 4 * rows,
+            QuantMethod::Fp8(Fp8Granularity::PerRow) => n + 4 * rows,
+            QuantMethod::Fp8(Fp8Granularity::PerTensor) => n + 4,
+        }
+    }
+
     /// A short name (`nf4`, `fp4`, `int8`, `fp8`).
     pub fn name(&self) -> &'static str {
         match self {
@@ -249,4 +273,30 @@ pub fn stash(q: QuantizedTensor) -> Result<()> {
 /// Takes the stashed weight, if any (see [`stash`]).
 pub fn take_stashed() -> Option<Arc<QuantizedTensor>> {
     STASH.with(|s| s.borrow_mut().take())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_bytes_is_what_quantizing_holds() {
+        for (rows, cols) in [(3, 40), (16, 128), (300, 64)] {
+            let x: Vec<f32> = (0..rows * cols).map(|i| (i % 17) as f32 - 8.0).collect();
+            for name in ["nf4", "fp4", "int8", "fp8", "fp8-tensor"] {
+                for dq in [false, true] {
+                    if dq && !name.ends_with('4') {
+                        continue;
+                    }
+                    let m = QuantMethod::parse(name, dq).expect("method");
+                    let q = QuantizedTensor::quantize(&x, rows, cols, m).expect("quantize");
+                    assert_eq!(
+                        m.packed_bytes(rows, cols),
+                        q.nbytes(),
+                        "{name} {dq} {rows}x{cols}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -55,8 +55,9 @@ pub enum HookDecision {
 /// module expects, and the checkpoint. Quantization installs one (with
 /// [`with_linear_hook`]) to pack each weight as it comes out of the file, so no dense copy of a
 /// quantized component is ever held; the error string becomes [`Error::LinearHook`].
-pub type LinearHook =
-    Arc<dyn Fn(&str, &[usize], &Weights) -> std::result::Result<HookDecision, String> + Send + Sync>;
+pub type LinearHook = Arc<
+    dyn Fn(&str, &[usize], &Weights) -> std::result::Result<HookDecision, String> + Send + Sync,
+>;
 
 thread_local! {
     static LINEAR_HOOK: RefCell<Option<LinearHook>> = const { RefCell::new(None) };

@@ -197,11 +197,14 @@ impl SafetensorsFile {
             "I8" => Some(DType::I8),
             _ => None,
         };
-        let dtype = float_dtype(&info.dtype).or(byte_dtype).ok_or_else(|| Error::UnsupportedDtype {
-            path: self.path.clone(),
-            key: key.to_string(),
-            dtype: info.dtype.clone(),
-        })?;
+        let dtype =
+            float_dtype(&info.dtype)
+                .or(byte_dtype)
+                .ok_or_else(|| Error::UnsupportedDtype {
+                    path: self.path.clone(),
+                    key: key.to_string(),
+                    dtype: info.dtype.clone(),
+                })?;
         let src = &self.mmap[self.data_start + start..self.data_start + end];
         let bytes = match dtype.size() {
             8 => copy_out::<u64>(src),

@@ -22,7 +22,6 @@ fn bytes(f: &Fixture, key: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{key}: {e:?}"))
 }
 
-
 /// Bit-equality of two f32 slices, reporting the first difference and how many there are.
 #[track_caller]
 fn assert_bits(a: &[f32], b: &[f32], what: &str) {
@@ -52,7 +51,11 @@ fn codes_equal_bitsandbytes() {
     assert_bits(&FP4_CODE, &f.values("code.fp4"), "values");
     // The nested map saved with a double-quantized weight (first value -1, as the C quantizer
     // sets it).
-    assert_bits(&dynamic_map(), &f.values("w.nf4_dq.nested_quant_map"), "values");
+    assert_bits(
+        &dynamic_map(),
+        &f.values("w.nf4_dq.nested_quant_map"),
+        "values",
+    );
 }
 
 #[test]
@@ -66,9 +69,7 @@ fn bnb_4bit_packed_bytes_and_dequantized_values_are_bit_equal() {
                 let q = Bnb4bit::quantize(&x, 64, t, dq).expect("quantize");
                 assert_eq!(q.data, bytes(&f, &format!("{c}.packed")), "{c}: packed");
                 match &q.absmax {
-                    Absmax::Plain(a) => {
-                        assert_bits(a, &f.values(&format!("{c}.absmax")), &c)
-                    }
+                    Absmax::Plain(a) => assert_bits(a, &f.values(&format!("{c}.absmax")), &c),
                     Absmax::Nested {
                         q: qa,
                         nested_absmax,
@@ -123,10 +124,18 @@ fn int8_equals_the_documented_formula() {
             .into_vec::<i8>()
             .expect("i8");
         assert_eq!(q.data, want, "{input}");
-        assert_bits(&q.scales, &f.values(&format!("{input}.int8.scale")), "values");
+        assert_bits(
+            &q.scales,
+            &f.values(&format!("{input}.int8.scale")),
+            "values",
+        );
         let mut y = vec![0.0; x.len()];
         q.dequantize_range(0, &mut y);
-        assert_bits(&y, &f.values(&format!("{input}.int8.dequantized")), "values");
+        assert_bits(
+            &y,
+            &f.values(&format!("{input}.int8.dequantized")),
+            "values",
+        );
     }
 }
 
@@ -142,10 +151,10 @@ fn fp8_equals_pytorch_float8_conversion() {
             let c = format!("{input}.fp8_{name}");
             let q = Fp8E4m3::quantize(&x, cols, g).expect("quantize");
             assert_eq!(q.data, bytes(&f, &format!("{c}.q")), "{c}");
-            assert_bits(&q.scales, &f.values(&format!("{c}.scale")), &format!("{c}"));
+            assert_bits(&q.scales, &f.values(&format!("{c}.scale")), &c);
             let mut y = vec![0.0; x.len()];
             q.dequantize_range(0, &mut y);
-            assert_bits(&y, &f.values(&format!("{c}.dequantized")), &format!("{c}"));
+            assert_bits(&y, &f.values(&format!("{c}.dequantized")), &c);
         }
     }
 }
