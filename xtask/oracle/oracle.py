@@ -1089,6 +1089,45 @@ def stage_hunyuan_video_vae(out: Path):
 
 
 @torch.no_grad()
+def stage_hunyuan_video_vae_tiling(out: Path):
+    """The tiny HunyuanVideo VAE of stage hunyuan_video_vae (loaded from its committed folder)
+    past the sizes where diffusers splits the work: framewise decoding of 7 latent frames
+    (above 4: windows of 5 latent frames every 3, the last one a single frame) and framewise
+    encoding of 25 frames (above 16: windows of 17 frames every 12, the last a single frame), both
+    on by default; and after enable_tiling with tiles of 16x16 pixels every 8 (2x2 latent pixels
+    every 1), spatially tiled decode and encode of one frame, and a decode both framewise and
+    tiled."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    c = Cases()
+    root = out / "vae"
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(root / "hunyuan_video_tiny").eval()
+    assert vae.use_framewise_decoding and vae.use_framewise_encoding and not vae.use_tiling
+    torch.manual_seed(29)
+    z = vae.config.latent_channels
+    latents_long = torch.randn(1, z, 7, 2, 2)
+    decoded_long = vae.decode(latents_long).sample
+    video_long = torch.rand(1, 3, 25, 8, 8) * 2 - 1
+    mean_long = vae.encode(video_long).latent_dist.mean
+    vae.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=16, tile_sample_stride_height=8,
+                      tile_sample_stride_width=8)
+    latents_wide = torch.randn(1, z, 1, 4, 3)
+    decoded_wide = vae.decode(latents_wide).sample
+    video_wide = torch.rand(1, 3, 1, 32, 24) * 2 - 1
+    mean_wide = vae.encode(video_wide).latent_dist.mean
+    latents_both = torch.randn(1, z, 5, 3, 2)
+    decoded_both = vae.decode(latents_both).sample
+    c.add("hunyuan_video_tiny", "autoencoder_kl_hunyuan_video_tiling",
+          {"folder": "vae/hunyuan_video_tiny", "tile_sample_min_height": 16, "tile_sample_min_width": 16,
+           "tile_sample_stride_height": 8, "tile_sample_stride_width": 8},
+          {"latents_long": latents_long, "video_long": video_long, "latents_wide": latents_wide,
+           "video_wide": video_wide, "latents_both": latents_both},
+          {"decoded_long": decoded_long, "mean_long": mean_long, "decoded_wide": decoded_wide,
+           "mean_wide": mean_wide, "decoded_both": decoded_both})
+    c.save(root, "autoencoder_kl_hunyuan_video_tiling")
+
+
+@torch.no_grad()
 def stage_transformers(out: Path):
     """Tiny FluxTransformer2DModels (FLUX.1-dev style with guidance, schnell style without),
     saved in the hub layout, and one denoiser call each."""
@@ -2388,6 +2427,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "llama": stage_llama,
           "wan_vae": stage_wan_vae,
           "hunyuan_video_vae": stage_hunyuan_video_vae,
+          "hunyuan_video_vae_tiling": stage_hunyuan_video_vae_tiling,
           "transformers": stage_transformers, "wan_transformer": stage_wan_transformer,
           "wan_pipeline": stage_wan_pipeline,
           "hunyuan_video_pipeline": stage_hunyuan_video_pipeline,

@@ -5,10 +5,11 @@
 //! `k - 1` times in front, none behind, edges replicated in space too), the first frame is
 //! down- and upsampled in space only so that latent frame 0 stands for video frame 0 alone, and
 //! the mid block's attention lets a token see its own frame and earlier ones
-//! (`prepare_causal_attention_mask`). Unlike Wan's VAE the whole video goes through in one pass:
-//! this is diffusers' `_encode`/`_decode` with `use_tiling` off (its default) and without
-//! framewise encoding/decoding, which diffusers switches on by default but only uses above 16
-//! frames (4 latent frames); tiling, framewise processing and slicing are not implemented.
+//! (`prepare_causal_attention_mask`). As in diffusers, videos longer than 16 frames are encoded,
+//! and latents longer than 4 frames decoded, in overlapping windows of frames blended together
+//! (`use_framewise_encoding`/`use_framewise_decoding`, on by default); spatial tiling
+//! ([`AutoencoderKLHunyuanVideo::enable_tiling`]) and slicing over the batch are off by default.
+//! All of it is set through [`VideoVaeTiling`].
 
 use std::path::Path;
 
@@ -27,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::vae::DiagonalGaussianDistribution;
 use crate::vae::SpatialAttention;
+pub use crate::vae::VideoVaeTiling;
+use crate::vae::{blend_frames, blend_tiles};
 use crate::{Error, Result};
 
 const MODEL: &str = "AutoencoderKLHunyuanVideo";
@@ -594,6 +597,8 @@ pub struct AutoencoderKLHunyuanVideo<B: Backend> {
     spatial_factor: usize,
     temporal_factor: usize,
     scaling_factor: f64,
+    #[module(skip)]
+    tiling: VideoVaeTiling,
 }
 
 impl<B: Backend> AutoencoderKLHunyuanVideo<B> {
@@ -614,7 +619,51 @@ impl<B: Backend> AutoencoderKLHunyuanVideo<B> {
             spatial_factor: c.spatial_factor(),
             temporal_factor: c.temporal_factor(),
             scaling_factor: c.scaling_factor,
+            tiling: Self::default_tiling(),
         })
+    }
+
+    /// diffusers' defaults for this VAE: framewise encoding and decoding on (above 16 frames,
+    /// windows of 16 + 1 frames every 12), spatial tiling (tiles of 256x256 pixels every 192) and
+    /// slicing off.
+    pub fn default_tiling() -> VideoVaeTiling {
+        VideoVaeTiling {
+            use_tiling: false,
+            use_slicing: false,
+            use_framewise_encoding: true,
+            use_framewise_decoding: true,
+            tile_sample_min_height: 256,
+            tile_sample_min_width: 256,
+            tile_sample_min_num_frames: 16,
+            tile_sample_stride_height: 192,
+            tile_sample_stride_width: 192,
+            tile_sample_stride_num_frames: 12,
+        }
+    }
+
+    /// How encode and decode split their work.
+    pub fn tiling(&self) -> &VideoVaeTiling {
+        &self.tiling
+    }
+
+    /// Sets how encode and decode split their work; an error when a tile size or stride is not
+    /// a positive multiple of the compression factors or a stride exceeds its tile.
+    pub fn set_tiling(&mut self, tiling: VideoVaeTiling) -> Result<()> {
+        tiling
+            .validate(self.spatial_factor, self.temporal_factor)
+            .map_err(invalid)?;
+        self.tiling = tiling;
+        Ok(())
+    }
+
+    /// diffusers' `enable_tiling()`: spatial tiles for frames larger than the tile size.
+    pub fn enable_tiling(&mut self) {
+        self.tiling.use_tiling = true;
+    }
+
+    /// diffusers' `enable_slicing()`: one batch element at a time.
+    pub fn enable_slicing(&mut self) {
+        self.tiling.use_slicing = true;
     }
 
     /// Loads `config.json` and the diffusers weights (`diffusion_pytorch_model.safetensors`) of a
@@ -687,13 +736,112 @@ impl<B: Backend> AutoencoderKLHunyuanVideo<B> {
                 "video size {h}x{w} is not a positive multiple of {s}"
             )));
         }
-        let moments = self.quant_conv.forward(self.encoder.forward(video));
+        let moments = if self.tiling.use_slicing && b > 1 {
+            let parts = (0..b)
+                .map(|i| self.encode_moments(video.clone().narrow(0, i, 1)))
+                .collect();
+            Tensor::cat(parts, 0)
+        } else {
+            self.encode_moments(video)
+        };
         Ok(DiagonalGaussianDistribution::from_moments(moments))
+    }
+
+    /// diffusers' `_encode`: framewise above the frame tile, else tiled above the spatial tile
+    /// (when tiling is on), else one pass.
+    fn encode_moments(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let t = &self.tiling;
+        let [_, _, f, h, w] = x.dims();
+        if t.use_framewise_encoding && f > t.tile_sample_min_num_frames {
+            return self.temporal_tiled_encode(x);
+        }
+        if t.use_tiling && (w > t.tile_sample_min_width || h > t.tile_sample_min_height) {
+            return self.tiled_encode(x);
+        }
+        self.quant_conv.forward(self.encoder.forward(x))
+    }
+
+    /// diffusers' `tiled_encode`: overlapping spatial tiles, blended in latent space.
+    fn tiled_encode(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let (t, s) = (&self.tiling, self.spatial_factor);
+        let [_, _, _, h, w] = x.dims();
+        let (min_h, min_w) = (t.tile_sample_min_height / s, t.tile_sample_min_width / s);
+        let (stride_h, stride_w) = (
+            t.tile_sample_stride_height / s,
+            t.tile_sample_stride_width / s,
+        );
+        let mut rows = Vec::new();
+        for i in (0..h).step_by(t.tile_sample_stride_height) {
+            let mut row = Vec::new();
+            for j in (0..w).step_by(t.tile_sample_stride_width) {
+                let tile = x.clone().slice([
+                    0..x.dims()[0],
+                    0..x.dims()[1],
+                    0..x.dims()[2],
+                    i..(i + t.tile_sample_min_height).min(h),
+                    j..(j + t.tile_sample_min_width).min(w),
+                ]);
+                row.push(self.quant_conv.forward(self.encoder.forward(tile)));
+            }
+            rows.push(row);
+        }
+        let out = blend_tiles(
+            rows,
+            [min_h - stride_h, min_w - stride_w],
+            [stride_h, stride_w],
+        );
+        let [b, c, f, _, _] = out.dims();
+        out.slice([0..b, 0..c, 0..f, 0..h / s, 0..w / s])
+    }
+
+    /// diffusers' `_temporal_tiled_encode`: windows of `tile_sample_min_num_frames + 1` frames
+    /// every `tile_sample_stride_num_frames`, each but the first without its first latent frame,
+    /// blended in latent space.
+    fn temporal_tiled_encode(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let (t, tf) = (&self.tiling, self.temporal_factor);
+        let [_, _, f, h, w] = x.dims();
+        let latent_frames = (f - 1) / tf + 1;
+        let (min_t, stride_t) = (
+            t.tile_sample_min_num_frames / tf,
+            t.tile_sample_stride_num_frames / tf,
+        );
+        let mut windows = Vec::new();
+        for i in (0..f).step_by(t.tile_sample_stride_num_frames) {
+            let n = (t.tile_sample_min_num_frames + 1).min(f - i);
+            let tile = x.clone().narrow(2, i, n);
+            let tile =
+                if t.use_tiling && (h > t.tile_sample_min_height || w > t.tile_sample_min_width) {
+                    self.tiled_encode(tile)
+                } else {
+                    self.quant_conv.forward(self.encoder.forward(tile))
+                };
+            let lf = tile.dims()[2];
+            match i {
+                0 => windows.push(tile),
+                // A one-frame window is all overlap: nothing left once its first frame goes.
+                _ if lf > 1 => windows.push(tile.narrow(2, 1, lf - 1)),
+                _ => {}
+            }
+        }
+        let out = blend_frames(windows, min_t - stride_t, stride_t);
+        let n = out.dims()[2].min(latent_frames);
+        out.narrow(2, 0, n)
     }
 
     /// Decodes latents `[b, latent_channels, f, h, w]` to a video `[b, out_channels, 1 + (f - 1)
     /// * 4, 8h, 8w]` (with the usual config), in one pass and not clamped (as diffusers).
     pub fn decode(&self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>> {
+        self.decode_with_progress(latents, &mut |_, _| {})
+    }
+
+    /// [`decode`](Self::decode) reporting `(latent frames decoded, latent
+    /// frames)` as frame windows finish: once for a single pass, after each window when
+    /// decoding framewise.
+    pub fn decode_with_progress(
+        &self,
+        latents: Tensor<B, 5>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor<B, 5>> {
         let [b, c, f, h, w] = latents.dims();
         if c != self.latent_channels {
             return Err(invalid(format!(
@@ -704,6 +852,112 @@ impl<B: Backend> AutoencoderKLHunyuanVideo<B> {
         if b == 0 || f == 0 || h == 0 || w == 0 {
             return Err(invalid(format!("empty latents {:?}", latents.dims())));
         }
-        Ok(self.decoder.forward(self.post_quant_conv.forward(latents)))
+        if self.tiling.use_slicing && b > 1 {
+            let parts = (0..b)
+                .map(|i| self.decode_one(latents.clone().narrow(0, i, 1), &mut |_, _| {}))
+                .collect();
+            progress(f, f);
+            return Ok(Tensor::cat(parts, 0));
+        }
+        Ok(self.decode_one(latents, progress))
+    }
+
+    /// diffusers' `_decode`.
+    fn decode_one(&self, z: Tensor<B, 5>, progress: &mut dyn FnMut(usize, usize)) -> Tensor<B, 5> {
+        let (t, s, tf) = (&self.tiling, self.spatial_factor, self.temporal_factor);
+        let [_, _, f, h, w] = z.dims();
+        if t.use_framewise_decoding && f > t.tile_sample_min_num_frames / tf {
+            return self.temporal_tiled_decode(z, progress);
+        }
+        let out = if t.use_tiling
+            && (w > t.tile_sample_min_width / s || h > t.tile_sample_min_height / s)
+        {
+            self.tiled_decode(z)
+        } else {
+            self.decoder.forward(self.post_quant_conv.forward(z))
+        };
+        progress(f, f);
+        out
+    }
+
+    /// diffusers' `tiled_decode`: overlapping latent tiles, blended in pixel space.
+    fn tiled_decode(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
+        let (t, s) = (&self.tiling, self.spatial_factor);
+        let [b, c, f, h, w] = z.dims();
+        let (min_h, min_w) = (t.tile_sample_min_height / s, t.tile_sample_min_width / s);
+        let (stride_h, stride_w) = (
+            t.tile_sample_stride_height / s,
+            t.tile_sample_stride_width / s,
+        );
+        let mut rows = Vec::new();
+        for i in (0..h).step_by(stride_h) {
+            let mut row = Vec::new();
+            for j in (0..w).step_by(stride_w) {
+                let tile = z.clone().slice([
+                    0..b,
+                    0..c,
+                    0..f,
+                    i..(i + min_h).min(h),
+                    j..(j + min_w).min(w),
+                ]);
+                row.push(self.decoder.forward(self.post_quant_conv.forward(tile)));
+            }
+            rows.push(row);
+        }
+        let out = blend_tiles(
+            rows,
+            [
+                t.tile_sample_min_height - t.tile_sample_stride_height,
+                t.tile_sample_min_width - t.tile_sample_stride_width,
+            ],
+            [t.tile_sample_stride_height, t.tile_sample_stride_width],
+        );
+        let [b, c, f, _, _] = out.dims();
+        out.slice([0..b, 0..c, 0..f, 0..h * s, 0..w * s])
+    }
+
+    /// diffusers' `_temporal_tiled_decode`: windows of `tile_sample_min_num_frames / 4 + 1`
+    /// latent frames every `tile_sample_stride_num_frames / 4`, each decoded video but the first
+    /// without its first frame, blended over `tile_sample_min_num_frames -
+    /// tile_sample_stride_num_frames` frames.
+    fn temporal_tiled_decode(
+        &self,
+        z: Tensor<B, 5>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Tensor<B, 5> {
+        let (t, s, tf) = (&self.tiling, self.spatial_factor, self.temporal_factor);
+        let [_, _, f, _, _] = z.dims();
+        let sample_frames = (f - 1) * tf + 1;
+        let (min_t, stride_t) = (
+            t.tile_sample_min_num_frames / tf,
+            t.tile_sample_stride_num_frames / tf,
+        );
+        let mut windows = Vec::new();
+        for i in (0..f).step_by(stride_t) {
+            let tile = z.clone().narrow(2, i, (min_t + 1).min(f - i));
+            let [_, _, _, th, tw] = tile.dims();
+            let decoded = if t.use_tiling
+                && (tw > t.tile_sample_min_width / s || th > t.tile_sample_min_height / s)
+            {
+                self.tiled_decode(tile)
+            } else {
+                self.decoder.forward(self.post_quant_conv.forward(tile))
+            };
+            let n = decoded.dims()[2];
+            match i {
+                0 => windows.push(decoded),
+                // A one-frame window is all overlap: nothing left once its first frame goes.
+                _ if n > 1 => windows.push(decoded.narrow(2, 1, n - 1)),
+                _ => {}
+            }
+            progress((i + min_t + 1).min(f), f);
+        }
+        let out = blend_frames(
+            windows,
+            t.tile_sample_min_num_frames - t.tile_sample_stride_num_frames,
+            t.tile_sample_stride_num_frames,
+        );
+        let n = out.dims()[2].min(sample_frames);
+        out.narrow(2, 0, n)
     }
 }

@@ -938,6 +938,16 @@ impl<B: Backend> AutoencoderKLWan<B> {
     /// factor, 8h, 8w]` clamped to `[-1, 1]` (as diffusers' `decode`): one latent frame at a
     /// time, through the feature cache.
     pub fn decode(&self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>> {
+        self.decode_with_progress(latents, &mut |_, _| {})
+    }
+
+    /// [`decode`](Self::decode) reporting `(latent frames decoded, latent
+    /// frames)` after each latent frame.
+    pub fn decode_with_progress(
+        &self,
+        latents: Tensor<B, 5>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor<B, 5>> {
         let [b, c, f, h, w] = latents.dims();
         if c != self.z_dim {
             return Err(invalid(format!(
@@ -954,6 +964,7 @@ impl<B: Backend> AutoencoderKLWan<B> {
         for i in 0..f {
             cache.start_chunk();
             out.push(self.decoder.forward(x.clone().narrow(2, i, 1), &mut cache));
+            progress(i + 1, f);
         }
         Ok(Tensor::cat(out, 2).clamp(-1.0, 1.0))
     }

@@ -7,10 +7,11 @@
 //! - [`autoencoder_kl_wan::AutoencoderKLWan`] (Wan 2.1): causal 3D video VAE, encode and decode
 //!   chunk by chunk through diffusers' feature cache, `latents_mean`/`latents_std` in the config.
 //! - [`autoencoder_kl_hunyuan_video::AutoencoderKLHunyuanVideo`] (HunyuanVideo): causal 3D video
-//!   VAE with replicate padding and a causal frame mask in the mid attention, encode and decode in
-//!   one pass, `scaling_factor` in the config.
+//!   VAE with replicate padding and a causal frame mask in the mid attention, `scaling_factor` in
+//!   the config; long videos encoded and decoded in overlapping frame windows as diffusers does
+//!   by default, spatial tiling and batch slicing on request ([`vae::VideoVaeTiling`]).
 //!
-//! Tiling, slicing and the other video VAEs come later.
+//! Tiling and slicing of the image VAE and of Wan's come later.
 
 pub mod autoencoder_kl;
 pub mod autoencoder_kl_hunyuan_video;

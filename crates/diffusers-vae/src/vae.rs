@@ -340,3 +340,197 @@ impl<B: Backend, const D: usize> DiagonalGaussianDistribution<B, D> {
         self.mean.clone() + std * noise
     }
 }
+
+/// How a video VAE splits its passes: diffusers' `use_tiling`, `use_slicing`,
+/// `use_framewise_encoding`/`use_framewise_decoding` and the `tile_sample_*` attributes that
+/// `enable_tiling` sets, in sample pixels and frames.
+///
+/// Each model starts from diffusers' defaults for it (for HunyuanVideo's VAE: framewise passes
+/// on, tiles of 256x256 pixels and 16 frames with strides 192 and 12, spatial tiling and
+/// slicing off).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VideoVaeTiling {
+    /// Split large frames into overlapping spatial tiles (`enable_tiling`).
+    pub use_tiling: bool,
+    /// Encode and decode one batch element at a time (`enable_slicing`).
+    pub use_slicing: bool,
+    /// Encode long videos in overlapping frame windows.
+    pub use_framewise_encoding: bool,
+    /// Decode long latents in overlapping frame windows.
+    pub use_framewise_decoding: bool,
+    /// Tile height in pixels above which a frame is tiled.
+    pub tile_sample_min_height: usize,
+    /// Tile width in pixels above which a frame is tiled.
+    pub tile_sample_min_width: usize,
+    /// Frames above which a video is processed in frame windows.
+    pub tile_sample_min_num_frames: usize,
+    /// Distance between two vertical tiles, in pixels.
+    pub tile_sample_stride_height: usize,
+    /// Distance between two horizontal tiles, in pixels.
+    pub tile_sample_stride_width: usize,
+    /// Distance between two frame windows, in frames.
+    pub tile_sample_stride_num_frames: usize,
+}
+
+impl VideoVaeTiling {
+    /// Checks that every tile size and stride is a positive multiple of the compression factors
+    /// (so that tiles cut latents and frames at whole latent pixels and frames), and that no
+    /// stride exceeds its tile.
+    pub fn validate(&self, spatial: usize, temporal: usize) -> std::result::Result<(), String> {
+        let sizes = [
+            (
+                "tile_sample_min_height",
+                self.tile_sample_min_height,
+                spatial,
+            ),
+            ("tile_sample_min_width", self.tile_sample_min_width, spatial),
+            (
+                "tile_sample_min_num_frames",
+                self.tile_sample_min_num_frames,
+                temporal,
+            ),
+            (
+                "tile_sample_stride_height",
+                self.tile_sample_stride_height,
+                spatial,
+            ),
+            (
+                "tile_sample_stride_width",
+                self.tile_sample_stride_width,
+                spatial,
+            ),
+            (
+                "tile_sample_stride_num_frames",
+                self.tile_sample_stride_num_frames,
+                temporal,
+            ),
+        ];
+        for (name, v, factor) in sizes {
+            if v == 0 || v % factor != 0 {
+                return Err(format!(
+                    "{name} = {v} is not a positive multiple of {factor}"
+                ));
+            }
+        }
+        for (stride, tile, name) in [
+            (
+                self.tile_sample_stride_height,
+                self.tile_sample_min_height,
+                "height",
+            ),
+            (
+                self.tile_sample_stride_width,
+                self.tile_sample_min_width,
+                "width",
+            ),
+            (
+                self.tile_sample_stride_num_frames,
+                self.tile_sample_min_num_frames,
+                "num_frames",
+            ),
+        ] {
+            if stride > tile {
+                return Err(format!(
+                    "tile_sample_stride_{name} = {stride} exceeds tile_sample_min_{name} = {tile}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// diffusers' `blend_v`/`blend_h`/`blend_t`: the first `extent` slices of `b` along `dim` fade
+/// in from the last `extent` slices of `a`, `b[x] = a[-extent + x] * (1 - x / extent) + b[x] *
+/// (x / extent)` (the extent capped by both sizes), with the weights rounded from f64 as
+/// PyTorch rounds a Python scalar.
+pub(crate) fn blend<B: Backend, const D: usize>(
+    a: &Tensor<B, D>,
+    b: Tensor<B, D>,
+    dim: usize,
+    extent: usize,
+) -> Tensor<B, D> {
+    let (na, nb) = (a.dims()[dim], b.dims()[dim]);
+    let extent = extent.min(na).min(nb);
+    if extent == 0 {
+        return b;
+    }
+    let device = b.device();
+    let dtype = b.dtype();
+    let mut shape = [1; D];
+    shape[dim] = extent;
+    let weights = |f: &dyn Fn(f64) -> f64| {
+        let w: Vec<f32> = (0..extent)
+            .map(|x| f(x as f64 / extent as f64) as f32)
+            .collect();
+        Tensor::<B, 1>::from_data(TensorData::new(w, [extent]), (&device, dtype)).reshape(shape)
+    };
+    let head = a.clone().narrow(dim, na - extent, extent) * weights(&|r| 1.0 - r)
+        + b.clone().narrow(dim, 0, extent) * weights(&|r| r);
+    if nb == extent {
+        head
+    } else {
+        Tensor::cat(vec![head, b.narrow(dim, extent, nb - extent)], dim)
+    }
+}
+
+/// The first `n` slices of `t` along `dim` (all of them when it has fewer).
+pub(crate) fn keep<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+    dim: usize,
+    n: usize,
+) -> Tensor<B, D> {
+    let have = t.dims()[dim];
+    if have <= n { t } else { t.narrow(dim, 0, n) }
+}
+
+/// Blends a grid of overlapping spatial tiles (the last two dimensions are height and width) as
+/// diffusers' `tiled_encode`/`tiled_decode` do: each tile, in row order, fades in from the tile
+/// above (over `blend[0]` rows) and the one to its left (over `blend[1]` columns) as they are
+/// after their own blending, keeps its first `keep_hw` rows and columns, and the kept parts are
+/// concatenated.
+pub(crate) fn blend_tiles<B: Backend, const D: usize>(
+    mut rows: Vec<Vec<Tensor<B, D>>>,
+    blend_hw: [usize; 2],
+    keep_hw: [usize; 2],
+) -> Tensor<B, D> {
+    let (hd, wd) = (D - 2, D - 1);
+    let mut out_rows = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        let mut kept = Vec::with_capacity(rows[i].len());
+        for j in 0..rows[i].len() {
+            let mut tile = rows[i][j].clone();
+            if i > 0 {
+                tile = blend(&rows[i - 1][j], tile, hd, blend_hw[0]);
+            }
+            if j > 0 {
+                tile = blend(&rows[i][j - 1], tile, wd, blend_hw[1]);
+            }
+            // In place, as diffusers: later tiles blend with this blended one.
+            rows[i][j] = tile.clone();
+            kept.push(keep(keep(tile, hd, keep_hw[0]), wd, keep_hw[1]));
+        }
+        out_rows.push(Tensor::cat(kept, wd));
+    }
+    Tensor::cat(out_rows, hd)
+}
+
+/// Blends overlapping frame windows (dimension 2) as diffusers' `_temporal_tiled_encode`/
+/// `_temporal_tiled_decode` do: each window fades in from the previous one as it is after its own
+/// blending over `extent` frames; the first keeps `stride + 1` frames, the others `stride`.
+pub(crate) fn blend_frames<B: Backend, const D: usize>(
+    mut windows: Vec<Tensor<B, D>>,
+    extent: usize,
+    stride: usize,
+) -> Tensor<B, D> {
+    let mut kept = Vec::with_capacity(windows.len());
+    for i in 0..windows.len() {
+        if i == 0 {
+            kept.push(keep(windows[0].clone(), 2, stride + 1));
+        } else {
+            let tile = blend(&windows[i - 1], windows[i].clone(), 2, extent);
+            windows[i] = tile.clone();
+            kept.push(keep(tile, 2, stride));
+        }
+    }
+    Tensor::cat(kept, 2)
+}

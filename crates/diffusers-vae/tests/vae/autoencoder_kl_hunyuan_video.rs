@@ -12,7 +12,7 @@ use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, Tol, assert_close, fixtures_dir};
 use diffusers_vae::Error;
 use diffusers_vae::autoencoder_kl_hunyuan_video::{
-    AutoencoderKLHunyuanVideo, AutoencoderKLHunyuanVideoConfig,
+    AutoencoderKLHunyuanVideo, AutoencoderKLHunyuanVideoConfig, VideoVaeTiling,
 };
 
 /// f32 parity: measured max abs error 8.3e-6 on both decodes (values up to 2), 1.4e-6 on the
@@ -208,6 +208,106 @@ fn invalid_inputs_configs_and_weights_are_errors() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The work split as diffusers splits it (`fixtures/vae/autoencoder_kl_hunyuan_video_tiling.*`):
+/// framewise decoding of 7 latent frames and encoding of 25 frames (on by default, each ending in
+/// a one-frame window that is all overlap), then with tiles of 16x16 pixels every 8 a spatially
+/// tiled decode and encode of one frame and a decode both framewise and tiled; slicing over a
+/// batch of two gives the unsliced output; tile sizes that do not cut whole latent pixels or
+/// frames are refused.
+#[test]
+fn framewise_and_tiled_passes_match_diffusers() {
+    let dev = Default::default();
+    let fx = Fixture::open("vae/autoencoder_kl_hunyuan_video_tiling");
+    let mut vae = load::<Cpu>(&dev, DType::F32);
+    let tensor = |name: &str| -> Tensor<Cpu, 5> {
+        fx.tensor(&format!("hunyuan_video_tiny.{name}"), &dev, DType::F32)
+    };
+    let check = |got: Tensor<Cpu, 5>, shape: [usize; 5], name: &str| {
+        assert_eq!(got.dims(), shape, "{name}");
+        let key = format!("hunyuan_video_tiny.{name}");
+        assert_close(got, &fx.values(&key), None, F32, &key);
+    };
+    let mut seen = Vec::new();
+    let decoded = vae
+        .decode_with_progress(tensor("latents_long"), &mut |done, total| {
+            seen.push((done, total))
+        })
+        .expect("decode");
+    // Windows start at latent frames 0, 3 and 6: one report after each.
+    assert_eq!(seen, [(5, 7), (7, 7), (7, 7)]);
+    check(decoded, [1, 3, 25, 16, 16], "decoded_long");
+    let mean = vae.encode(tensor("video_long")).expect("encode").mean;
+    check(mean, [1, 4, 7, 1, 1], "mean_long");
+
+    let case = fx.case("hunyuan_video_tiny");
+    let size = |k: &str| case[k].as_u64().expect("tile size") as usize;
+    vae.set_tiling(VideoVaeTiling {
+        use_tiling: true,
+        tile_sample_min_height: size("tile_sample_min_height"),
+        tile_sample_min_width: size("tile_sample_min_width"),
+        tile_sample_stride_height: size("tile_sample_stride_height"),
+        tile_sample_stride_width: size("tile_sample_stride_width"),
+        ..AutoencoderKLHunyuanVideo::<Cpu>::default_tiling()
+    })
+    .expect("tile sizes");
+    let decoded = vae.decode(tensor("latents_wide")).expect("tiled decode");
+    check(decoded, [1, 3, 1, 32, 24], "decoded_wide");
+    let mean = vae.encode(tensor("video_wide")).expect("tiled encode").mean;
+    check(mean, [1, 4, 1, 4, 3], "mean_wide");
+    let decoded = vae
+        .decode(tensor("latents_both"))
+        .expect("framewise tiled decode");
+    check(decoded, [1, 3, 17, 24, 16], "decoded_both");
+
+    // Slicing: a batch of two decoded one element at a time is the batch decoded at once.
+    let batch = Tensor::cat(
+        vec![tensor("latents_wide"), tensor("latents_wide") * 0.5],
+        0,
+    );
+    let whole = vae.decode(batch.clone()).expect("batch");
+    vae.enable_slicing();
+    let sliced = vae.decode(batch).expect("sliced");
+    let diff = (whole - sliced).abs().max().into_scalar();
+    assert_eq!(diff, 0.0, "slicing changes nothing");
+
+    let default = AutoencoderKLHunyuanVideo::<Cpu>::default_tiling();
+    for (tiling, why) in [
+        (
+            VideoVaeTiling {
+                tile_sample_min_height: 12,
+                ..default.clone()
+            },
+            "a tile of 12 pixels is not whole latent pixels",
+        ),
+        (
+            VideoVaeTiling {
+                tile_sample_stride_num_frames: 6,
+                ..default.clone()
+            },
+            "a stride of 6 frames is not whole latent frames",
+        ),
+        (
+            VideoVaeTiling {
+                tile_sample_stride_width: 0,
+                ..default.clone()
+            },
+            "a zero stride",
+        ),
+        (
+            VideoVaeTiling {
+                tile_sample_stride_height: 512,
+                ..default.clone()
+            },
+            "a stride beyond its tile",
+        ),
+    ] {
+        assert!(
+            matches!(vae.set_tiling(tiling), Err(Error::InvalidInput { .. })),
+            "{why}"
+        );
+    }
 }
 
 #[test]
