@@ -2280,6 +2280,386 @@ def stage_sd_pipelines(out: Path):
     c.save(root, "sd")
 
 
+def lora_layers(pipe, adapter):
+    """Every PEFT LoRA layer the pipeline's components hold for `adapter`: lora_A, lora_B and the
+    scaling PEFT computed (lora_alpha / r per module), keyed `{component}.{module}`."""
+    from peft.tuners.lora import LoraLayer
+
+    tensors, scalings = {}, {}
+    for comp in ["transformer", "unet", "text_encoder", "text_encoder_2"]:
+        model = getattr(pipe, comp, None)
+        if model is None:
+            continue
+        for name, mod in model.named_modules():
+            if isinstance(mod, LoraLayer) and adapter in mod.lora_A:
+                # transformers 5's CLIPTextModel has no `text_model` wrapper (diffusers strips the
+                # prefix before loading); the names are recorded as LoRA files and real CLIP
+                # checkpoints spell them.
+                if comp.startswith("text_encoder") and not name.startswith("text_model."):
+                    name = f"text_model.{name}"
+                key = f"{comp}.{name}"
+                tensors[f"{key}.lora_A.weight"] = mod.lora_A[adapter].weight
+                tensors[f"{key}.lora_B.weight"] = mod.lora_B[adapter].weight
+                scalings[key] = float(mod.scaling[adapter])
+    return tensors, scalings
+
+
+class DiffusersWarnings:
+    """Collects what diffusers (and PEFT / transformers) log at WARNING or above while loading."""
+
+    def __enter__(self):
+        import logging
+        import warnings
+
+        self.records = []
+        outer = self
+
+        class H(logging.Handler):
+            def emit(self, record):
+                outer.records.append(record.getMessage())
+
+        self.handler = H(level=logging.WARNING)
+        self.loggers = [logging.getLogger(n) for n in ["diffusers", "peft", "transformers"]]
+        for lg in self.loggers:
+            lg.addHandler(self.handler)
+        self.catch = warnings.catch_warnings(record=True)
+        self.warned = self.catch.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        for lg in self.loggers:
+            lg.removeHandler(self.handler)
+        self.catch.__exit__(*exc)
+        self.records += [str(w.message) for w in self.warned]
+        return False
+
+
+def random_peft_lora(model, config, g, std_a, std_b, key_prefix=""):
+    """Injects `config` into `model` with its add_adapter, fills lora_A and lora_B with random values
+    (PEFT initialises lora_B to zero) and returns the PEFT state dict (keys prefixed with `key_prefix`)
+    and the config's dict."""
+    from peft import get_peft_model_state_dict
+    from peft.tuners.lora import LoraLayer
+
+    model.add_adapter(config)
+    for name, mod in sorted(model.named_modules()):
+        if isinstance(mod, LoraLayer):
+            for lin, std in [(mod.lora_A["default"], std_a), (mod.lora_B["default"], std_b)]:
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * std)
+    sd = {key_prefix + k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    meta = model.peft_config["default"].to_dict()
+    meta.pop("base_model_name_or_path", None)  # an absolute path on the machine that ran the stage
+    return sd, meta
+
+
+def kohya_pair(sd, g, name, out_f, in_f, r, alpha, std=0.3, conv=False):
+    """sd-scripts' three keys for one layer: lora_down [r, in], lora_up [out, r] (1x1 Conv2d: 4-D),
+    alpha (a 0-d float tensor, as sd-scripts saves it; None: no alpha key)."""
+    down = torch.randn(r, in_f, generator=g) * std
+    up = torch.randn(out_f, r, generator=g) * std
+    if conv:
+        down, up = down.reshape(r, in_f, 1, 1), up.reshape(out_f, r, 1, 1)
+    sd[f"{name}.lora_down.weight"] = down.contiguous()
+    sd[f"{name}.lora_up.weight"] = up.contiguous()
+    if alpha is not None:
+        sd[f"{name}.alpha"] = torch.tensor(float(alpha))
+
+
+@torch.no_grad()
+def stage_lora(out: Path):
+    """Tiny LoRA files in every layout diffusers 0.42.1 reads for Flux, SD 1.x and SDXL (written into
+    fixtures/lora/), what diffusers converts each to (the lora_A/lora_B/scaling PEFT ends up with in
+    each layer after load_lora_weights, which is the ground truth for our conversion) and the
+    pipelines' images with the adapters loaded, mixed, fused and unfused.
+
+    What diffusers 0.42.1 (+ peft 0.21.2) does with each layout:
+    - diffusers/PEFT (`transformer.…lora_A.weight`, `text_encoder.…`, `unet.…`): the header's
+      `lora_adapter_metadata` JSON (the LoraConfig dict per component prefix) gives r, lora_alpha,
+      rank_pattern, alpha_pattern; PEFT's scaling is lora_alpha / r per module (patterns matched on
+      the module name's suffix). Without metadata: get_peft_kwargs (most common rank and alpha, the
+      others as patterns).
+    - kohya Flux (`lora_unet_double_blocks_N_…lora_down/lora_up/alpha`, `lora_te1_…`):
+      _convert_kohya_flux_lora_to_diffusers folds alpha / rank into lora_A and lora_B (scale_down and
+      scale_up, whose product is alpha / rank) and drops the alphas, so PEFT's scaling is 1; fused
+      img/txt qkv are split into q, k, v (lora_A copied, lora_B split by rows; diffusers' "sparse"
+      branch only fires when lora_B is block-diagonal, which random weights are not).
+      `single_blocks_N_linear1` is split with FLUX.1-dev's hard-coded dims [3072, 3072, 3072, 12288]
+      (an AssertionError on any other size), so the tiny model's kohya/BFL files leave it out.
+    - BFL/ComfyUI Flux (`diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight`): renamed to
+      the kohya names (`diffusion_model.` -> `lora_unet_`, dots -> underscores) and converted as kohya.
+    - XLabs Flux (`double_blocks.0.processor.qkv_lora1.down.weight`): qkv split as above, no alphas
+      (scaling 1).
+    - kohya SD/SDXL (`lora_unet_…`, `lora_te_`/`lora_te1_`/`lora_te2_`; SDXL's SGM block names are
+      renumbered by _maybe_map_sgm_blocks_to_diffusers with the UNet's layers_per_block): the alphas
+      go to get_peft_kwargs as network_alphas; the most common alpha becomes lora_alpha and the
+      others an alpha_pattern whose keys diffusers derives from the old-format names
+      (`…attn1.processor.to_q_lora.down.weight`, `…self_attn` for the text encoders), which match no
+      module: every attention / text-encoder layer gets the most common alpha (recorded as measured
+      in `scalings`); only names with a `.lora.` part (proj_in/proj_out, ff) keep their own alpha.
+    - DoRA (`dora_scale`, `lora_magnitude_vector`): diffusers drops `dora_scale` keys with a warning
+      (and a `lora_magnitude_vector` without use_dora in the metadata is an unexpected key); no
+      diffusers run is recorded for flux_dora.safetensors.
+    """
+    from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from peft import LoraConfig
+    import transformers.integrations.peft as tpeft
+
+    # transformers 5.24's PEFT integration (the text encoders' add_adapter/load_adapter) asks for
+    # peft >= 0.22.0, which is not released (PyPI's newest is 0.21.2, pinned here): that version
+    # check, and nothing else, is bypassed; the text encoders' LoRA layers are PEFT 0.21.2's.
+    tpeft.check_peft_version = lambda *a, **k: None
+    folder = out / "lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    flux_repo = str(out / "pipelines" / "tiny_flux")
+    sd_repo, sdxl_repo = str(out / "pipelines" / "tiny_sd"), str(out / "pipelines" / "tiny_sdxl")
+    g = torch.Generator("cpu").manual_seed(1515)
+
+    # --- Flux files --------------------------------------------------------------------------
+    pipe = FluxPipeline.from_pretrained(flux_repo)
+    d = "transformer_blocks.0"
+    s = "single_transformer_blocks.0"
+    targets = [f"{d}.attn.{m}" for m in ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
+                                         "add_v_proj", "to_add_out"]]
+    targets += [f"{d}.ff.net.0.proj", f"{d}.ff.net.2", f"{d}.ff_context.net.0.proj", f"{d}.ff_context.net.2",
+                f"{d}.norm1.linear", f"{d}.norm1_context.linear"]
+    targets += [f"{s}.attn.to_q", f"{s}.attn.to_k", f"{s}.attn.to_v", f"{s}.proj_mlp", f"{s}.proj_out",
+                f"{s}.norm.linear"]
+    tl, tmeta = random_peft_lora(pipe.transformer, LoraConfig(r=4, lora_alpha=6, target_modules=targets,
+                                                              init_lora_weights=False), g, 0.3, 0.3)
+    # Text encoder LoRA keys as files written with transformers 4 have them (`text_model.encoder…`).
+    el, emeta = random_peft_lora(pipe.text_encoder, LoraConfig(
+        r=2, lora_alpha=3, target_modules=[f"encoder.layers.0.self_attn.{m}" for m in ["q_proj", "k_proj", "v_proj", "out_proj"]],
+        init_lora_weights=False), g, 0.5, 0.5, key_prefix="text_model.")
+    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=tl, text_encoder_lora_layers=el,
+                                   weight_name="flux_peft.safetensors", transformer_lora_adapter_metadata=tmeta,
+                                   text_encoder_lora_adapter_metadata=emeta)
+    pipe = FluxPipeline.from_pretrained(flux_repo)
+    tl_b, tmeta_b = random_peft_lora(pipe.transformer, LoraConfig(
+        r=2, lora_alpha=3, rank_pattern={f"{s}.proj_mlp": 3}, alpha_pattern={f"{s}.proj_mlp": 1.5},
+        target_modules=[f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.ff_context.net.0.proj", f"{s}.attn.to_q",
+                        f"{s}.proj_mlp", f"{s}.norm.linear"], init_lora_weights=False), g, 0.4, 0.4)
+    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=tl_b, weight_name="flux_peft_b.safetensors",
+                                   transformer_lora_adapter_metadata=tmeta_b)
+    # DoRA: flux_peft with a PEFT DoRA magnitude vector and a kohya-style dora_scale added.
+    from safetensors.torch import load_file
+    from safetensors import safe_open
+    with safe_open(str(folder / "flux_peft.safetensors"), "pt") as f:
+        peft_meta = f.metadata()
+    dora = load_file(str(folder / "flux_peft.safetensors"))
+    dora[f"transformer.{d}.attn.to_q.lora_magnitude_vector"] = torch.rand(32, generator=g) + 0.5
+    dora[f"transformer.{d}.attn.to_k.dora_scale"] = torch.rand(1, 32, generator=g) + 0.5
+    save_file(dora, str(folder / "flux_dora.safetensors"), metadata=peft_meta)
+
+    # kohya (sd-scripts) Flux: no single_blocks_0_linear1 (see the docstring).
+    ko = {}
+    dims = {"img_attn_qkv": (96, 32), "img_attn_proj": (32, 32), "img_mlp_0": (128, 32), "img_mlp_2": (32, 128),
+            "img_mod_lin": (192, 32)}
+    dims.update({k.replace("img", "txt"): v for k, v in dims.items()})
+    alphas = {"img_attn_qkv": 2.0, "img_attn_proj": 4.0, "img_mlp_0": 1.0, "img_mlp_2": 8.0, "img_mod_lin": 3.0,
+              "txt_attn_qkv": 16.0, "txt_attn_proj": None, "txt_mlp_0": 2.0, "txt_mlp_2": 0.5, "txt_mod_lin": 4.0}
+    for k, (o, i) in dims.items():
+        kohya_pair(ko, g, f"lora_unet_double_blocks_0_{k}", o, i, 4, alphas[k])
+    kohya_pair(ko, g, "lora_unet_single_blocks_0_linear2", 32, 160, 4, 2.0)
+    kohya_pair(ko, g, "lora_unet_single_blocks_0_modulation_lin", 96, 32, 4, 6.0)
+    for m, (o, i), a in [("self_attn_q_proj", (10, 10), 1.0), ("self_attn_k_proj", (10, 10), 2.0),
+                         ("self_attn_v_proj", (10, 10), 4.0), ("self_attn_out_proj", (10, 10), None),
+                         ("mlp_fc1", (16, 10), 3.0)]:
+        kohya_pair(ko, g, f"lora_te1_text_model_encoder_layers_0_{m}", o, i, 2, a, std=0.5)
+    save_file(ko, str(folder / "flux_kohya.safetensors"))
+
+    # BFL / ComfyUI Flux: the same layers under diffusion_model.<BFL name> (fresh values).
+    bfl = {}
+    for k, (o, i) in dims.items():
+        head, tail = k.rsplit("_", 1)  # img_attn_qkv -> img_attn.qkv, img_mlp_0 -> img_mlp.0
+        kohya_pair(bfl, g, f"diffusion_model.double_blocks.0.{head}.{tail}", o, i, 3, alphas[k])
+    kohya_pair(bfl, g, "diffusion_model.single_blocks.0.linear2", 32, 160, 3, 1.5)
+    kohya_pair(bfl, g, "diffusion_model.single_blocks.0.modulation.lin", 96, 32, 3, 3.0)
+    # (diffusers recognises the old-format text encoder names only when an out_proj is among them:
+    # without one, q_proj's keys stay unconverted and are unexpected keys.)
+    for m, (o, i), a in [("self_attn.q_proj", (10, 10), 2.0), ("self_attn.out_proj", (10, 10), 1.0),
+                         ("mlp.fc2", (10, 16), 1.0)]:
+        kohya_pair(bfl, g, f"text_encoders.clip_l.transformer.text_model.encoder.layers.0.{m}", o, i, 2, a, std=0.5)
+    save_file(bfl, str(folder / "flux_bfl.safetensors"))
+
+    # XLabs Flux (no alphas).
+    xl = {}
+    for name, (o, i) in [("double_blocks.0.processor.qkv_lora1", (96, 32)), ("double_blocks.0.processor.qkv_lora2", (96, 32)),
+                         ("double_blocks.0.processor.proj_lora1", (32, 32)), ("double_blocks.0.processor.proj_lora2", (32, 32)),
+                         ("single_blocks.0.processor.qkv_lora", (96, 32)), ("single_blocks.0.processor.proj_lora", (32, 160))]:
+        xl[f"{name}.down.weight"] = (torch.randn(4, i, generator=g) * 0.3).contiguous()
+        xl[f"{name}.up.weight"] = (torch.randn(o, 4, generator=g) * 0.3).contiguous()
+    save_file(xl, str(folder / "flux_xlabs.safetensors"))
+
+    # --- SD files ----------------------------------------------------------------------------
+    pipe = StableDiffusionPipeline.from_pretrained(sd_repo)
+    ul, umeta = random_peft_lora(pipe.unet, LoraConfig(
+        r=2, lora_alpha=3, target_modules=["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"],
+        init_lora_weights=False), g, 0.5, 0.5)
+    el, emeta = random_peft_lora(pipe.text_encoder, LoraConfig(
+        r=2, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], init_lora_weights=False),
+        g, 0.5, 0.5, key_prefix="text_model.")
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=ul, text_encoder_lora_layers=el,
+                                              weight_name="sd_peft.safetensors", unet_lora_adapter_metadata=umeta,
+                                              text_encoder_lora_adapter_metadata=emeta)
+    sk = {}
+    blk = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0"
+    # Attention and text-encoder alphas are one value per component: diffusers derives their
+    # alpha_pattern keys from old-format names that match no module (PEFT warns "alpha_pattern keys
+    # did not match any targeted module and were ignored"); ff and proj_in/proj_out alphas may differ.
+    for m, (o, i), a in [("attn1_to_q", (4, 4), 1.0), ("attn1_to_k", (4, 4), 1.0), ("attn1_to_v", (4, 4), 1.0),
+                         ("attn1_to_out_0", (4, 4), 1.0), ("attn2_to_q", (4, 4), 1.0), ("attn2_to_k", (4, 16), 1.0),
+                         ("attn2_to_v", (4, 16), 1.0), ("ff_net_0_proj", (32, 4), 0.5), ("ff_net_2", (4, 16), 1.0)]:
+        kohya_pair(sk, g, f"{blk}_{m}", o, i, 2, a, std=0.6)
+    kohya_pair(sk, g, "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q", 8, 8, 2, 1.0, std=0.6)
+    kohya_pair(sk, g, "lora_unet_up_blocks_1_attentions_1_transformer_blocks_0_attn2_to_v", 4, 16, 2, 1.0, std=0.6)
+    kohya_pair(sk, g, "lora_unet_up_blocks_1_attentions_1_transformer_blocks_0_ff_net_2", 4, 16, 2, 2.0, std=0.6)
+    for m, (o, i), a in [("self_attn_q_proj", (16, 16), 1.0), ("self_attn_k_proj", (16, 16), 1.0),
+                         ("self_attn_v_proj", (16, 16), 1.0), ("self_attn_out_proj", (16, 16), 1.0),
+                         ("mlp_fc1", (32, 16), 1.0), ("mlp_fc2", (16, 32), 1.0)]:
+        kohya_pair(sk, g, f"lora_te_text_model_encoder_layers_1_{m}", o, i, 2, a, std=0.5)
+    save_file(sk, str(folder / "sd_kohya.safetensors"))
+    skc = dict(sk)
+    for name, ch, a in [("lora_unet_down_blocks_0_attentions_0_proj_in", 4, 1.0),
+                        ("lora_unet_down_blocks_0_attentions_0_proj_out", 4, 2.0),
+                        ("lora_unet_mid_block_attentions_0_proj_in", 8, 1.0),
+                        ("lora_unet_up_blocks_1_attentions_0_proj_out", 4, 1.0)]:
+        kohya_pair(skc, g, name, ch, ch, 2, a, std=0.6, conv=True)
+    save_file(skc, str(folder / "sd_kohya_conv.safetensors"))
+
+    # SDXL kohya in SGM names (layers_per_block 1: input_blocks 3 = down_blocks.1 layer 0, its
+    # attentions at inner index 1; middle_block 1 = mid_block.attentions.0; output_blocks 0/1 =
+    # up_blocks.0 layers 0/1).
+    xk = {}
+    for name, (o, i), a in [
+            ("lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q", (8, 8), 1.0),
+            ("lora_unet_input_blocks_3_1_transformer_blocks_1_attn2_to_k", (8, 16), 1.0),
+            ("lora_unet_input_blocks_3_1_transformer_blocks_0_ff_net_2", (8, 32), 2.0),
+            ("lora_unet_input_blocks_3_1_proj_in", (8, 8), 1.0),
+            ("lora_unet_middle_block_1_transformer_blocks_0_attn1_to_out_0", (8, 8), 1.0),
+            ("lora_unet_output_blocks_0_1_transformer_blocks_1_attn2_to_v", (8, 16), 1.0),
+            ("lora_unet_output_blocks_1_1_transformer_blocks_0_attn1_to_k", (8, 8), 1.0),
+            ("lora_unet_output_blocks_1_1_proj_out", (8, 8), 1.0)]:
+        kohya_pair(xk, g, name, o, i, 2, a, std=0.6)
+    for p, a in [("lora_te1", 1.0), ("lora_te2", 2.0)]:
+        for m, (o, i) in [("self_attn_q_proj", (8, 8)), ("self_attn_v_proj", (8, 8)), ("self_attn_out_proj", (8, 8)),
+                          ("mlp_fc1", (16, 8))]:
+            kohya_pair(xk, g, f"{p}_text_model_encoder_layers_1_{m}", o, i, 2, a, std=0.5)
+    save_file(xk, str(folder / "sdxl_kohya.safetensors"))
+
+    # --- diffusers' conversion and images ------------------------------------------------------
+    c = Cases()
+    flux_latents = load_file(str(out / "quantization" / "flux_pipeline.safetensors"))["latents"]
+    flux_args = dict(prompt="a photo of the cat", height=16, width=24, num_inference_steps=3, guidance_scale=3.5,
+                     max_sequence_length=8)
+    torch.manual_seed(1516)
+    sd_latents = torch.randn(1, 4, 8, 12)
+    sd_args = dict(prompt="a photo of the cat", negative_prompt="the red dog", height=16, width=24,
+                   num_inference_steps=3, guidance_scale=7.5)
+    pipes = {
+        "flux": (lambda: FluxPipeline.from_pretrained(flux_repo), flux_args, flux_latents, "pipelines/tiny_flux"),
+        "sd": (lambda: StableDiffusionPipeline.from_pretrained(sd_repo), sd_args, sd_latents, "pipelines/tiny_sd"),
+        "sdxl": (lambda: StableDiffusionXLPipeline.from_pretrained(sdxl_repo, add_watermarker=False), sd_args,
+                 sd_latents, "pipelines/tiny_sdxl"),
+    }
+
+    def run(kind, p):
+        _, args, lat, _ = pipes[kind]
+        return torch.from_numpy(p(**args, latents=lat.clone(), output_type="np").images)
+
+    base = {}
+    for kind, (make, args, lat, repo) in pipes.items():
+        base[kind] = run(kind, make())
+        c.add(f"{kind}_base", "lora_base", {"pipeline": kind, "folder": repo, **args}, {"latents": lat},
+              {"image": base[kind]})
+
+    files = [("flux_peft", "flux", "peft"), ("flux_peft_b", "flux", "peft"), ("flux_kohya", "flux", "kohya_flux"),
+             ("flux_bfl", "flux", "bfl_flux"), ("flux_xlabs", "flux", "xlabs_flux"), ("sd_peft", "sd", "peft"),
+             ("sd_kohya", "sd", "kohya"), ("sd_kohya_conv", "sd", "kohya"), ("sdxl_kohya", "sdxl", "kohya")]
+    for case, kind, fmt in files:
+        make, args, lat, repo = pipes[kind]
+        p = make()
+        path = str(folder / f"{case}.safetensors")
+        kw = {"unet_config": p.unet.config} if kind == "sdxl" else {}
+        if kind == "flux":
+            sd, alphas = type(p).lora_state_dict(path, return_alphas=True)
+        else:
+            sd, alphas = type(p).lora_state_dict(path, **kw)
+        with DiffusersWarnings() as w:
+            p.load_lora_weights(path, adapter_name=case)
+        # A transformer-only file makes diffusers say the text encoder got no keys ("safe to
+        # ignore"); anything else (unexpected or missing keys, dropped layers) fails the stage.
+        warned = [r for r in w.records if not r.startswith("No LoRA keys associated to")]
+        assert not warned, (case, warned)
+        layers, scalings = lora_layers(p, case)
+        image = run(kind, p)
+        change = float((image - base[kind]).abs().max())
+        assert change >= 1e-2, (case, change)
+        c.add(case, "lora_file", {"pipeline": kind, "folder": repo, "file": f"lora/{case}.safetensors",
+                                  "format": fmt, "state_dict_keys": sorted(sd),
+                                  "alphas": {k: float(v) for k, v in (alphas or {}).items()},
+                                  "scalings": scalings, "max_abs_change_vs_base": change, **args},
+              {}, {"image": image, **{f"layers.{k}": v for k, v in layers.items()}})
+        print(f"lora: {case}: {len(scalings)} layers, image change {change:.3g}")
+
+    # Two adapters at once with weights.
+    p = pipes["flux"][0]()
+    p.load_lora_weights(str(folder / "flux_peft.safetensors"), adapter_name="a")
+    p.load_lora_weights(str(folder / "flux_kohya.safetensors"), adapter_name="b")
+    p.set_adapters(["a", "b"], adapter_weights=[0.7, 0.5])
+    c.add("flux_two", "lora_mix", {"pipeline": "flux", "folder": "pipelines/tiny_flux",
+                                   "adapters": {"a": "lora/flux_peft.safetensors", "b": "lora/flux_kohya.safetensors"},
+                                   "adapter_weights": {"a": 0.7, "b": 0.5}, **flux_args},
+          {}, {"image": run("flux", p)})
+    # Per-component weights.
+    p = pipes["sd"][0]()
+    p.load_lora_weights(str(folder / "sd_peft.safetensors"), adapter_name="sd_peft")
+    p.set_adapters(["sd_peft"], adapter_weights=[{"unet": 0.6, "text_encoder": 1.2}])
+    c.add("sd_component_weights", "lora_mix",
+          {"pipeline": "sd", "folder": "pipelines/tiny_sd", "adapters": {"sd_peft": "lora/sd_peft.safetensors"},
+           "adapter_weights": {"sd_peft": {"unet": 0.6, "text_encoder": 1.2}}, **sd_args},
+          {}, {"image": run("sd", p)})
+    # Fuse at 0.8 (FluxLoraLoaderMixin.fuse_lora's default components: the transformer only; the
+    # text encoder's adapter stays unfused at weight 1), unfuse (diffusers subtracts the delta again:
+    # the residue per weight is recorded), unload (the image then differs from the base image by
+    # what that residue does).
+    p = pipes["flux"][0]()
+    original = {k: v.clone() for k, v in p.transformer.state_dict().items()}
+    p.load_lora_weights(str(folder / "flux_peft.safetensors"), adapter_name="flux_peft")
+    p.fuse_lora(lora_scale=0.8)
+    fused = run("flux", p)
+    p.unfuse_lora()
+    residue = {}
+    for k, v in p.transformer.state_dict().items():
+        if "lora_" in k:
+            continue
+        name = k.replace(".base_layer", "")
+        diff = float((v - original[name]).abs().max())
+        if ".base_layer" in k and name.endswith(".weight"):
+            residue[f"transformer.{name}"] = diff
+        else:
+            assert diff == 0.0, (name, diff)
+    p.unload_lora_weights()
+    unloaded = run("flux", p)
+    c.add("flux_fused", "lora_fuse", {"pipeline": "flux", "folder": "pipelines/tiny_flux",
+                                      "file": "lora/flux_peft.safetensors", "lora_scale": 0.8,
+                                      "fused_components": ["transformer"],
+                                      "unfuse_max_abs_residue": residue,
+                                      "unloaded_max_abs_vs_base": float((unloaded - base["flux"]).abs().max()),
+                                      **flux_args},
+          {}, {"image": fused, "unloaded_image": unloaded})
+    c.cases["flux_dora"] = {"kind": "lora_dora", "file": "lora/flux_dora.safetensors",
+                            "dora_keys": [f"transformer.{d}.attn.to_k.dora_scale",
+                                          f"transformer.{d}.attn.to_q.lora_magnitude_vector"],
+                            "diffusers": "lora_state_dict drops every `dora_scale` key with a warning; a "
+                                         "`lora_magnitude_vector` without use_dora in the metadata is reported "
+                                         "as an unexpected key. Not loaded here; our loader refuses the file."}
+    c.save(folder, "lora")
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size < 1_000_000, f"fixtures/lora is {size} bytes"
+    print(f"lora: fixtures/lora is {size} bytes")
+
+
 def stage_export_quantize(out: Path):
     """8-bit quantization of [0, 1] frames as diffusers' export functions see them: export_to_video's
     `(frame * 255).astype(np.uint8)` (truncation; the expression copied from utils/export_utils.py,
@@ -2439,6 +2819,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "t5_tokenizer": stage_t5_tokenizer,
           "unets": stage_unets,
           "sd_pipelines": stage_sd_pipelines,
+          "lora": stage_lora,
           "quantization": stage_quantization,
           "export_quantize": stage_export_quantize}
 
