@@ -482,6 +482,11 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
                 bar.finish_and_clear();
                 decode_bar.set_message(format!("decoding {frames} frames"));
             }
+            GenerateEvent::Decoded { done, total } => {
+                decode_bar.set_style(steps_style());
+                decode_bar.set_length(total as u64);
+                decode_bar.set_position(done as u64);
+            }
         })
         .map_err(cli_error)?;
     bar.finish_and_clear();

@@ -152,6 +152,13 @@ pub enum GenerateEvent {
         /// Frames the VAE decodes.
         frames: usize,
     },
+    /// Decoding progress (video pipelines): latent frames decoded so far, of all.
+    Decoded {
+        /// Latent frames decoded.
+        done: usize,
+        /// Latent frames in all.
+        total: usize,
+    },
 }
 
 fn flat<B: Backend, const D: usize>(t: Tensor<B, D>) -> Generated<B> {
@@ -431,7 +438,10 @@ impl<B: Backend> DiffusionPipeline<B> {
                     return Ok(flat(latents));
                 }
                 on_event(GenerateEvent::Decoding { frames });
-                Ok(Generated::Video(pipe.decode(latents)?))
+                Ok(Generated::Video(pipe.decode_with_progress(
+                    latents,
+                    &mut |done, total| on_event(GenerateEvent::Decoded { done, total }),
+                )?))
             }
             Self::HunyuanVideo(pipe) => {
                 refuse(
@@ -488,7 +498,10 @@ impl<B: Backend> DiffusionPipeline<B> {
                     return Ok(flat(latents));
                 }
                 on_event(GenerateEvent::Decoding { frames });
-                Ok(Generated::Video(pipe.decode(latents)?))
+                Ok(Generated::Video(pipe.decode_with_progress(
+                    latents,
+                    &mut |done, total| on_event(GenerateEvent::Decoded { done, total }),
+                )?))
             }
         }
     }

@@ -449,7 +449,17 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
     /// The last stage on final latents: `latents / scaling_factor`, `vae.decode`, frames
     /// `[batch, frames, height, width, 3]` in `[0, 1]`.
     pub fn decode(&self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>> {
+        self.decode_with_progress(latents, &mut |_, _| {})
+    }
+
+    /// [`decode`](Self::decode) reporting `(latent frames decoded, latent frames)` as the VAE's
+    /// frame windows finish.
+    pub fn decode_with_progress(
+        &self,
+        latents: Tensor<B, 5>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor<B, 5>> {
         let z = latents.cast(self.dtype) / self.vae_config.scaling_factor as f32;
-        Ok(postprocess_video(self.vae.decode(z)?))
+        Ok(postprocess_video(self.vae.decode_with_progress(z, progress)?))
     }
 }

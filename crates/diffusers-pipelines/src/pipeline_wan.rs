@@ -526,10 +526,20 @@ impl<B: Backend> WanPipeline<B> {
     /// `latents / (1 / latents_std) + latents_mean`, `vae.decode`, frames `[batch, frames,
     /// height, width, 3]` in `[0, 1]`.
     pub fn decode(&self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>> {
+        self.decode_with_progress(latents, &mut |_, _| {})
+    }
+
+    /// [`decode`](Self::decode) reporting `(latent frames decoded, latent frames)` as the VAE
+    /// goes.
+    pub fn decode_with_progress(
+        &self,
+        latents: Tensor<B, 5>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor<B, 5>> {
         let z = self
             .vae_config
             .denormalize_latents(latents.cast(self.dtype))?;
-        Ok(postprocess_video(self.vae.decode(z)?))
+        Ok(postprocess_video(self.vae.decode_with_progress(z, progress)?))
     }
 }
 
