@@ -1128,6 +1128,35 @@ def stage_hunyuan_video_vae_tiling(out: Path):
 
 
 @torch.no_grad()
+def stage_vae_tiling(out: Path):
+    """The tiny AutoencoderKLs of stage vae (loaded from their committed folders) after
+    enable_tiling with the tile sizes diffusers derives from their config (sample_size 32: tiles
+    of 32 pixels, 32 / 2**(levels - 1) latent pixels, overlap factor 0.25): the decode of latents
+    for a 48x80 image (2 x 4 tiles, the last row and column partial, the last column no wider than
+    the blend) and the posterior of a 48x80 image, both through diffusers' tiled paths."""
+    from diffusers import AutoencoderKL
+
+    c = Cases()
+    root = out / "vae"
+    for name in ["sd_style", "flux_style"]:
+        vae = AutoencoderKL.from_pretrained(root / name).eval()
+        vae.enable_tiling()
+        assert vae.use_tiling and not vae.use_slicing
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        torch.manual_seed(31)
+        latents = torch.randn(1, vae.config.latent_channels, 48 // factor, 80 // factor)
+        decoded = vae.decode(latents).sample
+        image = torch.rand(1, 3, 48, 80) * 2 - 1
+        posterior = vae.encode(image).latent_dist
+        c.add(name, "autoencoder_kl_tiling",
+              {"folder": f"vae/{name}", "tile_sample_min_size": vae.tile_sample_min_size,
+               "tile_latent_min_size": vae.tile_latent_min_size, "tile_overlap_factor": vae.tile_overlap_factor},
+              {"latents": latents, "image": image},
+              {"decoded": decoded, "mean": posterior.mean, "logvar": posterior.logvar})
+    c.save(root, "autoencoder_kl_tiling")
+
+
+@torch.no_grad()
 def stage_transformers(out: Path):
     """Tiny FluxTransformer2DModels (FLUX.1-dev style with guidance, schnell style without),
     saved in the hub layout, and one denoiser call each."""
@@ -2808,6 +2837,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "wan_vae": stage_wan_vae,
           "hunyuan_video_vae": stage_hunyuan_video_vae,
           "hunyuan_video_vae_tiling": stage_hunyuan_video_vae_tiling,
+          "vae_tiling": stage_vae_tiling,
           "transformers": stage_transformers, "wan_transformer": stage_wan_transformer,
           "wan_pipeline": stage_wan_pipeline,
           "hunyuan_video_pipeline": stage_hunyuan_video_pipeline,
