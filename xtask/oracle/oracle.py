@@ -1775,6 +1775,40 @@ def stage_quantization(out: Path):
                "bitsandbytes": bitsandbytes.__version__}})
 
 
+@torch.no_grad()
+def stage_lora_quantized(out: Path):
+    """A LoRA on a quantized base, unfused (issue 16 with issue 15): the tiny Flux pipeline with its
+    transformer quantized to NF4 while loading (bitsandbytes 0.50.2 on CPU, compute dtype f32, as
+    stage quantization) and fixtures/lora/flux_peft.safetensors loaded with load_lora_weights
+    (PEFT wraps bitsandbytes' Linear4bit: base output from the packed weight plus the unfused LoRA
+    update), run with stage lora's Flux arguments and latents."""
+    from diffusers import BitsAndBytesConfig, FluxPipeline, FluxTransformer2DModel
+    import transformers.integrations.peft as tpeft
+    from safetensors.torch import load_file
+
+    bnb_4bit_on_cpu()
+    # As in stage lora: only transformers' peft >= 0.22 version check is bypassed.
+    tpeft.check_peft_version = lambda *a, **k: None
+    repo = out / "pipelines" / "tiny_flux"
+    latents = load_file(str(out / "lora" / "lora.safetensors"))["flux_base.latents"]
+    args = dict(prompt="a photo of the cat", height=16, width=24, num_inference_steps=3, guidance_scale=3.5,
+                max_sequence_length=8)
+    qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    t = FluxTransformer2DModel.from_pretrained(repo, subfolder="transformer", quantization_config=qc,
+                                               torch_dtype=torch.float32)
+    pipe = FluxPipeline.from_pretrained(repo, transformer=t)
+    base = pipe(**args, latents=latents.clone(), output_type="np").images
+    pipe.load_lora_weights(str(out / "lora" / "flux_peft.safetensors"), adapter_name="q")
+    kinds = {type(m).__name__ for m in pipe.transformer.modules() if hasattr(m, "lora_A")}
+    assert kinds == {"Linear4bit"}, kinds
+    image = pipe(**args, latents=latents.clone(), output_type="np").images
+    c = Cases()
+    c.add("flux_nf4", "lora_quantized", {"quant_type": "nf4", "lora": "lora/flux_peft.safetensors",
+                                         "peft_layer": sorted(kinds), **args},
+          {"latents": latents}, {"base_image": torch.from_numpy(base), "image": torch.from_numpy(image)})
+    c.save(out / "lora", "lora_quantized")
+
+
 def bytes_to_unicode():
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -2837,6 +2871,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "wan_vae": stage_wan_vae,
           "hunyuan_video_vae": stage_hunyuan_video_vae,
           "hunyuan_video_vae_tiling": stage_hunyuan_video_vae_tiling,
+          "lora_quantized": stage_lora_quantized,
           "vae_tiling": stage_vae_tiling,
           "transformers": stage_transformers, "wan_transformer": stage_wan_transformer,
           "wan_pipeline": stage_wan_pipeline,

@@ -67,6 +67,12 @@ pub enum LoraFamily {
         /// renumber SGM block names (`input_blocks.4` -> `down_blocks.1`).
         layers_per_block: usize,
     },
+    /// Wan 2.1 (`WanLoraLoaderMixin`): the transformer, in the diffusers/PEFT layout (the
+    /// original Wan and musubi layouts are not read here).
+    Wan,
+    /// HunyuanVideo (`HunyuanVideoLoraLoaderMixin`): the transformer, in the diffusers/PEFT
+    /// layout (the original HunyuanVideo layout is not read here).
+    HunyuanVideo,
 }
 
 impl LoraFamily {
@@ -76,6 +82,7 @@ impl LoraFamily {
             Self::Flux => &["transformer", "text_encoder"],
             Self::StableDiffusion => &["unet", "text_encoder"],
             Self::StableDiffusionXl { .. } => &["unet", "text_encoder", "text_encoder_2"],
+            Self::Wan | Self::HunyuanVideo => &["transformer"],
         }
     }
 }
@@ -86,6 +93,8 @@ impl std::fmt::Display for LoraFamily {
             Self::Flux => "Flux",
             Self::StableDiffusion => "Stable Diffusion",
             Self::StableDiffusionXl { .. } => "Stable Diffusion XL",
+            Self::Wan => "Wan",
+            Self::HunyuanVideo => "HunyuanVideo",
         })
     }
 }
@@ -240,6 +249,10 @@ fn detect_format(keys: &[String], family: &LoraFamily) -> Option<LoraFormat> {
                 None
             }
         }
+        LoraFamily::Wan | LoraFamily::HunyuanVideo => any(&|k| {
+            k.starts_with("transformer.") && (k.contains(".lora_A.") || k.contains(".lora_B."))
+        })
+        .then_some(LoraFormat::Peft),
         LoraFamily::StableDiffusion | LoraFamily::StableDiffusionXl { .. } => {
             let kohya = ["lora_te_", "lora_unet_", "lora_te1_", "lora_te2_"];
             if !keys.is_empty() && keys.iter().all(|k| kohya.iter().any(|p| k.starts_with(p))) {

@@ -16,6 +16,7 @@ use diffusers_pipelines::export_utils;
 use diffusers_pipelines::generate::{GenerateEvent, GenerateRequest, Generated};
 use diffusers_pipelines::image_input::load_image;
 use diffusers_pipelines::image_processor::{numbered_paths, save_png};
+use diffusers_pipelines::lora_pipeline::{AdapterWeight, LoraLoader, LoraOptions};
 use diffusers_pipelines::pipeline_flux::OutputType;
 use diffusers_pipelines::pipeline_hunyuan_video::PromptTemplate;
 use diffusers_pipelines::{DiffusionPipeline, LoadEvent, PipelineOptions};
@@ -114,6 +115,71 @@ fn weights_summary(footprints: &[(&'static str, Footprint)]) -> String {
     } else {
         format!("{:.1} MiB ({})", mib(total), packed.join(", "))
     }
+}
+
+/// `FILE[:WEIGHT]`: the file and the weight (1.0 when no `:number` ends it).
+fn lora_spec(spec: &str) -> Result<(String, f64)> {
+    if let Some((file, w)) = spec.rsplit_once(':')
+        && !file.is_empty()
+        && let Ok(weight) = w.parse::<f64>()
+    {
+        if !weight.is_finite() {
+            return Err(CliError::Usage(format!(
+                "--lora {spec}: the weight is not finite"
+            )));
+        }
+        return Ok((file.to_string(), weight));
+    }
+    if spec.is_empty() {
+        return Err(CliError::Usage("--lora needs a file".into()));
+    }
+    Ok((spec.to_string(), 1.0))
+}
+
+/// Loads the `--lora` adapters (named after their files), mixes them with their weights and
+/// fuses them with `--fuse-lora`; returns one summary entry per adapter (layers touched).
+fn load_loras<B: Backend>(
+    pipe: &mut DiffusionPipeline<B>,
+    args: &GenerateArgs,
+) -> Result<Vec<String>> {
+    if args.lora.is_empty() {
+        if args.fuse_lora {
+            return Err(CliError::Usage("--fuse-lora needs --lora".into()));
+        }
+        return Ok(Vec::new());
+    }
+    let mut names: Vec<(String, f64)> = Vec::new();
+    let mut summary = Vec::new();
+    for spec in &args.lora {
+        let (file, weight) = lora_spec(spec)?;
+        let stem = Path::new(&file)
+            .file_stem()
+            .map_or_else(|| "lora".to_string(), |s| s.to_string_lossy().into_owned());
+        let mut name = stem.clone();
+        let mut n = 1;
+        while names.iter().any(|(m, _)| *m == name) {
+            n += 1;
+            name = format!("{stem}_{n}");
+        }
+        let report = pipe
+            .load_lora_weights(&file, &LoraOptions::named(&name))
+            .map_err(cli_error)?;
+        summary.push(format!(
+            "lora {name} x{weight}: {} layers",
+            report.total_layers()
+        ));
+        names.push((name, weight));
+    }
+    let active: Vec<(&str, AdapterWeight)> = names
+        .iter()
+        .map(|(n, w)| (n.as_str(), AdapterWeight::All(*w)))
+        .collect();
+    pipe.set_adapters(&active).map_err(cli_error)?;
+    if args.fuse_lora {
+        let fused = pipe.fuse_lora(1.0).map_err(cli_error)?;
+        summary.push(format!("{fused} layers fused"));
+    }
+    Ok(summary)
 }
 
 fn peak_memory_mib() -> Option<f64> {
@@ -385,6 +451,7 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
     );
     load.finish_and_clear();
     let mut pipe = pipe?;
+    let adapters = load_loras(&mut pipe, args)?;
     let loaded = start.elapsed();
     let class = pipe.class_name();
     let footprints = pipe.memory_footprint();
@@ -501,6 +568,11 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
         let total = start.elapsed();
         let mem = peak_memory_mib().map_or("n/a".into(), |m| format!("{m:.0} MiB"));
         let weights = weights_summary(&footprints);
+        let weights = if adapters.is_empty() {
+            weights
+        } else {
+            format!("{weights}; {}", adapters.join(", "))
+        };
         let seed = seed.map_or(String::new(), |s| format!(", seed {s}"));
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         eprintln!(

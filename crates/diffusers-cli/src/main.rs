@@ -157,6 +157,14 @@ pub struct GenerateArgs {
     /// nf4 or fp4.
     #[arg(long)]
     pub double_quant: bool,
+    /// A LoRA adapter: a .safetensors file (any layout diffusers reads: diffusers/PEFT, kohya,
+    /// ComfyUI/BFL, XLabs) or a folder or hub repository holding one, with an optional weight
+    /// (default 1.0). Repeat for several adapters mixed with their weights.
+    #[arg(long, value_name = "FILE[:WEIGHT]")]
+    pub lora: Vec<String>,
+    /// Fold the --lora adapters into the weights before denoising (no per-step LoRA cost).
+    #[arg(long)]
+    pub fuse_lora: bool,
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     pub revision: Option<String>,

@@ -6,6 +6,7 @@ use burn::tensor::module::{conv2d, conv3d};
 use burn::tensor::ops::ConvOptions;
 use diffusers_core::backend::with_cpu_f32;
 
+use crate::lora::LoraSlot;
 use crate::pad::{PadMode, pad_dim};
 
 /// Configuration of a [`Conv2d`] (as `torch.nn.Conv2d`, zero padding).
@@ -41,6 +42,9 @@ pub struct Conv2d<B: Backend> {
     pub weight: Param<Tensor<B, 4>>,
     /// `[out]`.
     pub bias: Option<Param<Tensor<B, 1>>>,
+    /// The active LoRA adapters' updates (empty unless an adapter is loaded): PEFT's conv LoRA,
+    /// a `[rank, in, kh, kw]` convolution with this layer's stride and padding, then a 1x1 one.
+    pub lora: LoraSlot<B>,
     stride: [usize; 2],
     padding: [usize; 2],
     dilation: [usize; 2],
@@ -67,6 +71,7 @@ impl Conv2dConfig {
             bias: self
                 .bias
                 .then(|| init.init_with([self.out_channels], Some(fan_in), None, device)),
+            lora: LoraSlot::default(),
             stride: self.stride,
             padding: self.padding,
             dilation: self.dilation,
@@ -81,6 +86,30 @@ impl<B: Backend> Conv2d<B> {
     /// On the CPU backend in f32, stride-1 undilated single-group convolutions run on
     /// [`crate::host_conv`] (no im2col matrix); everything else on burn's `conv2d`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if self.lora.is_empty() {
+            return self.forward_base(x);
+        }
+        let y = self.forward_base(x.clone());
+        let s = self.weight.lazy_shape();
+        let (cin, kh, kw) = (s[1], s[2], s[3]);
+        self.lora.deltas.iter().fold(y, |y, d| {
+            let rank = d.down.dims()[0];
+            let down = d.down.clone().reshape([rank, cin, kh, kw]);
+            let h = conv2d(
+                x.clone(),
+                down,
+                None,
+                // PEFT's lora_A: the base kernel size, stride and padding, no dilation or groups.
+                ConvOptions::new(self.stride, self.padding, [1, 1], 1),
+            );
+            let [out, _] = d.up.dims();
+            let up = d.up.clone().reshape([out, rank, 1, 1]);
+            let h = conv2d(h, up, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+            y + h.mul_scalar(d.scale)
+        })
+    }
+
+    fn forward_base(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         if let Some(y) = self.host_forward(&x) {
             return y;
         }

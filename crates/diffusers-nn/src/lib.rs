@@ -47,6 +47,7 @@ mod host_norm;
 mod host_quant_linear;
 mod host_rotary;
 pub mod linear;
+pub mod lora;
 pub mod norm;
 pub mod pad;
 pub mod resnet;

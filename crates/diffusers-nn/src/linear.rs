@@ -3,8 +3,8 @@
 //! The weight is stored as PyTorch stores it, `[out_features, in_features]`, so checkpoint
 //! tensors load without transposition. A quantized weight attaches in the slot
 //! [`Linear::packed`] (filled while loading, see [`QuantizedWeight`]), and the dense parameter
-//! then stays unloaded; a LoRA delta attaches with [`Linear::add_delta`]. Neither changes model
-//! code, since every model calls [`Linear::forward`].
+//! then stays unloaded; LoRA updates attach in the slot [`Linear::lora`] (see [`crate::lora`]).
+//! Neither changes model code, since every model calls [`Linear::forward`].
 
 use std::sync::Arc;
 
@@ -19,6 +19,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::linear;
 use diffusers_quantization::QuantizedTensor;
 
+use crate::lora::LoraSlot;
+
 /// Configuration of a [`Linear`] layer (as `torch.nn.Linear`).
 #[derive(Config, Debug)]
 pub struct LinearConfig {
@@ -31,17 +33,6 @@ pub struct LinearConfig {
     pub bias: bool,
 }
 
-/// A low-rank update `scale * up @ down` added to a [`Linear`]'s output (LoRA).
-#[derive(Module, Debug)]
-pub struct LinearDelta<B: Backend> {
-    /// `lora_A`/`lora_down`: `[rank, in_features]`.
-    pub down: Param<Tensor<B, 2>>,
-    /// `lora_B`/`lora_up`: `[out_features, rank]`.
-    pub up: Param<Tensor<B, 2>>,
-    /// The scale (`alpha / rank` times the adapter weight), a one-element tensor.
-    pub scale: Param<Tensor<B, 1>>,
-}
-
 /// `y = x W^T + b` (+ any attached deltas), as `torch.nn.Linear`.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
@@ -49,8 +40,8 @@ pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     /// `[out_features]`.
     pub bias: Option<Param<Tensor<B, 1>>>,
-    /// Attached low-rank deltas (empty unless an adapter is loaded).
-    pub deltas: Vec<LinearDelta<B>>,
+    /// The active LoRA adapters' updates (empty unless an adapter is loaded).
+    pub lora: LoraSlot<B>,
     /// The packed weight when the layer is quantized (then `weight` is never loaded).
     pub packed: QuantizedWeight<B>,
 }
@@ -181,7 +172,7 @@ impl LinearConfig {
             bias: self
                 .bias
                 .then(|| init.init_with([self.out_features], Some(self.in_features), None, device)),
-            deltas: Vec::new(),
+            lora: LoraSlot::default(),
             packed: QuantizedWeight::default(),
         }
     }
@@ -212,23 +203,12 @@ impl<B: Backend> Linear<B> {
                 self.bias.as_ref().map(|b| b.val()),
             ),
         };
-        self.deltas.iter().fold(y, |y, d| {
-            let h = linear(x.clone(), d.down.val().transpose(), None);
-            let h = linear(h, d.up.val().transpose(), None);
-            let scale = d.scale.val().reshape([1; D]);
-            y + h * scale
+        // PEFT's unfused forward: `result + lora_B(lora_A(x)) * scaling`, adapter by adapter.
+        self.lora.deltas.iter().fold(y, |y, d| {
+            let h = linear(x.clone(), d.down.clone().transpose(), None);
+            let h = linear(h, d.up.clone().transpose(), None);
+            y + h.mul_scalar(d.scale)
         })
-    }
-
-    /// Attaches a low-rank delta (`up: [out, rank]`, `down: [rank, in]`).
-    pub fn add_delta(&mut self, down: Tensor<B, 2>, up: Tensor<B, 2>, scale: f64) {
-        let device = down.device();
-        let scale = Tensor::from_data([scale as f32], (&device, down.dtype()));
-        self.deltas.push(LinearDelta {
-            down: Param::from_tensor(down),
-            up: Param::from_tensor(up),
-            scale: Param::from_tensor(scale),
-        });
     }
 
     /// `(in_features, out_features)`, without materialising the weight.

@@ -57,6 +57,10 @@ pub enum Error {
     /// A quantization option or a quantized checkpoint that cannot be used.
     #[error("quantization: {0}")]
     Quantization(String),
+    /// A LoRA file or adapter operation that cannot be done (a layout no loader knows, layers
+    /// that match no layer, an unknown adapter name, fusing into quantized weights, ...).
+    #[error("lora: {0}")]
+    Lora(String),
     /// Reading files failed.
     #[error(transparent)]
     Core(#[from] diffusers_core::Error),

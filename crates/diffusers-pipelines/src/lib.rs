@@ -46,6 +46,7 @@ pub mod export_utils;
 pub mod generate;
 pub mod image_input;
 pub mod image_processor;
+pub mod lora_pipeline;
 pub mod model_index;
 pub mod pipeline_flux;
 pub mod pipeline_flux_img2img;

@@ -49,6 +49,8 @@ pub struct FluxPipeline<B: Backend> {
     pub text_encoder_2: Option<T5EncoderModel<B>>,
     device: B::Device,
     dtype: DType,
+    /// The LoRA adapters loaded (see [`crate::lora_pipeline::LoraLoader`]).
+    pub(crate) lora: crate::lora_pipeline::LoraState<B>,
 }
 
 /// How the pipeline returns its result (diffusers' `output_type`).
@@ -278,6 +280,7 @@ impl<B: Backend> FluxPipeline<B> {
             text_encoder_2,
             device: device.clone(),
             dtype,
+            lora: crate::lora_pipeline::LoraState::new(folder, variant),
         })
     }
 

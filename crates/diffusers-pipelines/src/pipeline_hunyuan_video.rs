@@ -58,6 +58,8 @@ pub struct HunyuanVideoPipeline<B: Backend> {
     pub text_encoder_2: CLIPTextModel<B>,
     device: B::Device,
     dtype: DType,
+    /// The LoRA adapters loaded (see [`crate::lora_pipeline::LoraLoader`]).
+    pub(crate) lora: crate::lora_pipeline::LoraState<B>,
 }
 
 impl<B: Backend> std::fmt::Debug for HunyuanVideoPipeline<B> {
@@ -241,6 +243,7 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
             text_encoder_2,
             device: device.clone(),
             dtype,
+            lora: crate::lora_pipeline::LoraState::new(folder, variant),
         })
     }
 

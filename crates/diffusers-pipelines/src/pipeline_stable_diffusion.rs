@@ -52,6 +52,8 @@ pub struct StableDiffusionPipeline<B: Backend> {
     pub scheduler: Box<dyn Scheduler<B>>,
     device: B::Device,
     dtype: DType,
+    /// The LoRA adapters loaded (see [`crate::lora_pipeline::LoraLoader`]).
+    pub(crate) lora: crate::lora_pipeline::LoraState<B>,
 }
 
 impl<B: Backend> std::fmt::Debug for StableDiffusionPipeline<B> {
@@ -759,6 +761,7 @@ impl<B: Backend> StableDiffusionPipeline<B> {
             scheduler,
             device: device.clone(),
             dtype,
+            lora: crate::lora_pipeline::LoraState::new(&c.folder, c.variant.as_deref()),
         })
     }
 

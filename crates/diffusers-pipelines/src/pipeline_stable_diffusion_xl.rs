@@ -60,6 +60,8 @@ pub struct StableDiffusionXLPipeline<B: Backend> {
     pub(crate) vae_dtype: DType,
     device: B::Device,
     dtype: DType,
+    /// The LoRA adapters loaded (see [`crate::lora_pipeline::LoraLoader`]).
+    pub(crate) lora: crate::lora_pipeline::LoraState<B>,
 }
 
 impl<B: Backend> std::fmt::Debug for StableDiffusionXLPipeline<B> {
@@ -266,6 +268,7 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
             vae_dtype,
             device: device.clone(),
             dtype,
+            lora: crate::lora_pipeline::LoraState::new(&c.folder, c.variant.as_deref()),
         })
     }
 

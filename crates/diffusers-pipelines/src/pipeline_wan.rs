@@ -48,6 +48,8 @@ pub struct WanPipeline<B: Backend> {
     pub text_encoder: Option<UMT5EncoderModel<B>>,
     device: B::Device,
     dtype: DType,
+    /// The LoRA adapters loaded (see [`crate::lora_pipeline::LoraLoader`]).
+    pub(crate) lora: crate::lora_pipeline::LoraState<B>,
 }
 
 impl<B: Backend> std::fmt::Debug for WanPipeline<B> {
@@ -268,6 +270,7 @@ impl<B: Backend> WanPipeline<B> {
             text_encoder,
             device: device.clone(),
             dtype,
+            lora: crate::lora_pipeline::LoraState::new(folder, variant),
         })
     }
 

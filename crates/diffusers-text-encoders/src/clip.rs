@@ -358,7 +358,7 @@ pub struct CLIPTextModelWithProjection<B: Backend> {
 
 /// Checkpoint key of a module path. transformers 4.x writes `CLIPTextModel` weights under
 /// `text_model.`; transformers 5 writes them without that prefix (the projection model keeps it).
-fn checkpoint_key(path: &str, prefixed: bool) -> String {
+pub fn checkpoint_key(path: &str, prefixed: bool) -> String {
     if prefixed {
         path.to_string()
     } else {

@@ -277,3 +277,87 @@ pub fn module_shapes<B: Backend, M: Module<B>>(
     module.visit(&mut c);
     c.out
 }
+
+/// What [`map_layer_weights`] does at each layer weight: the weight (`weight` parameter) of
+/// every `diffusers_nn` `Linear` (2-D) and `Conv2d` (4-D), named by its checkpoint key (the
+/// key the model's loader reads it from, prefix and key map applied). Adapters use it to attach
+/// LoRA updates by diffusers' module names and to fold them into the weights.
+pub trait LayerWeights<B: Backend> {
+    /// Called at every layer weight, in module order, with its module path (burn's field
+    /// names), its checkpoint key, the layer type (`"Linear"` or `"Conv2d"`) and the weight's
+    /// shape, without materialising it. Return true to have [`update`](Self::update) replace
+    /// its value.
+    fn select(&mut self, path: &str, key: &str, layer: &str, shape: &[usize]) -> bool;
+
+    /// The new value of a selected weight, given (and returned) as `[out, rest]` (a
+    /// convolution's kernel flattened, as PyTorch lays it out).
+    fn update(&mut self, key: &str, weight: Tensor<B, 2>) -> Tensor<B, 2>;
+}
+
+struct LayerMapper<'a, B: Backend, V: LayerWeights<B> + ?Sized> {
+    prefix: &'a str,
+    key_map: Option<&'a dyn Fn(&str) -> String>,
+    path: Vec<String>,
+    containers: Vec<String>,
+    visitor: &'a mut V,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: Backend, V: LayerWeights<B> + ?Sized> ModuleMapper<B> for LayerMapper<'_, B, V> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+        self.containers.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if self.path.last().is_none_or(|p| p != "weight") {
+            return param;
+        }
+        let layer = match (D, self.containers.last().map(String::as_str)) {
+            (2, Some("Struct:Linear")) => "Linear",
+            (4, Some("Struct:Conv2d")) => "Conv2d",
+            _ => return param,
+        };
+        let module_path = self.path.join(".");
+        let mapped = match self.key_map {
+            Some(f) => f(&module_path),
+            None => module_path.clone(),
+        };
+        let key = format!("{}{}", self.prefix, mapped);
+        let shape = param.lazy_shape().to_vec();
+        if !self.visitor.select(&module_path, &key, layer, &shape) {
+            return param;
+        }
+        let id = param.id;
+        let value = param.val();
+        let dims = value.dims();
+        let rest = dims[1..].iter().product::<usize>();
+        let updated = self.visitor.update(&key, value.reshape([dims[0], rest]));
+        Param::initialized(id, updated.reshape(dims))
+    }
+}
+
+/// Walks `module` calling `visitor` at every `Linear` and `Conv2d` weight with its checkpoint
+/// key (`prefix` + `key_map(module path)`, as [`load_into`] computes it), replacing the weights
+/// it selects; other parameters are left as they are (and unmaterialised).
+pub fn map_layer_weights<B: Backend, M: Module<B>, V: LayerWeights<B> + ?Sized>(
+    module: M,
+    prefix: &str,
+    key_map: Option<&dyn Fn(&str) -> String>,
+    visitor: &mut V,
+) -> M {
+    let mut mapper = LayerMapper {
+        prefix,
+        key_map,
+        path: Vec::new(),
+        containers: Vec::new(),
+        visitor,
+        _b: std::marker::PhantomData,
+    };
+    module.map(&mut mapper)
+}

@@ -17,7 +17,8 @@ use burn::tensor::TensorData;
 use serde::Deserialize;
 
 pub use self::apply::{
-    HookDecision, LinearHook, LoadOptions, LoadReport, load_into, module_shapes, with_linear_hook,
+    HookDecision, LayerWeights, LinearHook, LoadOptions, LoadReport, load_into, map_layer_weights,
+    module_shapes, with_linear_hook,
 };
 pub use self::files::{WeightFormat, WeightsName, resolve_weight_files, variant_name};
 pub use self::pickle::PickleFile;
