@@ -2865,6 +2865,140 @@ def stage_gguf(out: Path):
     c.cases["files"] = files
     c.save(folder, "gguf")
 
+def flux_to_bfl(sd, dim):
+    """The inverse of diffusers' convert_flux_transformer_checkpoint_to_diffusers: a
+    FluxTransformer2DModel state dict in the BFL / ComfyUI layout (fused img_attn.qkv and
+    single-block linear1, final_layer.adaLN_modulation.1 as [shift; scale])."""
+    sd = {k: v.detach().clone().contiguous() for k, v in sd.items()}
+    out = {}
+    for bfl, dif in [("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+                     ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+                     ("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+                     ("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+                     ("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),
+                     ("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"),
+                     ("txt_in", "context_embedder"), ("img_in", "x_embedder"),
+                     ("final_layer.linear", "proj_out")]:
+        for p in ["weight", "bias"]:
+            out[f"{bfl}.{p}"] = sd.pop(f"{dif}.{p}")
+    for p in ["weight", "bias"]:
+        w = sd.pop(f"norm_out.linear.{p}")
+        scale, shift = w.chunk(2, dim=0)
+        out[f"final_layer.adaLN_modulation.1.{p}"] = torch.cat([shift, scale]).contiguous()
+    i = 0
+    while f"transformer_blocks.{i}.norm1.linear.weight" in sd:
+        b, d = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        for bfl, dif in [("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.linear"),
+                         ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
+                         ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2"),
+                         ("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out")]:
+            for p in ["weight", "bias"]:
+                out[f"{d}{bfl}.{p}"] = sd.pop(f"{b}{dif}.{p}")
+        for p in ["weight", "bias"]:
+            out[f"{d}img_attn.qkv.{p}"] = torch.cat([sd.pop(f"{b}attn.to_{x}.{p}") for x in "qkv"]).contiguous()
+            out[f"{d}txt_attn.qkv.{p}"] = torch.cat([sd.pop(f"{b}attn.add_{x}_proj.{p}") for x in "qkv"]).contiguous()
+        for bfl, dif in [("img_attn.norm.query_norm", "norm_q"), ("img_attn.norm.key_norm", "norm_k"),
+                         ("txt_attn.norm.query_norm", "norm_added_q"), ("txt_attn.norm.key_norm", "norm_added_k")]:
+            out[f"{d}{bfl}.scale"] = sd.pop(f"{b}attn.{dif}.weight")
+        i += 1
+    i = 0
+    while f"single_transformer_blocks.{i}.norm.linear.weight" in sd:
+        b, d = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        for p in ["weight", "bias"]:
+            out[f"{d}modulation.lin.{p}"] = sd.pop(f"{b}norm.linear.{p}")
+            out[f"{d}linear2.{p}"] = sd.pop(f"{b}proj_out.{p}")
+            out[f"{d}linear1.{p}"] = torch.cat([sd.pop(f"{b}attn.to_{x}.{p}") for x in "qkv"]
+                                               + [sd.pop(f"{b}proj_mlp.{p}")]).contiguous()
+        out[f"{d}norm.query_norm.scale"] = sd.pop(f"{b}attn.norm_q.weight")
+        out[f"{d}norm.key_norm.scale"] = sd.pop(f"{b}attn.norm_k.weight")
+        i += 1
+    assert not sd, f"keys left unconverted: {sorted(sd)}"
+    return out
+
+
+def stage_gguf_flux(out: Path):
+    """The tiny Flux pipeline's transformer (fixtures/pipelines/tiny_flux) written as a single-file
+    GGUF in the BFL / ComfyUI layout (as city96's FLUX.1 GGUFs are: fused qkv and linear1, the final
+    layer's [shift; scale], 2-D weights Q8_0 / Q4_0 / F16, the rest F32), loaded back by diffusers'
+    FluxTransformer2DModel.from_single_file with GGUFQuantizationConfig (f32 compute) and run in the
+    tiny pipeline with the prompt, latents and arguments of stage `quantization`.
+
+    diffusers' convert_flux_transformer_checkpoint_to_diffusers hard-codes FLUX.1's inner_dim 3072
+    (the single blocks' linear1 split); for the tiny model (inner dim 32) the function is recompiled
+    from its own source with that one constant replaced, and put in place of the original while
+    loading. Nothing else of the conversion changes."""
+    import importlib.metadata
+    import inspect
+
+    import gguf
+    from safetensors.torch import load_file
+    from diffusers import FluxPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
+    from diffusers.loaders import single_file_model, single_file_utils
+
+    folder = out / "quantization"
+    repo = out / "pipelines" / "tiny_flux"
+    dense = FluxTransformer2DModel.from_pretrained(repo, subfolder="transformer", torch_dtype=torch.float32)
+    dim = dense.config.num_attention_heads * dense.config.attention_head_dim
+    bfl = flux_to_bfl(dense.state_dict(), dim)
+    Q8, Q4, F16 = (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0,
+                   gguf.GGMLQuantizationType.F16)
+    # img_in, vector_in.in_layer (rows of 16 and 10, not whole Q8_0 blocks), the final
+    # layer's linear and the image attention's output projection stay F32, txt_in is F16.
+    types = {"time_in.in_layer.weight": Q4, "time_in.out_layer.weight": Q8, "guidance_in.in_layer.weight": Q8,
+             "guidance_in.out_layer.weight": Q8, "vector_in.out_layer.weight": Q8,
+             "double_blocks.0.img_attn.qkv.weight": Q8, "double_blocks.0.txt_attn.qkv.weight": Q8,
+             "double_blocks.0.txt_attn.proj.weight": Q8, "double_blocks.0.img_mlp.0.weight": Q8,
+             "double_blocks.0.img_mlp.2.weight": Q8, "double_blocks.0.txt_mlp.0.weight": Q8,
+             "double_blocks.0.txt_mlp.2.weight": Q4, "double_blocks.0.img_mod.lin.weight": Q8,
+             "double_blocks.0.txt_mod.lin.weight": Q8, "final_layer.adaLN_modulation.1.weight": Q8,
+             "single_blocks.0.linear1.weight": Q4, "single_blocks.0.linear2.weight": Q4,
+             "single_blocks.0.modulation.lin.weight": Q4, "txt_in.weight": F16}
+    path = folder / "tiny_flux_transformer.gguf"
+    w = gguf.GGUFWriter(path, arch="flux")
+    for name, t in bfl.items():
+        a = t.numpy().astype(np.float32)
+        ty = types.get(name)
+        if ty == F16:
+            w.add_tensor(name, a.astype(np.float16))
+        elif ty is not None:
+            assert a.ndim == 2 and a.shape[1] % 32 == 0, name
+            w.add_tensor(name, gguf.quants.quantize(a, ty), raw_dtype=ty)
+        else:
+            w.add_tensor(name, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    original = single_file_utils.convert_flux_transformer_checkpoint_to_diffusers
+    src = inspect.getsource(original).replace("inner_dim = 3072", f"inner_dim = {dim}")
+    assert f"inner_dim = {dim}" in src
+    scope = dict(vars(single_file_utils))
+    exec(compile(src, single_file_utils.__file__, "exec"), scope)
+    entry = single_file_model.SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"]
+    entry["checkpoint_mapping_fn"] = scope["convert_flux_transformer_checkpoint_to_diffusers"]
+    try:
+        t = FluxTransformer2DModel.from_single_file(
+            str(path), config=str(repo), subfolder="transformer",
+            quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), torch_dtype=torch.float32)
+    finally:
+        entry["checkpoint_mapping_fn"] = original
+    packed = sorted(n for n, m in t.named_modules() if type(m).__name__ == "GGUFLinear")
+    pipe = FluxPipeline.from_pretrained(repo, transformer=t)
+    latents = load_file(str(folder / "flux_pipeline.safetensors"))["latents"]
+    args = dict(prompt="a photo of the cat", height=16, width=24, num_inference_steps=3, guidance_scale=3.5,
+                max_sequence_length=8)
+    image = torch.from_numpy(pipe(**args, latents=latents.clone(), output_type="np").images).contiguous()
+    reader = gguf.GGUFReader(path)
+    save_file({"gguf.images": image}, str(folder / "gguf_flux.safetensors"))
+    write_json(folder / "gguf_flux.json", {
+        "cases": {"gguf": {**args, "file": path.name, "compute_dtype": "float32", "packed_modules": packed,
+                           "tensor_types": {tt.name: tt.tensor_type.name for tt in reader.tensors}}},
+        "versions": {**versions(), "gguf": importlib.metadata.version("gguf")}})
+    size = sum(p.stat().st_size for p in [path, folder / "gguf_flux.safetensors", folder / "gguf_flux.json"])
+    assert size < 100_000, f"gguf_flux fixtures are {size} bytes"
+
+
 STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "schedulers": stage_schedulers, "discrete": stage_discrete_schedulers,
           "text_encoders": stage_text_encoders, "umt5": stage_umt5, "vae": stage_vae,
           "llama": stage_llama,
@@ -2880,6 +3014,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "hunyuan_video_transformer": stage_hunyuan_video_transformer,
           "pipelines": stage_pipelines,
           "gguf": stage_gguf,
+          "gguf_flux": stage_gguf_flux,
           "tokenizers": stage_tokenizers,
           "t5_tokenizer": stage_t5_tokenizer,
           "unets": stage_unets,

@@ -437,6 +437,7 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
         dtype,
         variant: args.variant.clone(),
         quantization,
+        transformer_file: args.transformer.clone(),
     };
     load.set_message(format!("loading {}", args.model));
     let pipe = DiffusionPipeline::<B>::from_pretrained_with_progress(

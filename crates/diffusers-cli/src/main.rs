@@ -157,6 +157,11 @@ pub struct GenerateArgs {
     /// nf4 or fp4.
     #[arg(long)]
     pub double_quant: bool,
+    /// The transformer from one single-file GGUF checkpoint (BFL / ComfyUI keys, as city96's
+    /// FLUX.1 files): a local path or owner/repo/file.gguf on the hub; quantized weights stay
+    /// packed. FluxPipeline only; the config comes from the model's transformer/config.json.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub transformer: Option<String>,
     /// A LoRA adapter: a .safetensors file (any layout diffusers reads: diffusers/PEFT, kohya,
     /// ComfyUI/BFL, XLabs) or a folder or hub repository holding one, with an optional weight
     /// (default 1.0). Repeat for several adapters mixed with their weights.

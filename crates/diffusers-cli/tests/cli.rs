@@ -1003,3 +1003,49 @@ fn hunyuan_video_with_a_prompt_template_matches_diffusers() {
         "cli frames",
     );
 }
+
+/// `--transformer FILE.gguf`: the tiny Flux repository with its transformer from the single-file
+/// GGUF fixture (stage `gguf_flux`) gives diffusers' `from_single_file` image; on a Stable
+/// Diffusion repository it is a one-line error.
+#[test]
+fn gguf_transformer_matches_diffusers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = fixtures_dir().join("quantization");
+    let gguf = q.join("tiny_flux_transformer.gguf");
+    let latents = q.join("flux_pipeline.safetensors");
+    let m = model().to_string_lossy().into_owned();
+    let out = generate(
+        dir.path(),
+        &m,
+        &[
+            "--transformer",
+            &gguf.to_string_lossy(),
+            "--latents",
+            &latents.to_string_lossy(),
+            "--output-type",
+            "array",
+            "-o",
+            "out.safetensors",
+        ],
+        &[],
+    );
+    ok(&out);
+    let fx = Fixture::open("quantization/gguf_flux");
+    // f32 on both sides with the same dequantized weights: f32 matmul summation order
+    // (measured 2.3e-5).
+    assert_close(
+        read(&dir.path().join("out.safetensors"), "images"),
+        &fx.values("gguf.images"),
+        None,
+        IMAGE,
+        "cli gguf images",
+    );
+    let sd = sd_model("tiny_sd");
+    let out = generate_raw(
+        dir.path(),
+        &sd,
+        &["--transformer", &gguf.to_string_lossy(), "-o", "sd.png"],
+        &[],
+    );
+    one_line_error(&out, "only FluxPipeline takes a single-file transformer");
+}

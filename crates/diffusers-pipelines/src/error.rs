@@ -54,6 +54,15 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A single-file checkpoint (`transformer_file`, a `.gguf`) that cannot be loaded: a key the
+    /// conversion does not know, parameters no tensor provides, a shape or type that does not fit.
+    #[error("{}: {reason}", path.display())]
+    SingleFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, naming the keys.
+        reason: String,
+    },
     /// A quantization option or a quantized checkpoint that cannot be used.
     #[error("quantization: {0}")]
     Quantization(String),

@@ -19,6 +19,8 @@
 //! - [`pipeline_hunyuan_video::HunyuanVideoPipeline`]: HunyuanVideo text-to-video: Llama states
 //!   under a prompt template, CLIP's pooled embedding, embedded guidance (and true CFG with a
 //!   negative prompt), `AutoencoderKLHunyuanVideo` decoding;
+//! - [`single_file`]: a FLUX.1 transformer from one GGUF file (BFL / ComfyUI keys, quantized
+//!   `Linear` weights kept packed), as diffusers' `from_single_file`;
 //! - [`image_processor`]: `[0, 1]` arrays, 8-bit pixels and PNG files;
 //! - [`export_utils`]: a video's frames to an H.264 MP4, an animated GIF or a folder of PNGs,
 //!   as diffusers' `export_to_video` and `export_to_gif`.
@@ -58,6 +60,7 @@ pub mod pipeline_stable_diffusion_xl_img2img;
 pub mod pipeline_utils;
 pub mod pipeline_wan;
 pub mod quantization;
+pub mod single_file;
 
 pub use error::{Error, Result};
 pub use pipeline_utils::{DiffusionPipeline, LoadEvent, PipelineOptions, SUPPORTED_PIPELINES};

@@ -177,6 +177,20 @@ impl<B: Backend> FluxPipeline<B> {
         dtype: DType,
         device: &B::Device,
     ) -> Result<Self> {
+        Self::from_folder_with_transformer_file(folder, variant, None, dtype, device)
+    }
+
+    /// The same, with the transformer from the single-file GGUF `transformer_file` when given
+    /// (BFL / ComfyUI keys, quantized `Linear` weights kept packed; the config from the
+    /// folder's `transformer/config.json`), as diffusers'
+    /// `FluxPipeline.from_pretrained(folder, transformer=FluxTransformer2DModel.from_single_file(...))`.
+    pub fn from_folder_with_transformer_file(
+        folder: impl AsRef<Path>,
+        variant: Option<&str>,
+        transformer_file: Option<&Path>,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self> {
         let folder = folder.as_ref();
         let index = ModelIndex::load(folder.join("model_index.json"))?;
         // The img2img pipeline has the same components.
@@ -220,15 +234,22 @@ impl<B: Backend> FluxPipeline<B> {
 
         let weights_dtype = (dtype != DType::F32).then_some(dtype);
         tracing::info!("{}: loading transformer", folder.display());
-        let (transformer, transformer_config) =
-            crate::quantization::load_component(folder, "transformer", || {
+        let (transformer, transformer_config) = match transformer_file {
+            Some(file) => crate::single_file::load_flux_transformer_gguf(
+                file,
+                &folder.join("transformer"),
+                weights_dtype,
+                device,
+            )?,
+            None => crate::quantization::load_component(folder, "transformer", || {
                 FluxTransformer2DModel::from_folder_variant(
                     folder.join("transformer"),
                     variant,
                     weights_dtype,
                     device,
                 )
-            })?;
+            })?,
+        };
         tracing::info!("{}: loading vae", folder.display());
         let (vae, vae_config) = crate::quantization::load_component(folder, "vae", || {
             AutoencoderKL::from_folder_variant(folder.join("vae"), variant, weights_dtype, device)

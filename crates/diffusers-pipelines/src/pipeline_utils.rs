@@ -74,6 +74,11 @@ pub struct PipelineOptions {
     pub variant: Option<String>,
     /// Quantize components while loading (`quantization_config=PipelineQuantizationConfig(...)`).
     pub quantization: Option<crate::quantization::PipelineQuantizationConfig>,
+    /// The denoiser from one single-file checkpoint instead of the repository's `transformer/`
+    /// weights (diffusers' `FluxTransformer2DModel.from_single_file(file, config=repo,
+    /// subfolder="transformer")` passed as `transformer=`): a local `.gguf` path or
+    /// `owner/repo/file.gguf` on the hub. Only `FluxPipeline` takes one.
+    pub transformer_file: Option<String>,
 }
 
 impl Default for PipelineOptions {
@@ -83,6 +88,7 @@ impl Default for PipelineOptions {
             dtype: DType::F32,
             variant: None,
             quantization: None,
+            transformer_file: None,
         }
     }
 }
@@ -225,6 +231,11 @@ impl<B: Backend> DiffusionPipeline<B> {
         let variant = opts.variant.as_deref();
         let (root, index) = fetch(&repo, variant, progress)?;
         progress(LoadEvent::Loading(index.class_name.clone()));
+        let transformer_file = opts
+            .transformer_file
+            .as_deref()
+            .map(|f| crate::single_file::resolve_transformer_file(f, &opts.repo))
+            .transpose()?;
         let quantization = match &opts.quantization {
             Some(q) => {
                 let names: Vec<String> = (index.components.iter())
@@ -235,8 +246,25 @@ impl<B: Backend> DiffusionPipeline<B> {
             }
             None => None,
         };
+        if let (Some(_), Some((_, names))) = (&transformer_file, &quantization)
+            && names.iter().any(|n| n == "transformer")
+        {
+            return Err(Error::Quantization(
+                "the transformer comes from a single file (already quantized GGUF): leave it \
+                 out of components_to_quantize"
+                    .into(),
+            ));
+        }
         crate::quantization::with_quantization(quantization, || {
-            Self::from_folder_class(repo_or_dir, &root, &index.class_name, variant, opts, device)
+            Self::from_folder_class(
+                repo_or_dir,
+                &root,
+                &index.class_name,
+                variant,
+                transformer_file.as_deref(),
+                opts,
+                device,
+            )
         })
     }
 
@@ -245,12 +273,29 @@ impl<B: Backend> DiffusionPipeline<B> {
         root: &std::path::Path,
         class_name: &str,
         variant: Option<&str>,
+        transformer_file: Option<&Path>,
         opts: &PipelineOptions,
         device: &B::Device,
     ) -> Result<Self> {
+        let is_flux = matches!(class_name, "FluxPipeline" | "FluxImg2ImgPipeline");
+        if let (Some(file), false) = (transformer_file, is_flux) {
+            return Err(Error::Unsupported {
+                path: repo_or_dir.to_string(),
+                reason: format!(
+                    "only FluxPipeline takes a single-file transformer ({} given for a {class_name})",
+                    file.display()
+                ),
+            });
+        }
         match class_name {
             "FluxPipeline" | "FluxImg2ImgPipeline" => Ok(Self::Flux(Box::new(
-                FluxPipeline::from_folder_variant(root, variant, opts.dtype, device)?,
+                FluxPipeline::from_folder_with_transformer_file(
+                    root,
+                    variant,
+                    transformer_file,
+                    opts.dtype,
+                    device,
+                )?,
             ))),
             "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" => Ok(
                 Self::StableDiffusion(Box::new(StableDiffusionPipeline::from_folder_variant(

@@ -765,3 +765,249 @@ mod quantized {
         }
     }
 }
+
+/// The tiny pipeline with its transformer from a single-file GGUF in the BFL / ComfyUI layout
+/// (`fixtures/quantization/tiny_flux_transformer.gguf`, written by stage `gguf_flux`: fused qkv
+/// and linear1, the final layer's `[shift; scale]`; Q8_0, Q4_0, F16 and F32 tensors) against
+/// diffusers' `FluxTransformer2DModel.from_single_file(..., GGUFQuantizationConfig(float32))` in
+/// the same pipeline, prompt and latents as `quantized`; and the files it refuses.
+mod gguf {
+    use super::*;
+    use diffusers_nn::footprint::memory_footprint;
+    use diffusers_quantization::gguf::GgufFile;
+    use std::path::{Path, PathBuf};
+
+    fn gguf_file() -> PathBuf {
+        fixtures_dir().join("quantization/tiny_flux_transformer.gguf")
+    }
+
+    fn load(file: &Path) -> Result<DiffusionPipeline<Cpu>, Error> {
+        let opts = PipelineOptions {
+            transformer_file: Some(file.to_string_lossy().into_owned()),
+            ..Default::default()
+        };
+        DiffusionPipeline::<Cpu>::from_pretrained(
+            &folder().to_string_lossy(),
+            &opts,
+            &Default::default(),
+        )
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn gguf_transformer_matches_diffusers_from_single_file() {
+        let pipe = load(&gguf_file()).expect("load");
+        let DiffusionPipeline::Flux(mut p) = pipe else {
+            panic!("not flux")
+        };
+        // Every quantized tensor of the file stays packed, split and swapped but whole: the
+        // packed bytes are the file's quantized bytes.
+        let file = GgufFile::open(gguf_file()).expect("open");
+        let quantized: usize = (file.tensors().iter())
+            .filter(|t| t.ggml_type.is_quantized())
+            .map(|t| t.byte_range.len())
+            .sum();
+        let fp = memory_footprint(&p.transformer);
+        assert_eq!(fp.packed_bytes, quantized);
+        assert!(fp.dense_bytes > 0);
+        let lat = Fixture::open("quantization/flux_pipeline");
+        let call = FluxCall {
+            height: Some(16),
+            width: Some(24),
+            num_inference_steps: 3,
+            guidance_scale: 3.5,
+            max_sequence_length: 8,
+            latents: Some(lat.tensor("latents", &Default::default(), DType::F32)),
+            output_type: OutputType::Array,
+            ..FluxCall::new("a photo of the cat")
+        };
+        let out = p.call(call).expect("call");
+        let img: Vec<f32> = array(&out)
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("f32");
+        let want = Fixture::open("quantization/gguf_flux").values("gguf.images");
+        let err = max_diff(&img, &want);
+        // f32 compute on both sides, the same dequantized weights (ggml's formulas): the
+        // difference is the summation order of f32 matmuls (measured 2.3e-5).
+        assert!(err <= 1e-4, "{err} from diffusers");
+        // Q4_0/Q8_0 move the image 2.5e-3 from the dense transformer's (in diffusers too): the
+        // packed weights ran.
+        let dense = lat.values("dense.images");
+        assert!(max_diff(&img, &dense) > 1e-3, "not quantized?");
+    }
+
+    /// A GGUF v3 file holding `tensors` (name, torch-order shape, GGML type id, raw bytes), as
+    /// gguf-py's GGUFWriter lays it out (alignment 32).
+    fn write_gguf(path: &Path, tensors: &[(String, Vec<usize>, u32, Vec<u8>)]) {
+        let mut h: Vec<u8> = b"GGUF".to_vec();
+        h.extend(3u32.to_le_bytes());
+        h.extend((tensors.len() as u64).to_le_bytes());
+        h.extend(1u64.to_le_bytes());
+        let s = |h: &mut Vec<u8>, s: &str| {
+            h.extend((s.len() as u64).to_le_bytes());
+            h.extend(s.as_bytes());
+        };
+        s(&mut h, "general.architecture");
+        h.extend(8u32.to_le_bytes()); // STRING
+        s(&mut h, "flux");
+        let pad = |n: usize| n.div_ceil(32) * 32;
+        let mut offset = 0;
+        for (name, shape, ty, data) in tensors {
+            s(&mut h, name);
+            h.extend((shape.len() as u32).to_le_bytes());
+            for d in shape.iter().rev() {
+                h.extend((*d as u64).to_le_bytes());
+            }
+            h.extend(ty.to_le_bytes());
+            h.extend((offset as u64).to_le_bytes());
+            offset += pad(data.len());
+        }
+        h.resize(pad(h.len()), 0);
+        for (_, _, _, data) in tensors {
+            let start = h.len();
+            h.extend(data);
+            h.resize(start + pad(data.len()), 0);
+        }
+        std::fs::write(path, h).expect("write gguf");
+    }
+
+    type Tensors = Vec<(String, Vec<usize>, u32, Vec<u8>)>;
+
+    fn fixture_tensors() -> Tensors {
+        let file = GgufFile::open(gguf_file()).expect("open");
+        file.tensors()
+            .iter()
+            .map(|t| {
+                let bytes = file.tensor_bytes(&t.name).expect("bytes").to_vec();
+                (t.name.clone(), t.shape.clone(), t.ggml_type.id(), bytes)
+            })
+            .collect()
+    }
+
+    /// Edited copies of the fixture, each refused with one line naming the file and the keys.
+    #[test]
+    fn broken_files_are_errors_naming_the_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f32_bytes = |n: usize| vec![0u8; 4 * n];
+        type Case = (&'static str, Box<dyn Fn(&mut Tensors)>, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
+            (
+                "missing",
+                Box::new(|t: &mut Tensors| {
+                    t.retain(|x| x.0 != "double_blocks.0.img_attn.qkv.weight")
+                }),
+                vec![
+                    "no tensor provides",
+                    "transformer_blocks.0.attn.to_q.weight",
+                    "transformer_blocks.0.attn.to_k.weight",
+                    "transformer_blocks.0.attn.to_v.weight",
+                ],
+            ),
+            (
+                "unknown",
+                Box::new(move |t: &mut Tensors| {
+                    t.push((
+                        "double_blocks.0.img_attn.lora_up.weight".into(),
+                        vec![2, 32],
+                        0,
+                        f32_bytes(64),
+                    ))
+                }),
+                vec!["`double_blocks.0.img_attn.lora_up.weight`", "not a tensor"],
+            ),
+            (
+                "dense_shape",
+                Box::new(move |t: &mut Tensors| {
+                    let x = t
+                        .iter_mut()
+                        .find(|x| x.0 == "img_in.weight")
+                        .expect("img_in");
+                    (x.1, x.2, x.3) = (vec![32, 8], 0, f32_bytes(256));
+                }),
+                vec!["x_embedder.weight", "[32, 8]"],
+            ),
+            (
+                "packed_shape",
+                Box::new(|t: &mut Tensors| {
+                    let x = (t.iter_mut())
+                        .find(|x| x.0 == "time_in.out_layer.weight")
+                        .expect("time_in");
+                    // Q8_0 [32, 64]: 2 blocks of 34 bytes a row.
+                    (x.1, x.2, x.3) = (vec![32, 64], 8, vec![0; 32 * 2 * 34]);
+                }),
+                vec![
+                    "time_text_embed.timestep_embedder.linear_2.weight",
+                    "[32, 64]",
+                ],
+            ),
+            (
+                "fused_rows",
+                Box::new(|t: &mut Tensors| {
+                    let x = (t.iter_mut())
+                        .find(|x| x.0 == "single_blocks.0.linear1.bias")
+                        .expect("linear1");
+                    x.1 = vec![x.1[0] / 2];
+                    x.3.truncate(x.3.len() / 2);
+                }),
+                vec!["single_blocks.0.linear1.bias", "224 rows"],
+            ),
+            (
+                "unsupported_type",
+                Box::new(|t: &mut Tensors| {
+                    let x = t.iter_mut().find(|x| x.0 == "txt_in.bias").expect("txt_in");
+                    x.2 = 9; // Q8_1: 36-byte blocks of 32
+                    x.3 = vec![0; 36];
+                }),
+                vec!["txt_in.bias", "Q8_1"],
+            ),
+        ];
+        for (name, edit, words) in cases {
+            let mut t = fixture_tensors();
+            edit(&mut t);
+            let path = dir.path().join(format!("{name}.gguf"));
+            write_gguf(&path, &t);
+            let msg = load(&path).map(|_| ()).expect_err(name).to_string();
+            assert!(!msg.contains('\n'), "{name}: `{msg}`");
+            assert!(msg.contains(&*path.to_string_lossy()), "{name}: `{msg}`");
+            for w in words {
+                assert!(msg.contains(w), "{name}: `{msg}` lacks `{w}`");
+            }
+        }
+        // The unedited tensors written by this writer load: the edits are what is refused.
+        let path = dir.path().join("same.gguf");
+        write_gguf(&path, &fixture_tensors());
+        load(&path).expect("rewritten fixture");
+    }
+
+    #[test]
+    fn only_flux_takes_a_single_file_transformer() {
+        let opts = PipelineOptions {
+            transformer_file: Some(gguf_file().to_string_lossy().into_owned()),
+            ..Default::default()
+        };
+        let sd = fixtures_dir().join("pipelines/tiny_sd");
+        let msg = DiffusionPipeline::<Cpu>::from_pretrained(
+            &sd.to_string_lossy(),
+            &opts,
+            &Default::default(),
+        )
+        .map(|_| ())
+        .expect_err("sd")
+        .to_string();
+        assert!(
+            msg.contains("only FluxPipeline takes a single-file transformer"),
+            "{msg}"
+        );
+        let missing = fixtures_dir().join("quantization/no_such_file.gguf");
+        let msg = load(&missing).map(|_| ()).expect_err("missing").to_string();
+        assert!(msg.contains("no_such_file.gguf"), "{msg}");
+    }
+}

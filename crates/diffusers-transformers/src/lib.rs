@@ -9,8 +9,11 @@
 //! - [`transformer_hunyuan_video::HunyuanVideoTransformer3DModel`]: HunyuanVideo text-to-video
 //!   (token refiner under the text mask, dual- and single-stream blocks with the text after the
 //!   image tokens, 3-D rotary embeddings, guidance embedding).
+//! - [`single_file_utils`]: which diffusers parameter each tensor of an original single-file
+//!   checkpoint (FLUX.1 in the BFL / ComfyUI layout) becomes.
 
 mod error;
+pub mod single_file_utils;
 pub mod transformer_flux;
 pub mod transformer_hunyuan_video;
 pub mod transformer_wan;

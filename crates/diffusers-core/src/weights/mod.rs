@@ -43,6 +43,57 @@ pub enum WeightFile {
     Safetensors(SafetensorsFile),
     /// A PyTorch zip checkpoint.
     Pickle(PickleFile),
+    /// Tensors held in memory (converted from another layout, see [`Weights::from_tensors`]).
+    Memory(MemoryFile),
+}
+
+/// Tensors held in memory under checkpoint keys, read like a file's (e.g. a single-file
+/// checkpoint converted to diffusers' keys).
+#[derive(Debug)]
+pub struct MemoryFile {
+    origin: PathBuf,
+    tensors: BTreeMap<String, (TensorInfo, TensorData)>,
+}
+
+impl MemoryFile {
+    /// Holds `tensors`; `origin` names the file they came from (in errors and in each
+    /// [`TensorInfo::file`]).
+    pub fn new(origin: PathBuf, tensors: BTreeMap<String, TensorData>) -> Self {
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, d)| {
+                let info = TensorInfo {
+                    dtype: dtype_name(d.dtype),
+                    shape: d.shape.to_vec(),
+                    file: origin.clone(),
+                };
+                (k, (info, d))
+            })
+            .collect();
+        Self { origin, tensors }
+    }
+}
+
+/// The safetensors name of a dtype (`F32`, `BF16`, ...).
+fn dtype_name(d: burn::tensor::DType) -> String {
+    use burn::tensor::DType;
+    match d {
+        DType::F64 => "F64",
+        DType::F32 | DType::Flex32 => "F32",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::I64 => "I64",
+        DType::I32 => "I32",
+        DType::I16 => "I16",
+        DType::I8 => "I8",
+        DType::U64 => "U64",
+        DType::U32 => "U32",
+        DType::U16 => "U16",
+        DType::U8 => "U8",
+        DType::Bool(_) => "BOOL",
+        _ => "OTHER",
+    }
+    .to_string()
 }
 
 impl WeightFile {
@@ -61,6 +112,7 @@ impl WeightFile {
         match self {
             WeightFile::Safetensors(f) => f.path(),
             WeightFile::Pickle(f) => f.path(),
+            WeightFile::Memory(f) => &f.origin,
         }
     }
 
@@ -68,6 +120,7 @@ impl WeightFile {
         match self {
             WeightFile::Safetensors(f) => f.keys().map(str::to_string).collect(),
             WeightFile::Pickle(f) => f.keys().map(str::to_string).collect(),
+            WeightFile::Memory(f) => f.tensors.keys().cloned().collect(),
         }
     }
 
@@ -75,6 +128,7 @@ impl WeightFile {
         match self {
             WeightFile::Safetensors(f) => f.info(key),
             WeightFile::Pickle(f) => f.info(key),
+            WeightFile::Memory(f) => f.tensors.get(key).map(|(i, _)| i),
         }
     }
 
@@ -82,6 +136,13 @@ impl WeightFile {
         match self {
             WeightFile::Safetensors(f) => f.read(key),
             WeightFile::Pickle(f) => f.read(key),
+            WeightFile::Memory(f) => match f.tensors.get(key) {
+                Some((_, d)) => Ok(d.clone()),
+                None => Err(Error::MissingKeys {
+                    path: f.origin.clone(),
+                    keys: vec![key.to_string()],
+                }),
+            },
         }
     }
 }
@@ -140,6 +201,19 @@ impl Weights {
         }
         crate::repo::Repo::open(&folder.to_string_lossy(), &Default::default())?
             .weights("", name, variant)
+    }
+
+    /// Tensors already in memory under checkpoint keys (e.g. a single-file checkpoint converted
+    /// to diffusers' keys), read by [`load_into`] as a file's; `origin` names them in errors.
+    pub fn from_tensors(origin: impl Into<PathBuf>, tensors: BTreeMap<String, TensorData>) -> Self {
+        let origin = origin.into();
+        let file = WeightFile::Memory(MemoryFile::new(origin.clone(), tensors));
+        let keys = file.keys().into_iter().map(|k| (k, 0)).collect();
+        Self {
+            files: vec![file],
+            keys,
+            origin,
+        }
     }
 
     /// Opens several files (e.g. shards, or the list from [`resolve_weight_files`]).
@@ -217,5 +291,46 @@ impl Weights {
                 keys: vec![key.to_string()],
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In-memory tensors answer `keys`, `info` and `read` as a file's do, with the origin in
+    /// each info and in the missing-key error.
+    #[test]
+    fn from_tensors_reads_like_a_file() {
+        let tensors = BTreeMap::from([
+            (
+                "b.bias".to_string(),
+                TensorData::new(vec![1.0f32, 2.0], [2]),
+            ),
+            (
+                "a.weight".to_string(),
+                TensorData::new(vec![1.0f32; 6], [2, 3]).convert_dtype(burn::tensor::DType::BF16),
+            ),
+        ]);
+        let w = Weights::from_tensors("model.gguf", tensors);
+        assert_eq!(w.keys().collect::<Vec<_>>(), ["a.weight", "b.bias"]);
+        let info = w.info("a.weight").expect("info");
+        assert_eq!(
+            (
+                info.dtype.as_str(),
+                info.shape.as_slice(),
+                info.file.as_path()
+            ),
+            ("BF16", &[2, 3][..], Path::new("model.gguf"))
+        );
+        assert_eq!(
+            w.read("b.bias")
+                .expect("read")
+                .to_vec::<f32>()
+                .expect("f32"),
+            [1.0, 2.0]
+        );
+        let err = w.read("c").expect_err("missing").to_string();
+        assert!(err.contains("model.gguf") && err.contains('c'), "{err}");
     }
 }
