@@ -52,6 +52,8 @@ pub const WORKLOADS: &[&str] = &[
     "linear_dense",
     "linear_nf4",
     "flux_double_nf4",
+    "flux_double_lora",
+    "flux_double_lora_fused",
 ];
 
 /// Extra workloads that only make sense on a GPU (`matmul_ceiling`: an 8192³ matmul, the
@@ -284,6 +286,88 @@ pub fn write_linear_stack(path: &Path, n: usize, dim: usize) -> Result<()> {
     Ok(())
 }
 
+/// A rank-16 LoRA (rank 4 at tiny widths) on every `Linear` of the double block, as PEFT
+/// injects it: read from the torch side's `lora.safetensors` (diffusers/PEFT keys) when the
+/// workload has a folder, else random pairs for each layer; attached unfused, or fused into the
+/// weights.
+fn lora_on_block<B: Backend>(
+    model: &mut FluxTransformer2DModel<B>,
+    dir: Option<&Path>,
+    fuse: bool,
+    dtype: DType,
+    device: &B::Device,
+) -> Result<()> {
+    use diffusers_adapters::peft::{Adapter, ComponentAdapters, LoraPair};
+    use diffusers_core::weights::{LayerWeights, map_layer_weights};
+    use diffusers_transformers::transformer_flux::checkpoint_key;
+    let key_map = |p: &str| checkpoint_key(p);
+    let mut layers = std::collections::BTreeMap::new();
+    match dir {
+        Some(d) => {
+            let converted = diffusers_adapters::lora_conversion_utils::read_lora_file(
+                &d.join("lora.safetensors"),
+                &diffusers_adapters::lora_conversion_utils::LoraFamily::Flux,
+            )?;
+            for l in converted.layers {
+                let down = Tensor::<B, 2>::from_data(l.down, (device, dtype));
+                let up = Tensor::<B, 2>::from_data(l.up, (device, dtype));
+                let pair = LoraPair {
+                    down,
+                    up,
+                    scaling: l.scale,
+                };
+                layers.insert(l.module, pair);
+            }
+        }
+        None => {
+            struct Shapes(Vec<(String, [usize; 2])>);
+            impl<B: Backend> LayerWeights<B> for Shapes {
+                fn select(&mut self, _: &str, key: &str, layer: &str, shape: &[usize]) -> bool {
+                    if layer == "Linear" && key.starts_with("transformer_blocks.0.") {
+                        let name = key.trim_end_matches(".weight").to_string();
+                        self.0.push((name, [shape[0], shape[1]]));
+                    }
+                    false
+                }
+                fn update(&mut self, _: &str, w: Tensor<B, 2>) -> Tensor<B, 2> {
+                    w
+                }
+            }
+            let mut shapes = Shapes(Vec::new());
+            *model = map_layer_weights(model.clone(), "", Some(&key_map), &mut shapes);
+            for (name, [out, inp]) in shapes.0 {
+                let rank = 4;
+                let down =
+                    Tensor::<B, 2>::random([rank, inp], Distribution::Normal(0.0, 0.02), device);
+                let up =
+                    Tensor::<B, 2>::random([out, rank], Distribution::Normal(0.0, 0.02), device);
+                layers.insert(
+                    name,
+                    LoraPair {
+                        down: down.cast(dtype),
+                        up: up.cast(dtype),
+                        scaling: 1.0,
+                    },
+                );
+            }
+        }
+    }
+    let mut adapters = ComponentAdapters::new("transformer");
+    adapters.load(Adapter {
+        name: "bench".into(),
+        layers,
+    })?;
+    let report = adapters.apply(model, Some(&key_map))?;
+    if !report.unmatched.is_empty() {
+        bail!("LoRA layers the block lacks: {:?}", report.unmatched);
+    }
+    if fuse {
+        adapters.fuse(model, Some(&key_map), 1.0, false)?;
+        adapters.apply(model, Some(&key_map))?;
+    }
+    Ok(())
+}
+
 fn flux_config(c: &Ctx<'_, impl Backend>, double: bool) -> Result<FluxTransformer2DModelConfig> {
     let (heads, head_dim, axes) = match c.scale {
         Scale::Tiny => (2, 16, json!([4, 6, 6])),
@@ -496,7 +580,11 @@ pub fn prepare<B: Backend>(
                 Some(2.0 * (rows * inp * out) as f64),
             )
         }
-        "flux_double" | "flux_single" | "flux_double_nf4" => {
+        "flux_double"
+        | "flux_single"
+        | "flux_double_nf4"
+        | "flux_double_lora"
+        | "flux_double_lora_fused" => {
             let double = name != "flux_single";
             let model = match c.dir {
                 Some(d) => {
@@ -521,6 +609,10 @@ pub fn prepare<B: Backend>(
                 }
                 None => FluxTransformer2DModel::<B>::new(&flux_config(&c, double)?, device)?,
             };
+            let mut model = model;
+            if name.starts_with("flux_double_lora") {
+                lora_on_block(&mut model, c.dir, name.ends_with("_fused"), dtype, device)?;
+            }
             let img = c.size("image_tokens", 64, 1024);
             let txt = c.size("text_tokens", 16, 256);
             let (heads, head_dim) = match c.scale {

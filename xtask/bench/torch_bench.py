@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKLOADS = ["linear_dense", "linear_nf4", "flux_double_nf4", "matmul", "conv_64", "conv_320", "attn_flux", "attn_sd", "groupnorm", "flux_double",
+WORKLOADS = ["linear_dense", "linear_nf4", "flux_double_nf4", "flux_double_lora", "flux_double_lora_fused", "matmul", "conv_64", "conv_320", "attn_flux", "attn_sd", "groupnorm", "flux_double",
              "flux_single", "unet_down", "vae_decoder", "wan_block", "wan_vae_decode", "tiny_pipeline",
              "load_1gb"]
 CUDA_WORKLOADS = ["matmul_ceiling"]
@@ -104,12 +104,24 @@ def prepare(out: Path, names):
             meta = {"in": 3072, "out": 12288, "rows": 512}
             inputs = {"x": torch.randn(512, 3072), "w": torch.randn(12288, 3072) * 0.02,
                       "b": torch.randn(12288) * 0.02}
-        elif name in ("flux_double", "flux_single", "flux_double_nf4"):
+        elif name in ("flux_double", "flux_single", "flux_double_nf4", "flux_double_lora",
+                      "flux_double_lora_fused"):
             from diffusers import FluxTransformer2DModel
             double = name != "flux_single"
             model = FluxTransformer2DModel(**FLUX, num_layers=int(double),
                                            num_single_layers=int(not double))
             model.save_pretrained(d / "model")
+            if name.startswith("flux_double_lora"):
+                # A rank-16 LoRA on every Linear of the double block, in diffusers/PEFT keys
+                # (no alphas: scaling 1), read by both sides.
+                g = torch.Generator().manual_seed(16)
+                lora = {}
+                for mname, m in model.transformer_blocks[0].named_modules():
+                    if isinstance(m, torch.nn.Linear):
+                        key = f"transformer.transformer_blocks.0.{mname}"
+                        lora[f"{key}.lora_A.weight"] = torch.randn(16, m.in_features, generator=g) * 0.02
+                        lora[f"{key}.lora_B.weight"] = torch.randn(m.out_features, 16, generator=g) * 0.02
+                save_file(lora, d / "lora.safetensors")
             meta = {"image_tokens": 1024, "text_tokens": 256}
             dim = FLUX["num_attention_heads"] * FLUX["attention_head_dim"]
             cos, sin = flux_rope(256, 32)
@@ -207,7 +219,8 @@ def build(d: Path, name: str, device, dtype):
         q, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
         return (lambda: bnb.matmul_4bit(x, q.t(), bias=b, quant_state=state)), \
             2.0 * x.shape[0] * w.shape[0] * w.shape[1]
-    if name in ("flux_double", "flux_single", "flux_double_nf4"):
+    if name in ("flux_double", "flux_single", "flux_double_nf4", "flux_double_lora",
+                "flux_double_lora_fused"):
         from diffusers import FluxTransformer2DModel
         kwargs = {}
         if name == "flux_double_nf4":
@@ -220,6 +233,12 @@ def build(d: Path, name: str, device, dtype):
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
         model = FluxTransformer2DModel.from_pretrained(d / "model", dtype=dtype, **kwargs).to(device)
         model.eval()
+        if name.startswith("flux_double_lora"):
+            # diffusers' load_lora_adapter: PEFT layers around each Linear, unfused; fuse_lora
+            # merges them into the weights.
+            model.load_lora_adapter(str(d / "lora.safetensors"), prefix="transformer", adapter_name="bench")
+            if name.endswith("_fused"):
+                model.fuse_lora(lora_scale=1.0)
         x, ctx, temb = inp["x"], inp["ctx"], inp["temb"]
         rope = (inp["cos"], inp["sin"])
         s = x.shape[1] + ctx.shape[1]

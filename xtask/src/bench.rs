@@ -39,6 +39,8 @@ const WORKLOADS: &[&str] = &[
     "linear_dense",
     "linear_nf4",
     "flux_double_nf4",
+    "flux_double_lora",
+    "flux_double_lora_fused",
 ];
 const CUDA_WORKLOADS: &[&str] = &["matmul_ceiling"];
 
@@ -67,6 +69,10 @@ fn describe(name: &str) -> &'static str {
         "flux_double_nf4" => {
             "Flux double block as flux_double, NF4 Linears (diffusers + bitsandbytes)"
         }
+        "flux_double_lora" => {
+            "Flux double block as flux_double, rank-16 LoRA on its 14 Linears, unfused (PEFT)"
+        }
+        "flux_double_lora_fused" => "the same LoRA fused into the weights (fuse_lora)",
         _ => "",
     }
 }
@@ -86,7 +92,11 @@ fn plan(name: &str, quick: bool, cuda: bool) -> (usize, usize, usize) {
         "unet_down" => (1, 3, 4),
         "vae_decoder" | "wan_vae_decode" => (1, 2, 3),
         "wan_block" => (1, 2, 4),
-        "flux_double" | "flux_single" | "flux_double_nf4" => (1, 2, 4),
+        "flux_double"
+        | "flux_single"
+        | "flux_double_nf4"
+        | "flux_double_lora"
+        | "flux_double_lora_fused" => (1, 2, 4),
         "linear_dense" | "linear_nf4" => (1, 5, 3),
         _ => (1, 3, 2),
     };

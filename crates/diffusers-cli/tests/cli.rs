@@ -1049,3 +1049,89 @@ fn gguf_transformer_matches_diffusers() {
     );
     one_line_error(&out, "only FluxPipeline takes a single-file transformer");
 }
+
+/// `--lora FILE[:WEIGHT]`: two adapters mixed with their weights give diffusers' image after
+/// `set_adapters(["a", "b"], [0.7, 0.5])` (stage `lora`, `flux_two`); `--fuse-lora` gives the
+/// unfused adapter's image; the summary names each adapter with the layers it touched; a LoRA
+/// for another model and `--fuse-lora` alone are one-line errors.
+#[test]
+fn lora_flags_mix_and_fuse_adapters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lora = |name: &str| {
+        fixtures_dir()
+            .join(format!("lora/{name}.safetensors"))
+            .to_string_lossy()
+            .into_owned()
+    };
+    let latents = fixtures_dir().join("quantization/flux_pipeline.safetensors");
+    let latents = latents.to_string_lossy().into_owned();
+    let m = model().to_string_lossy().into_owned();
+    let fx = Fixture::open("lora/lora");
+    let (a, b) = (
+        format!("{}:0.7", lora("flux_peft")),
+        format!("{}:0.5", lora("flux_kohya")),
+    );
+    let out = generate(
+        dir.path(),
+        &m,
+        &[
+            "--lora",
+            &a,
+            "--lora",
+            &b,
+            "--latents",
+            &latents,
+            "--output-type",
+            "array",
+            "-o",
+            "two.safetensors",
+        ],
+        &[],
+    );
+    ok(&out);
+    assert_close(
+        read(&dir.path().join("two.safetensors"), "images"),
+        &fx.values("flux_two.image"),
+        None,
+        IMAGE,
+        "cli two adapters",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lora flux_peft x0.7: 24 layers")
+            && stderr.contains("lora flux_kohya x0.5: 21 layers"),
+        "{stderr}"
+    );
+    let peft = lora("flux_peft");
+    let out = generate(
+        dir.path(),
+        &m,
+        &[
+            "--lora",
+            &peft,
+            "--fuse-lora",
+            "--latents",
+            &latents,
+            "--output-type",
+            "array",
+            "-o",
+            "fused.safetensors",
+        ],
+        &[],
+    );
+    ok(&out);
+    // Fused into the f32 weights: the same image up to the rounding of W + BA.
+    assert_close(
+        read(&dir.path().join("fused.safetensors"), "images"),
+        &fx.values("flux_peft.image"),
+        None,
+        IMAGE,
+        "cli fused adapter",
+    );
+    let sdxl = lora("sdxl_kohya");
+    let out = generate(dir.path(), &m, &["--lora", &sdxl, "-o", "x.png"], &[]);
+    one_line_error(&out, "match no layer");
+    let out = generate(dir.path(), &m, &["--fuse-lora", "-o", "x.png"], &[]);
+    one_line_error(&out, "--fuse-lora needs --lora");
+    assert!(!dir.path().join("x.png").exists());
+}

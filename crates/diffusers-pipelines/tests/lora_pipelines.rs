@@ -341,7 +341,7 @@ fn bad_lora_files_and_calls_are_errors() {
     // A layer the tiny transformer lacks (block 7): an error naming it, nothing loaded; with
     // partial loading, the rest loads and the layer is reported.
     let mut tensors = safetensors_tensors(&bytes);
-    let moved: Vec<(String, (Vec<usize>, Vec<f32>))> = tensors
+    let moved: Tensors = tensors
         .iter()
         .filter(|(k, _)| k.starts_with("transformer.transformer_blocks.0.attn.to_q."))
         .map(|(k, v)| {
@@ -382,6 +382,55 @@ fn bad_lora_files_and_calls_are_errors() {
         "already loaded",
         "a name taken",
     );
+
+    // A pair whose shapes do not fit its layer (lora_A of to_q one input wider): an error naming
+    // the layer, nothing loaded.
+    let mut pipe = flux();
+    let mut tensors = safetensors_tensors(&bytes);
+    for (k, (shape, data)) in tensors.iter_mut() {
+        if k == "transformer.transformer_blocks.0.attn.to_q.lora_A.weight" {
+            let [r, i] = [shape[0], shape[1]];
+            *shape = vec![r, i + 1];
+            *data = vec![0.01; r * (i + 1)];
+        }
+    }
+    let wide = dir.path().join("wide.safetensors");
+    write_safetensors(&wide, &tensors, header.metadata().clone());
+    lora_err(
+        pipe.load_lora_weights(&wide.to_string_lossy(), &LoraOptions::named("w")),
+        "transformer_blocks.0.attn.to_q",
+        "a shape that does not fit",
+    );
+    assert!(pipe.get_list_adapters().is_empty());
+
+    // A Flux LoRA read for Stable Diffusion: not a layout the SD loader knows.
+    let mut sd = sd();
+    assert!(
+        sd.load_lora_weights(&lora_file("flux_peft"), &LoraOptions::default())
+            .is_err(),
+        "a Flux LoRA on SD"
+    );
+
+    // A folder holding several files needs the weight_name; with it, the file loads.
+    let folder = fixtures_dir().join("lora");
+    let folder = folder.to_string_lossy();
+    lora_err(
+        pipe.load_lora_weights(&folder, &LoraOptions::default()),
+        "weight_name",
+        "a folder of several LoRA files",
+    );
+    let report = pipe
+        .load_lora_weights(
+            &folder,
+            &LoraOptions {
+                weight_name: Some("flux_peft.safetensors".into()),
+                ..LoraOptions::default()
+            },
+        )
+        .expect("weight_name in a folder");
+    assert_eq!(report.adapter, "default_0");
+    let err = max_diff(&flux_image(&mut pipe, &fx), &fx.values("flux_peft.image"));
+    assert!(err <= IMAGE, "from a folder: {err}");
 }
 
 #[test]
@@ -424,8 +473,11 @@ fn adapters_work_unfused_on_a_quantized_transformer() {
     );
 }
 
+/// A file's f32 tensors: name, shape and values.
+type Tensors = Vec<(String, (Vec<usize>, Vec<f32>))>;
+
 /// A safetensors file's f32 tensors.
-fn safetensors_tensors(bytes: &[u8]) -> Vec<(String, (Vec<usize>, Vec<f32>))> {
+fn safetensors_tensors(bytes: &[u8]) -> Tensors {
     let st = safetensors::SafeTensors::deserialize(bytes).expect("safetensors");
     st.tensors()
         .into_iter()
@@ -442,7 +494,7 @@ fn safetensors_tensors(bytes: &[u8]) -> Vec<(String, (Vec<usize>, Vec<f32>))> {
 
 fn write_safetensors(
     path: &std::path::Path,
-    tensors: &[(String, (Vec<usize>, Vec<f32>))],
+    tensors: &Tensors,
     metadata: Option<std::collections::HashMap<String, String>>,
 ) {
     let bytes: Vec<Vec<u8>> = tensors
