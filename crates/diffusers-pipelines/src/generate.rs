@@ -438,10 +438,11 @@ impl<B: Backend> DiffusionPipeline<B> {
                     return Ok(flat(latents));
                 }
                 on_event(GenerateEvent::Decoding { frames });
-                Ok(Generated::Video(pipe.decode_with_progress(
-                    latents,
-                    &mut |done, total| on_event(GenerateEvent::Decoded { done, total }),
-                )?))
+                Ok(Generated::Video(
+                    pipe.decode_with_progress(latents, &mut |done, total| {
+                        on_event(GenerateEvent::Decoded { done, total })
+                    })?,
+                ))
             }
             Self::HunyuanVideo(pipe) => {
                 refuse(
@@ -498,10 +499,11 @@ impl<B: Backend> DiffusionPipeline<B> {
                     return Ok(flat(latents));
                 }
                 on_event(GenerateEvent::Decoding { frames });
-                Ok(Generated::Video(pipe.decode_with_progress(
-                    latents,
-                    &mut |done, total| on_event(GenerateEvent::Decoded { done, total }),
-                )?))
+                Ok(Generated::Video(
+                    pipe.decode_with_progress(latents, &mut |done, total| {
+                        on_event(GenerateEvent::Decoded { done, total })
+                    })?,
+                ))
             }
         }
     }

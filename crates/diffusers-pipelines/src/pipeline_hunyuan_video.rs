@@ -463,6 +463,8 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor<B, 5>> {
         let z = latents.cast(self.dtype) / self.vae_config.scaling_factor as f32;
-        Ok(postprocess_video(self.vae.decode_with_progress(z, progress)?))
+        Ok(postprocess_video(
+            self.vae.decode_with_progress(z, progress)?,
+        ))
     }
 }

@@ -542,7 +542,9 @@ impl<B: Backend> WanPipeline<B> {
         let z = self
             .vae_config
             .denormalize_latents(latents.cast(self.dtype))?;
-        Ok(postprocess_video(self.vae.decode_with_progress(z, progress)?))
+        Ok(postprocess_video(
+            self.vae.decode_with_progress(z, progress)?,
+        ))
     }
 }
 
