@@ -1128,6 +1128,41 @@ def stage_hunyuan_video_vae_tiling(out: Path):
 
 
 @torch.no_grad()
+def stage_wan_vae_tiling(out: Path):
+    """The tiny AutoencoderKLWan of stage wan_vae (loaded from its committed folder) after
+    enable_tiling with tiles of 16x16 pixels every 8 (scale_factor_spatial 8: 2x2 latent pixels
+    every 1): the decode of 3 latent frames of 4x3 latents (9 frames of 32x24 pixels; 4 x 3 tiles,
+    each through its own feature cache, the last row and column one latent pixel) and the
+    posterior of a 5-frame 32x24 video (4 x 3 tiles of chunks 1 + 4 frames), both through
+    diffusers' tiled paths; and the same decode and encode without tiling, whose distance from
+    the tiled outputs is recorded so that the test knows the tiled path is what it compares."""
+    from diffusers import AutoencoderKLWan
+
+    c = Cases()
+    root = out / "vae"
+    vae = AutoencoderKLWan.from_pretrained(root / "wan_tiny").eval()
+    torch.manual_seed(37)
+    z = vae.config.z_dim
+    latents = torch.randn(1, z, 3, 4, 3)
+    video = torch.rand(1, 3, 5, 32, 24) * 2 - 1
+    untiled_decoded = vae.decode(latents).sample
+    untiled_mean = vae.encode(video).latent_dist.mean
+    vae.enable_tiling(tile_sample_min_height=16, tile_sample_min_width=16, tile_sample_stride_height=8,
+                      tile_sample_stride_width=8)
+    assert vae.use_tiling and not vae.use_slicing
+    decoded = vae.decode(latents).sample
+    posterior = vae.encode(video).latent_dist
+    c.add("wan_tiny", "autoencoder_kl_wan_tiling",
+          {"folder": "vae/wan_tiny", "tile_sample_min_height": 16, "tile_sample_min_width": 16,
+           "tile_sample_stride_height": 8, "tile_sample_stride_width": 8,
+           "untiled_decoded_max_abs_diff": float((decoded - untiled_decoded).abs().max()),
+           "untiled_mean_max_abs_diff": float((posterior.mean - untiled_mean).abs().max())},
+          {"latents": latents, "video": video},
+          {"decoded": decoded, "mean": posterior.mean, "logvar": posterior.logvar})
+    c.save(root, "autoencoder_kl_wan_tiling")
+
+
+@torch.no_grad()
 def stage_vae_tiling(out: Path):
     """The tiny AutoencoderKLs of stage vae (loaded from their committed folders) after
     enable_tiling with the tile sizes diffusers derives from their config (sample_size 32: tiles
@@ -1807,6 +1842,57 @@ def stage_lora_quantized(out: Path):
                                          "peft_layer": sorted(kinds), **args},
           {"latents": latents}, {"base_image": torch.from_numpy(base), "image": torch.from_numpy(image)})
     c.save(out / "lora", "lora_quantized")
+
+
+@torch.no_grad()
+def stage_lora_video(out: Path):
+    """LoRA on the video pipelines (issue 15): a PEFT adapter (r=2, lora_alpha=3: scaling 1.5,
+    random lora_A and lora_B) on the attention and feed-forward Linears of the tiny Wan and
+    HunyuanVideo transformers, saved with save_lora_weights and its metadata
+    (fixtures/lora/{wan,hunyuan_video}_peft.safetensors), then loaded into a fresh pipeline with
+    load_lora_weights and run from the committed latents with stage wan_pipeline's and
+    hunyuan_video_pipeline's arguments; with each base video for reference."""
+    from diffusers import HunyuanVideoPipeline, WanPipeline
+    from peft import LoraConfig
+    from safetensors.torch import load_file
+
+    c = Cases()
+    folder = out / "lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator("cpu").manual_seed(1616)
+    pipes = out / "pipelines"
+    kw = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 3}
+    hv_template = json.loads((pipes / "hunyuan_video_template.json").read_text())
+    for name, cls, repo, lat, targets, args in [
+        ("wan_peft", WanPipeline, "tiny_wan", "wan_latents.safetensors",
+         ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"],
+         dict(prompt="a red dog in the snow", negative_prompt="the cat with a hat", guidance_scale=5.0,
+              max_sequence_length=16, **kw)),
+        ("hunyuan_video_peft", HunyuanVideoPipeline, "tiny_hunyuan_video", "hunyuan_video_latents.safetensors",
+         ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+          "proj_mlp"],
+         dict(prompt="a red dog in the snow", prompt_template=hv_template, guidance_scale=6.0,
+              max_sequence_length=8, **kw)),
+    ]:
+        latents = load_file(str(pipes / lat))["latents"]
+        pipe = cls.from_pretrained(pipes / repo)
+        pipe.set_progress_bar_config(disable=True)
+        base = pipe(**args, latents=latents.clone(), output_type="np").frames
+        sd, meta = random_peft_lora(pipe.transformer, LoraConfig(r=2, lora_alpha=3, target_modules=targets,
+                                                                 init_lora_weights=False), g, 0.3, 0.3)
+        cls.save_lora_weights(folder, transformer_lora_layers=sd, weight_name=f"{name}.safetensors",
+                              transformer_lora_adapter_metadata=meta)
+        pipe = cls.from_pretrained(pipes / repo)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_lora_weights(str(folder / f"{name}.safetensors"), adapter_name=name)
+        layers = sum(1 for m in pipe.transformer.modules() if hasattr(m, "lora_A") and name in m.lora_A)
+        frames = pipe(**args, latents=latents.clone(), output_type="np").frames
+        change = float(abs(torch.from_numpy(frames) - torch.from_numpy(base)).max())
+        assert change > 1e-2, change
+        c.add(name, "lora_video", {"repo": f"pipelines/{repo}", "layers": layers, "max_abs_change_vs_base": change,
+                                   "latents": f"pipelines/{lat}"},
+              {}, {"frames": torch.from_numpy(frames), "base_frames": torch.from_numpy(base)})
+    c.save(folder, "lora_video")
 
 
 def bytes_to_unicode():
@@ -3006,7 +3092,9 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "hunyuan_video_vae": stage_hunyuan_video_vae,
           "hunyuan_video_vae_tiling": stage_hunyuan_video_vae_tiling,
           "lora_quantized": stage_lora_quantized,
+          "lora_video": stage_lora_video,
           "vae_tiling": stage_vae_tiling,
+          "wan_vae_tiling": stage_wan_vae_tiling,
           "transformers": stage_transformers, "wan_transformer": stage_wan_transformer,
           "wan_pipeline": stage_wan_pipeline,
           "hunyuan_video_pipeline": stage_hunyuan_video_pipeline,

@@ -11,7 +11,14 @@
 //!
 //! Wan 2.2's variant (`is_residual: true`, the residual up/down blocks with `AvgDown3D` and
 //! `DupUp3D` shortcuts, and `patch_size` other than 1) is not implemented: such a config is an
-//! [`Error::InvalidConfig`]. Tiling and slicing are not implemented either.
+//! [`Error::InvalidConfig`].
+//!
+//! Tiling and slicing follow diffusers' `enable_tiling`/`enable_slicing`
+//! ([`AutoencoderKLWanTiling`]): with tiling on, frames larger than a tile are split into
+//! overlapping spatial tiles, each tile runs the whole frame-chunked loop with its own feature
+//! cache, and the tiles are blended (diffusers' `blend_v`/`blend_h`, in place, in row order) in
+//! latent space on encode and in pixel space on decode; the decoded video is clamped once, after
+//! blending. Wan has no temporal tiling (its feature cache already bounds the frames in memory).
 
 use std::path::Path;
 
@@ -28,6 +35,7 @@ use diffusers_nn::upsampling::interpolate_nearest;
 use serde::{Deserialize, Serialize};
 
 pub use crate::vae::DiagonalGaussianDistribution;
+use crate::vae::blend_tiles;
 use crate::{Error, Result};
 
 const MODEL: &str = "AutoencoderKLWan";
@@ -210,6 +218,87 @@ impl AutoencoderKLWanConfig {
     pub fn normalize_latents<B: Backend>(&self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>> {
         let (mean, inv_std) = self.latent_stats(&latents)?;
         Ok((latents - mean) * inv_std)
+    }
+}
+
+/// How `AutoencoderKLWan` splits its passes: diffusers' `use_slicing`, `use_tiling` and the
+/// `tile_sample_*` attributes that `enable_tiling(tile_sample_min_height, tile_sample_min_width,
+/// tile_sample_stride_height, tile_sample_stride_width)` sets, in sample pixels. Wan's VAE has no
+/// frame tiling (diffusers' class has none), so this is its own struct rather than
+/// [`crate::vae::VideoVaeTiling`], whose frame fields would go unused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoencoderKLWanTiling {
+    /// Split frames larger than a tile into overlapping spatial tiles (`enable_tiling`).
+    pub use_tiling: bool,
+    /// Encode and decode one batch element at a time (`enable_slicing`).
+    pub use_slicing: bool,
+    /// Tile height in pixels; frames taller than this are tiled.
+    pub tile_sample_min_height: usize,
+    /// Tile width in pixels; frames wider than this are tiled.
+    pub tile_sample_min_width: usize,
+    /// Distance between two vertical tiles, in pixels.
+    pub tile_sample_stride_height: usize,
+    /// Distance between two horizontal tiles, in pixels.
+    pub tile_sample_stride_width: usize,
+}
+
+impl Default for AutoencoderKLWanTiling {
+    /// diffusers' defaults: tiles of 256x256 pixels every 192, tiling and slicing off.
+    fn default() -> Self {
+        Self {
+            use_tiling: false,
+            use_slicing: false,
+            tile_sample_min_height: 256,
+            tile_sample_min_width: 256,
+            tile_sample_stride_height: 192,
+            tile_sample_stride_width: 192,
+        }
+    }
+}
+
+impl AutoencoderKLWanTiling {
+    /// Checks that the tiles can work with `ratio` pixels per latent pixel (diffusers'
+    /// `spatial_compression_ratio`): every tile size and stride a positive multiple of it (so
+    /// that tiles cut latents at whole latent pixels), and every stride below its tile (a
+    /// stride beyond the tile would skip pixels; a stride equal to it leaves no overlap to blend,
+    /// so the tiles would meet at visible seams).
+    pub fn validate(&self, ratio: usize) -> std::result::Result<(), String> {
+        for (name, v) in [
+            ("tile_sample_min_height", self.tile_sample_min_height),
+            ("tile_sample_min_width", self.tile_sample_min_width),
+            ("tile_sample_stride_height", self.tile_sample_stride_height),
+            ("tile_sample_stride_width", self.tile_sample_stride_width),
+        ] {
+            if ratio == 0 || v == 0 || v % ratio != 0 {
+                return Err(format!(
+                    "{name} = {v} is not a positive multiple of the spatial compression ratio {ratio}"
+                ));
+            }
+        }
+        for (stride, tile, name) in [
+            (
+                self.tile_sample_stride_height,
+                self.tile_sample_min_height,
+                "height",
+            ),
+            (
+                self.tile_sample_stride_width,
+                self.tile_sample_min_width,
+                "width",
+            ),
+        ] {
+            if stride > tile {
+                return Err(format!(
+                    "tile_sample_stride_{name} = {stride} exceeds tile_sample_min_{name} = {tile}"
+                ));
+            }
+            if stride == tile {
+                return Err(format!(
+                    "tile_sample_stride_{name} = tile_sample_min_{name} = {tile} leaves no overlap to blend"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -838,6 +927,12 @@ pub struct AutoencoderKLWan<B: Backend> {
     in_channels: usize,
     z_dim: usize,
     spatial_factor: usize,
+    /// diffusers' `spatial_compression_ratio` (the config's `scale_factor_spatial`), which its
+    /// tiles are measured in.
+    spatial_compression_ratio: usize,
+    /// diffusers' `use_slicing`, `use_tiling` and tile sizes.
+    #[module(skip)]
+    tiling: AutoencoderKLWanTiling,
 }
 
 impl<B: Backend> AutoencoderKLWan<B> {
@@ -856,7 +951,55 @@ impl<B: Backend> AutoencoderKLWan<B> {
             in_channels: c.in_channels,
             z_dim: z,
             spatial_factor: c.spatial_factor(),
+            // diffusers would fail on a null scale_factor_spatial; the layout's factor is the
+            // only value that makes sense.
+            spatial_compression_ratio: c.scale_factor_spatial.unwrap_or(c.spatial_factor()),
+            tiling: AutoencoderKLWanTiling::default(),
         })
+    }
+
+    /// diffusers' `enable_slicing()`: a batch is encoded and decoded one element at a time
+    /// (the same output, less memory at once).
+    pub fn enable_slicing(&mut self) {
+        self.tiling.use_slicing = true;
+    }
+
+    /// How encode and decode split their work.
+    pub fn tiling(&self) -> &AutoencoderKLWanTiling {
+        &self.tiling
+    }
+
+    /// Sets how encode and decode split their work (diffusers' `enable_tiling` with explicit
+    /// tile sizes, plus `use_tiling` and `use_slicing`); an error when the tiles cannot work
+    /// ([`AutoencoderKLWanTiling::validate`], or a config whose `scale_factor_spatial` is not
+    /// the layout's factor, so that tiles measured in one would be cut in the other).
+    pub fn set_tiling(&mut self, tiling: AutoencoderKLWanTiling) -> Result<()> {
+        self.check_tiling(&tiling)?;
+        self.tiling = tiling;
+        Ok(())
+    }
+
+    /// diffusers' `enable_tiling()`: overlapping spatial tiles (256x256 pixels every 192 unless
+    /// set) for frames larger than a tile; an error when the current tiles cannot work.
+    pub fn enable_tiling(&mut self) -> Result<()> {
+        self.check_tiling(&self.tiling)?;
+        self.tiling.use_tiling = true;
+        Ok(())
+    }
+
+    /// diffusers' `disable_tiling()`.
+    pub fn disable_tiling(&mut self) {
+        self.tiling.use_tiling = false;
+    }
+
+    fn check_tiling(&self, tiling: &AutoencoderKLWanTiling) -> Result<()> {
+        let (r, s) = (self.spatial_compression_ratio, self.spatial_factor);
+        if r != s {
+            return Err(invalid(format!(
+                "scale_factor_spatial = {r} is not the layout's {s} pixels per latent pixel: tiles would not line up"
+            )));
+        }
+        tiling.validate(r).map_err(invalid)
     }
 
     /// Loads `config.json` and the diffusers weights (`diffusion_pytorch_model.safetensors`) of a
@@ -896,7 +1039,8 @@ impl<B: Backend> AutoencoderKLWan<B> {
 
     /// Encodes a video `[b, in_channels, 1 + 4k, h, w]` (in `[-1, 1]`, `h` and `w` multiples of
     /// the spatial factor) to the posterior over `[b, z_dim, 1 + k * 4 / temporal factor, h / 8,
-    /// w / 8]` latents: frame 0, then chunks of 4 frames, through the feature cache.
+    /// w / 8]` latents: frame 0, then chunks of 4 frames, through the feature cache (per spatial
+    /// tile when tiling is on and a frame is larger than a tile; per batch element when slicing).
     pub fn encode(&self, video: Tensor<B, 5>) -> Result<DiagonalGaussianDistribution<B, 5>> {
         let [b, c, f, h, w] = video.dims();
         let s = self.spatial_factor;
@@ -916,6 +1060,38 @@ impl<B: Backend> AutoencoderKLWan<B> {
                 "video size {h}x{w} is not a positive multiple of {s}"
             )));
         }
+        if self.tiling.use_slicing && b > 1 {
+            let (mut mean, mut logvar) = (Vec::with_capacity(b), Vec::with_capacity(b));
+            for i in 0..b {
+                // One element is never sliced again (b == 1).
+                let d = self.encode(video.clone().narrow(0, i, 1))?;
+                mean.push(d.mean);
+                logvar.push(d.logvar);
+            }
+            return Ok(DiagonalGaussianDistribution {
+                mean: Tensor::cat(mean, 0),
+                logvar: Tensor::cat(logvar, 0),
+            });
+        }
+        Ok(DiagonalGaussianDistribution::from_moments(
+            self.encode_moments(video),
+        ))
+    }
+
+    /// diffusers' `_encode`: tiled when tiling is on and a frame is larger than a tile, else
+    /// one pass.
+    fn encode_moments(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let t = &self.tiling;
+        let [_, _, _, h, w] = x.dims();
+        if t.use_tiling && (w > t.tile_sample_min_width || h > t.tile_sample_min_height) {
+            return self.tiled_encode(x);
+        }
+        self.encode_frames(x)
+    }
+
+    /// The encode loop: frame 0, then chunks of 4 through one feature cache, and `quant_conv`.
+    fn encode_frames(&self, video: Tensor<B, 5>) -> Tensor<B, 5> {
+        let f = video.dims()[2];
         let mut cache = FeatCache::default();
         let chunks = 1 + (f - 1) / ENCODE_CHUNK;
         let mut out = Vec::with_capacity(chunks);
@@ -930,13 +1106,49 @@ impl<B: Backend> AutoencoderKLWan<B> {
             };
             out.push(self.encoder.forward(chunk, &mut cache));
         }
-        let moments = self.quant_conv.forward(Tensor::cat(out, 2), None);
-        Ok(DiagonalGaussianDistribution::from_moments(moments))
+        self.quant_conv.forward(Tensor::cat(out, 2), None)
+    }
+
+    /// diffusers' `tiled_encode`: tiles of `tile_sample_min_*` pixels every
+    /// `tile_sample_stride_*`, each through the whole encode loop with its own feature cache,
+    /// blended in latent space over `(tile - stride) / ratio` latent pixels, each keeping
+    /// `stride / ratio`.
+    fn tiled_encode(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let (t, r) = (&self.tiling, self.spatial_compression_ratio);
+        let [b, c, f, h, w] = x.dims();
+        let (min_h, min_w) = (t.tile_sample_min_height / r, t.tile_sample_min_width / r);
+        let (stride_h, stride_w) = (
+            t.tile_sample_stride_height / r,
+            t.tile_sample_stride_width / r,
+        );
+        let mut rows = Vec::new();
+        for i in (0..h).step_by(t.tile_sample_stride_height) {
+            let mut row = Vec::new();
+            for j in (0..w).step_by(t.tile_sample_stride_width) {
+                let tile = x.clone().slice([
+                    0..b,
+                    0..c,
+                    0..f,
+                    i..(i + t.tile_sample_min_height).min(h),
+                    j..(j + t.tile_sample_min_width).min(w),
+                ]);
+                row.push(self.encode_frames(tile));
+            }
+            rows.push(row);
+        }
+        let out = blend_tiles(
+            rows,
+            [min_h - stride_h, min_w - stride_w],
+            [stride_h, stride_w],
+        );
+        let [b, c, f, oh, ow] = out.dims();
+        out.slice([0..b, 0..c, 0..f, 0..(h / r).min(oh), 0..(w / r).min(ow)])
     }
 
     /// Decodes latents `[b, z_dim, f, h, w]` to a video `[b, out_channels, 1 + (f - 1) * temporal
     /// factor, 8h, 8w]` clamped to `[-1, 1]` (as diffusers' `decode`): one latent frame at a
-    /// time, through the feature cache.
+    /// time, through the feature cache (per spatial tile when tiling is on and the latents are
+    /// larger than a tile; per batch element when slicing).
     pub fn decode(&self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>> {
         self.decode_with_progress(latents, &mut |_, _| {})
     }
@@ -958,6 +1170,91 @@ impl<B: Backend> AutoencoderKLWan<B> {
         if b == 0 || f == 0 || h == 0 || w == 0 {
             return Err(invalid(format!("empty latents {:?}", latents.dims())));
         }
+        if self.tiling.use_slicing && b > 1 {
+            let mut parts = Vec::with_capacity(b);
+            for i in 0..b {
+                let one = latents.clone().narrow(0, i, 1);
+                parts.push(self.decode_one(one, &mut |done, total| {
+                    progress(i * total + done, b * total)
+                }));
+            }
+            return Ok(Tensor::cat(parts, 0));
+        }
+        Ok(self.decode_one(latents, progress))
+    }
+
+    /// diffusers' `_decode`: tiled when tiling is on and the latents are larger than a latent
+    /// tile, else one pass; clamped to `[-1, 1]` either way.
+    fn decode_one(&self, z: Tensor<B, 5>, progress: &mut dyn FnMut(usize, usize)) -> Tensor<B, 5> {
+        let (t, r) = (&self.tiling, self.spatial_compression_ratio);
+        let [_, _, _, h, w] = z.dims();
+        let out = if t.use_tiling
+            && (w > t.tile_sample_min_width / r || h > t.tile_sample_min_height / r)
+        {
+            self.tiled_decode(z, progress)
+        } else {
+            self.decode_frames(z, progress)
+        };
+        out.clamp(-1.0, 1.0)
+    }
+
+    /// diffusers' `tiled_decode`: latent tiles of `tile_sample_min_* / ratio` every
+    /// `tile_sample_stride_* / ratio`, each through the whole decode loop with its own feature
+    /// cache, blended in pixel space over `tile - stride` pixels, each keeping `stride`; not
+    /// clamped (the caller clamps the blended video). Progress counts latent frames over all
+    /// tiles.
+    fn tiled_decode(
+        &self,
+        z: Tensor<B, 5>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Tensor<B, 5> {
+        let (t, r) = (&self.tiling, self.spatial_compression_ratio);
+        let [b, c, f, h, w] = z.dims();
+        let (min_h, min_w) = (t.tile_sample_min_height / r, t.tile_sample_min_width / r);
+        let (stride_h, stride_w) = (
+            t.tile_sample_stride_height / r,
+            t.tile_sample_stride_width / r,
+        );
+        let tiles = h.div_ceil(stride_h) * w.div_ceil(stride_w);
+        let mut rows = Vec::new();
+        let mut n = 0;
+        for i in (0..h).step_by(stride_h) {
+            let mut row = Vec::new();
+            for j in (0..w).step_by(stride_w) {
+                let tile = z.clone().slice([
+                    0..b,
+                    0..c,
+                    0..f,
+                    i..(i + min_h).min(h),
+                    j..(j + min_w).min(w),
+                ]);
+                row.push(
+                    self.decode_frames(tile, &mut |done, _| progress(n * f + done, tiles * f)),
+                );
+                n += 1;
+            }
+            rows.push(row);
+        }
+        let out = blend_tiles(
+            rows,
+            [
+                t.tile_sample_min_height - t.tile_sample_stride_height,
+                t.tile_sample_min_width - t.tile_sample_stride_width,
+            ],
+            [t.tile_sample_stride_height, t.tile_sample_stride_width],
+        );
+        let [b, c, f, oh, ow] = out.dims();
+        out.slice([0..b, 0..c, 0..f, 0..(h * r).min(oh), 0..(w * r).min(ow)])
+    }
+
+    /// The decode loop: `post_quant_conv`, then one latent frame at a time through the feature
+    /// cache (not clamped).
+    fn decode_frames(
+        &self,
+        latents: Tensor<B, 5>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Tensor<B, 5> {
+        let f = latents.dims()[2];
         let x = self.post_quant_conv.forward(latents, None);
         let mut cache = FeatCache::default();
         let mut out = Vec::with_capacity(f);
@@ -966,6 +1263,6 @@ impl<B: Backend> AutoencoderKLWan<B> {
             out.push(self.decoder.forward(x.clone().narrow(2, i, 1), &mut cache));
             progress(i + 1, f);
         }
-        Ok(Tensor::cat(out, 2).clamp(-1.0, 1.0))
+        Tensor::cat(out, 2)
     }
 }
