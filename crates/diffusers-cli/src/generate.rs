@@ -453,6 +453,12 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
     load.finish_and_clear();
     let mut pipe = pipe?;
     let adapters = load_loras(&mut pipe, args)?;
+    if args.vae_tiling {
+        pipe.enable_vae_tiling().map_err(cli_error)?;
+    }
+    if args.vae_slicing {
+        pipe.enable_vae_slicing();
+    }
     let loaded = start.elapsed();
     let class = pipe.class_name();
     let footprints = pipe.memory_footprint();

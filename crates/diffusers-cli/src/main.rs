@@ -170,6 +170,13 @@ pub struct GenerateArgs {
     /// Fold the --lora adapters into the weights before denoising (no per-step LoRA cost).
     #[arg(long)]
     pub fuse_lora: bool,
+    /// Decode (and encode) in overlapping tiles, as diffusers' `pipe.vae.enable_tiling()`:
+    /// large images and videos in bounded memory.
+    #[arg(long)]
+    pub vae_tiling: bool,
+    /// Pass a batch through the VAE one element at a time (`pipe.vae.enable_slicing()`).
+    #[arg(long)]
+    pub vae_slicing: bool,
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     pub revision: Option<String>,

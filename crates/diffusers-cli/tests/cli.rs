@@ -1135,3 +1135,38 @@ fn lora_flags_mix_and_fuse_adapters() {
     one_line_error(&out, "--fuse-lora needs --lora");
     assert!(!dir.path().join("x.png").exists());
 }
+
+/// `--vae-tiling --vae-slicing` reach the VAE: on the tiny Flux repository (whose VAE tiles are
+/// 32 pixels, larger than the 16x24 image) the image is diffusers' untiled one, as diffusers'
+/// `enable_tiling()` leaves it at this size (the tiled paths themselves are compared with
+/// diffusers in the VAE tests).
+#[test]
+fn vae_tiling_and_slicing_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let latents = fixtures_dir().join("quantization/flux_pipeline.safetensors");
+    let m = model().to_string_lossy().into_owned();
+    let out = generate(
+        dir.path(),
+        &m,
+        &[
+            "--vae-tiling",
+            "--vae-slicing",
+            "--latents",
+            &latents.to_string_lossy(),
+            "--output-type",
+            "array",
+            "-o",
+            "tiled.safetensors",
+        ],
+        &[],
+    );
+    ok(&out);
+    let fx = Fixture::open("lora/lora");
+    assert_close(
+        read(&dir.path().join("tiled.safetensors"), "images"),
+        &fx.values("flux_base.image"),
+        None,
+        IMAGE,
+        "cli with vae tiling",
+    );
+}

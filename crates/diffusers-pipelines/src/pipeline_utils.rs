@@ -317,6 +317,33 @@ impl<B: Backend> DiffusionPipeline<B> {
         }
     }
 
+    /// diffusers' `pipe.vae.enable_tiling()`: the VAE encodes and decodes in overlapping tiles
+    /// blended as diffusers blends them (AutoencoderKL: tiles of the config's `sample_size`;
+    /// HunyuanVideo's VAE: 256x256 pixels, on top of its framewise passes; Wan's VAE: 256x256
+    /// pixels every 192, each tile through its own feature cache).
+    pub fn enable_vae_tiling(&mut self) -> Result<()> {
+        match self {
+            Self::Flux(p) => p.vae.enable_tiling()?,
+            Self::StableDiffusion(p) => p.vae.enable_tiling()?,
+            Self::StableDiffusionXL(p) => p.vae.enable_tiling()?,
+            Self::HunyuanVideo(p) => p.vae.enable_tiling(),
+            Self::Wan(p) => p.vae.enable_tiling()?,
+        }
+        Ok(())
+    }
+
+    /// diffusers' `pipe.vae.enable_slicing()`: a batch goes through the VAE one element at a
+    /// time (the same output, less memory at once).
+    pub fn enable_vae_slicing(&mut self) {
+        match self {
+            Self::Flux(p) => p.vae.enable_slicing(),
+            Self::StableDiffusion(p) => p.vae.enable_slicing(),
+            Self::StableDiffusionXL(p) => p.vae.enable_slicing(),
+            Self::HunyuanVideo(p) => p.vae.enable_slicing(),
+            Self::Wan(p) => p.vae.enable_slicing(),
+        }
+    }
+
     /// The bytes each component's weights hold (dense parameters plus packed quantized
     /// weights), by model_index.json name (diffusers' `memory_footprint()` per component).
     pub fn memory_footprint(&self) -> Vec<(&'static str, Footprint)> {

@@ -513,3 +513,83 @@ fn write_safetensors(
         .collect();
     safetensors::serialize_to_file(views, metadata, path).expect("write");
 }
+
+/// The video pipelines take diffusers/PEFT LoRAs on their transformers
+/// (`fixtures/lora/lora_video.*`, oracle stage `lora_video`: r=2, alpha 3 on the attention and
+/// feed-forward Linears of the tiny Wan and HunyuanVideo transformers): the frames after
+/// `load_lora_weights` equal diffusers' within 1e-4, as many layers as PEFT wrapped.
+#[test]
+fn video_pipelines_take_adapters() {
+    use diffusers_pipelines::pipeline_hunyuan_video::{
+        HunyuanVideoCall, HunyuanVideoPipeline, PromptTemplate,
+    };
+    use diffusers_pipelines::pipeline_wan::{WanCall, WanPipeline};
+    let fx = Fixture::open("lora/lora_video");
+    let dev = Default::default();
+    let latents = |case: &str| -> Tensor<Cpu, 5> {
+        let file = fx.case(case)["latents"].as_str().expect("latents file");
+        let weights =
+            diffusers_core::weights::Weights::open(fixtures_dir().join(file)).expect("latents");
+        Tensor::from_data(weights.read("latents").expect("read latents"), &dev)
+    };
+    let layers = |case: &str| fx.case(case)["layers"].as_u64().expect("layers") as usize;
+
+    let mut wan = WanPipeline::<Cpu>::from_folder(
+        fixtures_dir().join("pipelines/tiny_wan"),
+        DType::F32,
+        &dev,
+    )
+    .expect("wan");
+    let report = wan
+        .load_lora_weights(&lora_file("wan_peft"), &LoraOptions::named("wan"))
+        .expect("wan lora");
+    assert_eq!(report.total_layers(), layers("wan_peft"));
+    let frames = wan
+        .call(WanCall {
+            negative_prompt: Some(vec!["the cat with a hat".into()]),
+            height: 32,
+            width: 32,
+            num_frames: 5,
+            num_inference_steps: 3,
+            guidance_scale: 5.0,
+            max_sequence_length: 16,
+            latents: Some(latents("wan_peft")),
+            ..WanCall::new("a red dog in the snow")
+        })
+        .expect("wan call")
+        .frames
+        .expect("frames");
+    let err = max_diff(&values(frames), &fx.values("wan_peft.frames"));
+    assert!(err <= IMAGE, "wan + LoRA: {err} from diffusers");
+
+    let mut hv = HunyuanVideoPipeline::<Cpu>::from_folder(
+        fixtures_dir().join("pipelines/tiny_hunyuan_video"),
+        DType::F32,
+        &dev,
+    )
+    .expect("hunyuan video");
+    let report = hv
+        .load_lora_weights(&lora_file("hunyuan_video_peft"), &LoraOptions::named("hv"))
+        .expect("hunyuan video lora");
+    assert_eq!(report.total_layers(), layers("hunyuan_video_peft"));
+    let template =
+        PromptTemplate::from_file(fixtures_dir().join("pipelines/hunyuan_video_template.json"))
+            .expect("template");
+    let frames = hv
+        .call(HunyuanVideoCall {
+            height: 32,
+            width: 32,
+            num_frames: 5,
+            num_inference_steps: 3,
+            guidance_scale: 6.0,
+            max_sequence_length: 8,
+            prompt_template: Some(template),
+            latents: Some(latents("hunyuan_video_peft")),
+            ..HunyuanVideoCall::new("a red dog in the snow")
+        })
+        .expect("hunyuan video call")
+        .frames
+        .expect("frames");
+    let err = max_diff(&values(frames), &fx.values("hunyuan_video_peft.frames"));
+    assert!(err <= IMAGE, "hunyuan video + LoRA: {err} from diffusers");
+}

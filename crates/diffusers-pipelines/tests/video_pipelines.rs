@@ -206,6 +206,9 @@ fn wan_through_from_pretrained_and_generate() {
             E::Step { step: 1 },
             E::Step { step: 2 },
             E::Decoding { frames: 5 },
+            // Wan's VAE decodes one latent frame at a time: 2 latent frames for 5 frames.
+            E::Decoded { done: 1, total: 2 },
+            E::Decoded { done: 2, total: 2 },
         ]
     );
 }
