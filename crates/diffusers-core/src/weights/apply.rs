@@ -79,6 +79,15 @@ pub fn with_linear_hook<R>(hook: Option<LinearHook>, f: impl FnOnce() -> R) -> R
     f()
 }
 
+/// The checkpoint key of a module path: `prefix` + `key_map(path)` (the path itself without a
+/// key map), as [`load_into`] and [`map_layer_weights`] both name parameters.
+fn checkpoint_key(path: &str, prefix: &str, key_map: Option<&dyn Fn(&str) -> String>) -> String {
+    match key_map {
+        Some(f) => format!("{prefix}{}", f(path)),
+        None => format!("{prefix}{path}"),
+    }
+}
+
 struct Loader<'a, B: Backend> {
     weights: &'a Weights,
     opts: LoadOptions<'a>,
@@ -94,12 +103,7 @@ struct Loader<'a, B: Backend> {
 
 impl<B: Backend> Loader<'_, B> {
     fn key(&self) -> String {
-        let module_path = self.path.join(".");
-        let mapped = match self.opts.key_map {
-            Some(f) => f(&module_path),
-            None => module_path,
-        };
-        format!("{}{}", self.opts.prefix, mapped)
+        checkpoint_key(&self.path.join("."), self.opts.prefix, self.opts.key_map)
     }
 
     fn load<const D: usize>(
@@ -324,11 +328,7 @@ impl<B: Backend, V: LayerWeights<B> + ?Sized> ModuleMapper<B> for LayerMapper<'_
             _ => return param,
         };
         let module_path = self.path.join(".");
-        let mapped = match self.key_map {
-            Some(f) => f(&module_path),
-            None => module_path.clone(),
-        };
-        let key = format!("{}{}", self.prefix, mapped);
+        let key = checkpoint_key(&module_path, self.prefix, self.key_map);
         let shape = param.lazy_shape().to_vec();
         if !self.visitor.select(&module_path, &key, layer, &shape) {
             return param;
