@@ -263,42 +263,34 @@ impl AutoencoderKLWanTiling {
     /// stride beyond the tile would skip pixels; a stride equal to it leaves no overlap to blend,
     /// so the tiles would meet at visible seams).
     pub fn validate(&self, ratio: usize) -> std::result::Result<(), String> {
-        for (name, v) in [
-            ("tile_sample_min_height", self.tile_sample_min_height),
-            ("tile_sample_min_width", self.tile_sample_min_width),
-            ("tile_sample_stride_height", self.tile_sample_stride_height),
-            ("tile_sample_stride_width", self.tile_sample_stride_width),
-        ] {
-            if ratio == 0 || v == 0 || v % ratio != 0 {
-                return Err(format!(
-                    "{name} = {v} is not a positive multiple of the spatial compression ratio {ratio}"
-                ));
-            }
-        }
-        for (stride, tile, name) in [
-            (
-                self.tile_sample_stride_height,
-                self.tile_sample_min_height,
-                "height",
-            ),
-            (
-                self.tile_sample_stride_width,
-                self.tile_sample_min_width,
-                "width",
-            ),
-        ] {
-            if stride > tile {
-                return Err(format!(
-                    "tile_sample_stride_{name} = {stride} exceeds tile_sample_min_{name} = {tile}"
-                ));
-            }
-            if stride == tile {
-                return Err(format!(
-                    "tile_sample_stride_{name} = tile_sample_min_{name} = {tile} leaves no overlap to blend"
-                ));
-            }
-        }
-        Ok(())
+        crate::vae::check_tile_sizes(
+            &[
+                ("tile_sample_min_height", self.tile_sample_min_height, ratio),
+                ("tile_sample_min_width", self.tile_sample_min_width, ratio),
+                (
+                    "tile_sample_stride_height",
+                    self.tile_sample_stride_height,
+                    ratio,
+                ),
+                (
+                    "tile_sample_stride_width",
+                    self.tile_sample_stride_width,
+                    ratio,
+                ),
+            ],
+            &[
+                (
+                    "height",
+                    self.tile_sample_stride_height,
+                    self.tile_sample_min_height,
+                ),
+                (
+                    "width",
+                    self.tile_sample_stride_width,
+                    self.tile_sample_min_width,
+                ),
+            ],
+        )
     }
 }
 

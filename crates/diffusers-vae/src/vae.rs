@@ -374,69 +374,87 @@ pub struct VideoVaeTiling {
 
 impl VideoVaeTiling {
     /// Checks that every tile size and stride is a positive multiple of the compression factors
-    /// (so that tiles cut latents and frames at whole latent pixels and frames), and that no
-    /// stride exceeds its tile.
+    /// (so that tiles cut latents and frames at whole latent pixels and frames), and that every
+    /// stride is below its tile (see [`check_tile_sizes`]).
     pub fn validate(&self, spatial: usize, temporal: usize) -> std::result::Result<(), String> {
-        let sizes = [
-            (
-                "tile_sample_min_height",
-                self.tile_sample_min_height,
-                spatial,
-            ),
-            ("tile_sample_min_width", self.tile_sample_min_width, spatial),
-            (
-                "tile_sample_min_num_frames",
-                self.tile_sample_min_num_frames,
-                temporal,
-            ),
-            (
-                "tile_sample_stride_height",
-                self.tile_sample_stride_height,
-                spatial,
-            ),
-            (
-                "tile_sample_stride_width",
-                self.tile_sample_stride_width,
-                spatial,
-            ),
-            (
-                "tile_sample_stride_num_frames",
-                self.tile_sample_stride_num_frames,
-                temporal,
-            ),
-        ];
-        for (name, v, factor) in sizes {
-            if v == 0 || v % factor != 0 {
-                return Err(format!(
-                    "{name} = {v} is not a positive multiple of {factor}"
-                ));
-            }
-        }
-        for (stride, tile, name) in [
-            (
-                self.tile_sample_stride_height,
-                self.tile_sample_min_height,
-                "height",
-            ),
-            (
-                self.tile_sample_stride_width,
-                self.tile_sample_min_width,
-                "width",
-            ),
-            (
-                self.tile_sample_stride_num_frames,
-                self.tile_sample_min_num_frames,
-                "num_frames",
-            ),
-        ] {
-            if stride > tile {
-                return Err(format!(
-                    "tile_sample_stride_{name} = {stride} exceeds tile_sample_min_{name} = {tile}"
-                ));
-            }
-        }
-        Ok(())
+        check_tile_sizes(
+            &[
+                (
+                    "tile_sample_min_height",
+                    self.tile_sample_min_height,
+                    spatial,
+                ),
+                ("tile_sample_min_width", self.tile_sample_min_width, spatial),
+                (
+                    "tile_sample_min_num_frames",
+                    self.tile_sample_min_num_frames,
+                    temporal,
+                ),
+                (
+                    "tile_sample_stride_height",
+                    self.tile_sample_stride_height,
+                    spatial,
+                ),
+                (
+                    "tile_sample_stride_width",
+                    self.tile_sample_stride_width,
+                    spatial,
+                ),
+                (
+                    "tile_sample_stride_num_frames",
+                    self.tile_sample_stride_num_frames,
+                    temporal,
+                ),
+            ],
+            &[
+                (
+                    "height",
+                    self.tile_sample_stride_height,
+                    self.tile_sample_min_height,
+                ),
+                (
+                    "width",
+                    self.tile_sample_stride_width,
+                    self.tile_sample_min_width,
+                ),
+                (
+                    "num_frames",
+                    self.tile_sample_stride_num_frames,
+                    self.tile_sample_min_num_frames,
+                ),
+            ],
+        )
     }
+}
+
+/// The checks every video VAE's tile sizes pass: each `(name, value, factor)` a positive multiple
+/// of its compression factor (tiles cut latents at whole latent pixels and frames), and each
+/// `(dimension, stride, tile)` stride below its tile (a stride beyond the tile skips pixels; one
+/// equal to it leaves no overlap to blend, so the tiles would meet at visible seams).
+pub(crate) fn check_tile_sizes(
+    sizes: &[(&str, usize, usize)],
+    overlaps: &[(&str, usize, usize)],
+) -> std::result::Result<(), String> {
+    for &(name, v, factor) in sizes {
+        if factor == 0 || v == 0 || v % factor != 0 {
+            return Err(format!(
+                "{name} = {v} is not a positive multiple of {factor}"
+            ));
+        }
+    }
+    for &(name, stride, tile) in overlaps {
+        if stride > tile {
+            return Err(format!(
+                "tile_sample_stride_{name} = {stride} exceeds tile_sample_min_{name} = {tile}"
+            ));
+        }
+        if stride == tile {
+            return Err(format!(
+                "tile_sample_stride_{name} = tile_sample_min_{name} = {tile} leaves no overlap to blend"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// diffusers' `blend_v`/`blend_h`/`blend_t`: the first `extent` slices of `b` along `dim` fade

@@ -302,6 +302,13 @@ fn framewise_and_tiled_passes_match_diffusers() {
             },
             "a stride beyond its tile",
         ),
+        (
+            VideoVaeTiling {
+                tile_sample_stride_width: 256,
+                ..default.clone()
+            },
+            "a stride equal to its tile: no overlap",
+        ),
     ] {
         assert!(
             matches!(vae.set_tiling(tiling), Err(Error::InvalidInput { .. })),
