@@ -1895,6 +1895,359 @@ def stage_lora_video(out: Path):
     c.save(folder, "lora_video")
 
 
+class CacheRecorder:
+    """Logs, for every transformer call of a pipeline run (one `cache_context`), which cache-hooked
+    modules ran their own forward: the hooks' forward and original_forward references are wrapped
+    after enable_cache, so a module logs "C" when its real forward ran and "S" when the hook
+    returned something else (a cached residual, a Taylor prediction, a reused attention output)."""
+
+    def __init__(self, transformer):
+        self.calls = []
+        self.hooked = {}
+        enter = transformer.cache_context
+
+        def cache_context(name, **kwargs):
+            self.calls.append({"context": name, "ran": {}})
+            return enter(name, **kwargs)
+
+        transformer.cache_context = cache_context
+        for mname, m in transformer.named_modules():
+            reg = getattr(m, "_diffusers_hook", None)
+            if reg is None:
+                continue
+            for hname, ref in zip(reg._hook_order, reg._fn_refs):
+                key = mname or "<root>"
+                self.hooked[key] = hname
+                if ref.original_forward is None:  # pre/post_forward only (SeaCache's root hook)
+                    continue
+                ref.forward = self._entered(key, ref.forward)
+                ref.original_forward = self._ran(key, ref.original_forward)
+
+    def _entered(self, key, f):
+        def w(*a, **k):
+            self.calls[-1]["ran"].setdefault(key, []).append(False)
+            return f(*a, **k)
+        return w
+
+    def _ran(self, key, f):
+        def w(*a, **k):
+            # After disable_cache the module's forward is this wrapper alone (the hook's
+            # original_forward): nothing to mark.
+            ran = self.calls[-1]["ran"].get(key) if self.calls else None
+            if ran:
+                ran[-1] = True
+            return f(*a, **k)
+        return w
+
+    def summary(self):
+        """schedules[module][context]: one C/S per call in that context; full_calls: calls where
+        every hooked block/attention module (not the root) ran its forward."""
+        schedules = {}
+        for c in self.calls:
+            for key, ran in c["ran"].items():
+                s = schedules.setdefault(key, {}).setdefault(c["context"], "")
+                schedules[key][c["context"]] = s + "".join("C" if r else "S" for r in ran)
+        full = sum(1 for c in self.calls if all(all(r) for k, r in c["ran"].items() if k != "<root>"))
+        distinct = {}
+        for key, per in schedules.items():
+            distinct.setdefault(json.dumps(per, sort_keys=True), []).append(key)
+        return {"calls": len(self.calls), "contexts": [c["context"] for c in self.calls], "full_calls": full,
+                "hooked": self.hooked, "schedules": schedules,
+                "distinct_schedules": [{"modules": v, "schedule": json.loads(k)} for k, v in distinct.items()]}
+
+
+def first_line_of_error(f):
+    try:
+        f()
+    except Exception as e:  # noqa: BLE001 (the oracle records what diffusers raises)
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return None
+
+
+@torch.no_grad()
+def stage_cache(out: Path):
+    """diffusers' step caches (issue 18) on the tiny Flux, Wan and HunyuanVideo pipelines, 10 steps
+    from the committed latents (f32, CPU), each case on a freshly loaded pipeline: the output (Flux:
+    image and final latents; video: final latents, output_type "latent", to keep fixtures small), the
+    per-call decisions (CacheRecorder: which hooked modules ran their forward in each call and context;
+    first-block cache: each relative diff and decision from FBCHeadBlockHook._should_compute_remaining_blocks;
+    MagCache: step index, accumulated ratio/error and decision after the head hook), the number of
+    transformer calls computed fully and the largest change from the uncached run. Flux's SeaCache and
+    TextKVCache cases are no-ops in 0.42.1 (FluxPipeline's cache_context carries no step/sigma, so SeaCache
+    runs fail-open; TextKVCache only hooks NucleusMoE blocks), as is TaylorSeer's default on Wan (its
+    patterns `^blocks.*attn` fullmatch no Wan module: attn1/attn2); they are recorded as such. `errors`
+    lists what enable_cache, the configs and the hooks raise for bad input."""
+    from diffusers import FluxPipeline, HunyuanVideoPipeline, WanPipeline
+    from diffusers.hooks import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,
+                                 PyramidAttentionBroadcastConfig, SeaCacheConfig, TaylorSeerCacheConfig,
+                                 TextKVCacheConfig)
+    from diffusers.hooks.first_block_cache import FBCHeadBlockHook
+    from diffusers.hooks.mag_cache import FLUX_MAG_RATIOS, MagCacheBlockHook, MagCacheHeadHook
+    from safetensors.torch import load_file
+
+    c = Cases()
+    pipes = out / "pipelines"
+    steps = 10
+    # Chosen from the recorded diffs so that decisions are mixed (some calls skip, some compute).
+    flux_fbc_thresholds = (0.2, 0.25, 0.35)
+    flux_fbc_cfg = 0.2
+    video_fbc = {"wan": 0.1, "hunyuan_video": 0.3}
+    flux_mag_threshold = 0.06
+    wan_sea_threshold = 0.25
+    fbc_log, mag_log, cal_log = [], [], []
+    fbc_decide = FBCHeadBlockHook._should_compute_remaining_blocks
+    mag_forward = MagCacheHeadHook.new_forward
+    mag_calibrate = MagCacheBlockHook._perform_calibration_step
+
+    def cal_logged(self, state, residual):
+        mag_calibrate(self, state, residual)
+        cal_log.append(state.calibration_ratios[-1])
+
+    def fbc_logged(self, residual):
+        prev = self.state_manager.get_state().head_block_residual
+        diff = None if prev is None else float(((residual - prev).abs().mean() / prev.abs().mean()).item())
+        decision = fbc_decide(self, residual)
+        fbc_log.append({"context": self.state_manager.context.name, "diff": diff, "compute": decision})
+        return decision
+
+    def mag_logged(self, module, *args, **kwargs):
+        output = mag_forward(self, module, *args, **kwargs)
+        s = self.state_manager.get_state()
+        mag_log.append({"context": self.state_manager.context.name, "step_index": s.step_index,
+                        "accumulated_err": float(s.accumulated_err), "accumulated_ratio": float(s.accumulated_ratio),
+                        "accumulated_steps": s.accumulated_steps, "compute": s.should_compute})
+        return output
+
+    FBCHeadBlockHook._should_compute_remaining_blocks = fbc_logged
+    MagCacheHeadHook.new_forward = mag_logged
+    MagCacheBlockHook._perform_calibration_step = cal_logged
+    hv_template = json.loads((pipes / "hunyuan_video_template.json").read_text())
+    flux_latents = load_file(str(pipes / "flux_prompt_latents.safetensors"))["latents"]
+    flux_args = dict(prompt="a photo of the cat", height=16, width=24, num_inference_steps=steps,
+                     guidance_scale=3.5, max_sequence_length=8)
+    video = {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": steps}
+    models = {
+        "flux": (FluxPipeline, "tiny_flux", "flux_prompt_latents.safetensors", flux_args),
+        "wan": (WanPipeline, "tiny_wan", "wan_latents.safetensors",
+                dict(prompt="a red dog in the snow", negative_prompt="the cat with a hat", guidance_scale=5.0,
+                     max_sequence_length=16, **video)),
+        "hunyuan_video": (HunyuanVideoPipeline, "tiny_hunyuan_video", "hunyuan_video_latents.safetensors",
+                          dict(prompt="a red dog in the snow", prompt_template=hv_template, guidance_scale=6.0,
+                               max_sequence_length=8, **video)),
+    }
+    base = {}
+
+    def run(name, model, make_config, config_json, extra_args=None):
+        cls, repo, lat_file, args = models[model]
+        args = {**args, **(extra_args or {})}
+        latents = load_file(str(pipes / lat_file))["latents"]
+        pipe = cls.from_pretrained(pipes / repo)
+        pipe.set_progress_bar_config(disable=True)
+        if make_config is not None:
+            pipe.transformer.enable_cache(make_config(pipe))
+        rec = CacheRecorder(pipe.transformer)
+        fbc_log.clear()
+        mag_log.clear()
+        cal_log.clear()
+        outputs = {}
+        if model == "flux":
+            r = pipe(**args, latents=latents.clone(), output_type="np")
+            outputs["image"] = torch.from_numpy(r.images)
+            # The same run again from the same pipeline: maybe_free_model_hooks resets the hooks' state,
+            # so the second call must repeat the first exactly.
+            first = (rec.summary() if make_config is not None else None, list(fbc_log), list(mag_log),
+                     list(cal_log))
+            rec.calls.clear()
+            fbc_log.clear()
+            mag_log.clear()
+            cal_log.clear()
+            outputs["latents"] = pipe(**args, latents=latents.clone(), output_type="latent").images
+            again = (rec.summary() if make_config is not None else None, list(fbc_log), list(mag_log),
+                     list(cal_log))
+            assert first == again, name
+        else:
+            outputs["latents"] = pipe(**args, latents=latents.clone(), output_type="latent").frames
+        cfg = {"model": model, "folder": f"pipelines/{repo}", "latents": f"pipelines/{lat_file}",
+               "cache": config_json, **{k: v for k, v in args.items() if k != "prompt_template"}}
+        if model == "hunyuan_video":
+            cfg["prompt_template"] = "pipelines/hunyuan_video_template.json"
+        if make_config is not None:
+            cfg.update(rec.summary())
+            if fbc_log:
+                cfg["fbc_decisions"] = list(fbc_log)
+            if mag_log:
+                cfg["mag_decisions"] = list(mag_log)
+            if cal_log:
+                cfg["calibration_ratios"] = list(cal_log)
+        key = (model, json.dumps(extra_args or {}, sort_keys=True))
+        if make_config is None:
+            base[key] = outputs
+            cfg["calls"] = len(rec.calls)
+        else:
+            b = base[key]
+            cfg["max_abs_diff_vs_base"] = {k: float((v - b[k]).abs().max()) for k, v in outputs.items()}
+        c.add(name, "cache", cfg, {}, outputs)
+        print(f"cache: {name}: full {cfg.get('full_calls')}/{cfg['calls']} diff {cfg.get('max_abs_diff_vs_base')}")
+        return pipe, cfg
+
+    def ts(**kw):
+        return lambda p: TaylorSeerCacheConfig(**kw)
+
+    def ts_json(**kw):
+        return {"method": "TaylorSeerCacheConfig",
+                **{k: (str(v).replace("torch.", "") if isinstance(v, torch.dtype) else v) for k, v in kw.items()}}
+
+    cfg_args = dict(negative_prompt="a red dog", true_cfg_scale=2.0)
+    try:
+        run("flux_base", "flux", None, None)
+        run("flux_base_true_cfg", "flux", None, None, cfg_args)
+        for t in flux_fbc_thresholds:
+            run(f"flux_fbc_{t}", "flux", lambda p, t=t: FirstBlockCacheConfig(threshold=t),
+                {"method": "FirstBlockCacheConfig", "threshold": t})
+        run(f"flux_fbc_true_cfg_{flux_fbc_cfg}", "flux", lambda p: FirstBlockCacheConfig(threshold=flux_fbc_cfg),
+            {"method": "FirstBlockCacheConfig", "threshold": flux_fbc_cfg}, cfg_args)
+        run("flux_taylorseer", "flux", ts(), ts_json())
+        for dt in (torch.float32, torch.bfloat16):
+            kw = dict(cache_interval=4, disable_cache_before_step=2, max_order=2, taylor_factors_dtype=dt)
+            run(f"flux_taylorseer_i4_b2_o2_{str(dt)[6:]}", "flux", ts(**kw), ts_json(**kw))
+        run("flux_taylorseer_lite", "flux", ts(use_lite_mode=True), ts_json(use_lite_mode=True))
+        run("flux_taylorseer_true_cfg", "flux", ts(), ts_json(), cfg_args)
+        # MagCache: calibrate first (never skips; the per-step ratios are what diffusers prints), then
+        # run with those ratios, and with FLUX_MAG_RATIOS (28 values nearest-interpolated to 10).
+        _, cal = run("flux_magcache_calibrate", "flux",
+                     lambda p: MagCacheConfig(calibrate=True, num_inference_steps=steps),
+                     {"method": "MagCacheConfig", "calibrate": True, "num_inference_steps": steps})
+        ratios = cal["calibration_ratios"]
+        mag = dict(threshold=flux_mag_threshold, max_skip_steps=3, retention_ratio=0.2, num_inference_steps=steps)
+        run("flux_magcache", "flux", lambda p: MagCacheConfig(mag_ratios=list(ratios), **mag),
+            {"method": "MagCacheConfig", "mag_ratios": list(ratios), **mag})
+        run("flux_magcache_flux_ratios", "flux",
+            lambda p: MagCacheConfig(mag_ratios=FLUX_MAG_RATIOS, num_inference_steps=steps),
+            {"method": "MagCacheConfig", "mag_ratios": [float(x) for x in FLUX_MAG_RATIOS], "num_inference_steps": steps,
+             "interpolated_mag_ratios": [float(x) for x in MagCacheConfig(
+                 mag_ratios=FLUX_MAG_RATIOS, num_inference_steps=steps).mag_ratios]})
+        run("flux_pab", "flux",
+            lambda p: PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
+                                                      spatial_attention_timestep_skip_range=(100, 800),
+                                                      current_timestep_callback=lambda: p.current_timestep),
+            {"method": "PyramidAttentionBroadcastConfig", "spatial_attention_block_skip_range": 2,
+             "spatial_attention_timestep_skip_range": [100, 800], "current_timestep_callback": "pipe.current_timestep"})
+        run("flux_faster_cache", "flux",
+            lambda p: FasterCacheConfig(is_guidance_distilled=True, current_timestep_callback=lambda: p.current_timestep),
+            {"method": "FasterCacheConfig", "is_guidance_distilled": True,
+             "current_timestep_callback": "pipe.current_timestep"})
+        # disable_cache removes every hook (and the state they hold): TaylorSeer enabled after a
+        # first-block-cache run on the same pipeline gives the fresh pipeline's output bit for bit.
+        reused, _ = run("flux_fbc_then_disable", "flux", lambda p: FirstBlockCacheConfig(threshold=0.25),
+                        {"method": "FirstBlockCacheConfig", "threshold": 0.25})
+        reused.transformer.disable_cache()
+        reused.transformer.enable_cache(TaylorSeerCacheConfig())
+        again = reused(**flux_args, latents=flux_latents.clone(), output_type="latent").images
+        assert torch.equal(again, c.tensors["flux_taylorseer.latents"])
+        del c.cases["flux_fbc_then_disable"], c.tensors["flux_fbc_then_disable.image"]
+        del c.tensors["flux_fbc_then_disable.latents"]
+        run("flux_sea_cache", "flux", lambda p: SeaCacheConfig(), {"method": "SeaCacheConfig"})
+        run("flux_text_kv_cache", "flux", lambda p: TextKVCacheConfig(), {"method": "TextKVCacheConfig"})
+        for model in ("wan", "hunyuan_video"):
+            run(f"{model}_base", model, None, None)
+            run(f"{model}_fbc_{video_fbc[model]}", model, lambda p, t=video_fbc[model]: FirstBlockCacheConfig(threshold=t),
+                {"method": "FirstBlockCacheConfig", "threshold": video_fbc[model]})
+            run(f"{model}_taylorseer", model, ts(), ts_json())
+            run(f"{model}_taylorseer_lite", model, ts(use_lite_mode=True), ts_json(use_lite_mode=True))
+        run("wan_sea_cache", "wan", lambda p: SeaCacheConfig(threshold=wan_sea_threshold),
+            {"method": "SeaCacheConfig", "threshold": wan_sea_threshold})
+    finally:
+        FBCHeadBlockHook._should_compute_remaining_blocks = fbc_decide
+        MagCacheHeadHook.new_forward = mag_forward
+        MagCacheBlockHook._perform_calibration_step = mag_calibrate
+    c.cases["errors"] = {"kind": "cache_errors", "errors": cache_errors(pipes)}
+    c.save(out / "cache", "cache")
+
+
+@torch.no_grad()
+def cache_errors(pipes):
+    """What diffusers 0.42.1 raises for bad cache input (type and first line of the message; None where
+    it accepts the input), on the tiny Flux transformer."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from diffusers.hooks import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,
+                                 PyramidAttentionBroadcastConfig, SeaCacheConfig, TaylorSeerCacheConfig)
+    from diffusers.hooks.first_block_cache import apply_first_block_cache
+
+    def fresh():
+        return FluxPipeline.from_pretrained(pipes / "tiny_flux")
+
+    def call(t):
+        # One direct transformer call (no cache_context) with the tiny shapes.
+        g = torch.Generator("cpu").manual_seed(0)
+        return t(hidden_states=torch.randn(1, 24, 16, generator=g), encoder_hidden_states=torch.randn(1, 8, 12, generator=g),
+                 pooled_projections=torch.randn(1, 10, generator=g), timestep=torch.tensor([0.5]),
+                 img_ids=torch.zeros(24, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([3.5]), return_dict=False)
+
+    def in_context(t, n=6):
+        for i in range(n):
+            with t.cache_context("cond"):
+                call(t)
+
+    def twice():
+        t = fresh().transformer
+        t.enable_cache(FirstBlockCacheConfig())
+        t.enable_cache(TaylorSeerCacheConfig())
+
+    def enabled(config, then=None):
+        def f():
+            t = fresh().transformer
+            t.enable_cache(config() if callable(config) else config)
+            if then is not None:
+                then(t)
+        return f
+
+    def single_block_fbc():
+        torch.manual_seed(0)
+        t = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=0,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=12,
+                                   pooled_projection_dim=10, guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+        t.enable_cache(FirstBlockCacheConfig())
+
+    errors = [
+        ("enable_cache twice (FirstBlockCache, then TaylorSeer)", twice),
+        ("enable_cache with a dict", enabled({"threshold": 0.1})),
+        ("first-block cache on a module without blocks (the VAE)",
+         lambda: apply_first_block_cache(fresh().vae, FirstBlockCacheConfig())),
+        ("first-block cache on a transformer with one block", single_block_fbc),
+        ("first-block cache called without cache_context", enabled(FirstBlockCacheConfig(), call)),
+        ("first-block cache threshold -1 (6 calls)", enabled(FirstBlockCacheConfig(threshold=-1.0), in_context)),
+        ("first-block cache threshold NaN (6 calls)", enabled(FirstBlockCacheConfig(threshold=float("nan")), in_context)),
+        ("TaylorSeer called without cache_context", enabled(TaylorSeerCacheConfig(), call)),
+        ("TaylorSeer cache_interval 0 (6 calls)", enabled(TaylorSeerCacheConfig(cache_interval=0), in_context)),
+        ("TaylorSeer taylor_factors_dtype None (6 calls)",
+         enabled(TaylorSeerCacheConfig(taylor_factors_dtype=None), in_context)),
+        ("TaylorSeer max_order 0 (6 calls)", enabled(TaylorSeerCacheConfig(max_order=0), in_context)),
+        ("MagCacheConfig() without mag_ratios", lambda: MagCacheConfig()),
+        ("MagCacheConfig threshold -1", lambda: MagCacheConfig(mag_ratios=[1.0] * 28, threshold=-1.0)),
+        ("MagCache called without cache_context", enabled(lambda: MagCacheConfig(mag_ratios=[1.0] * 28), call)),
+        ("PyramidAttentionBroadcastConfig without current_timestep_callback",
+         enabled(PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2))),
+        ("FasterCacheConfig tensor_format BSC",
+         enabled(lambda: FasterCacheConfig(tensor_format="BSC", current_timestep_callback=lambda: 500))),
+        ("FasterCache not guidance-distilled, batch 1 per call (Flux's separate cond/uncond calls)",
+         enabled(lambda: FasterCacheConfig(current_timestep_callback=lambda: 500), call)),
+        ("SeaCacheConfig threshold -1", lambda: SeaCacheConfig(threshold=-1.0)),
+        ("SeaCacheConfig threshold NaN", lambda: SeaCacheConfig(threshold=float("nan"))),
+        ("SeaCacheConfig threshold inf", lambda: SeaCacheConfig(threshold=float("inf"))),
+        ("SeaCacheConfig residual_order 2", lambda: SeaCacheConfig(residual_order=2)),
+        ("SeaCacheConfig retention_steps -1", lambda: SeaCacheConfig(retention_steps=-1)),
+        ("SeaCacheConfig cache_end_steps -1", lambda: SeaCacheConfig(cache_end_steps=-1)),
+        ("SeaCacheConfig max_consecutive_cached -1", lambda: SeaCacheConfig(max_consecutive_cached=-1)),
+        ("SeaCacheConfig max_consecutive_cached True", lambda: SeaCacheConfig(max_consecutive_cached=True)),
+        ("SeaCacheConfig power_exp 0", lambda: SeaCacheConfig(power_exp=0.0)),
+        ("SeaCache on a module without blocks (the VAE)",
+         lambda: __import__("diffusers.hooks.sea_cache", fromlist=["apply_sea_cache"]).apply_sea_cache(
+             fresh().vae, SeaCacheConfig())),
+        ("SeaCache called without cache_context", enabled(SeaCacheConfig(), call)),
+    ]
+    return [{"what": what, "raises": first_line_of_error(f)} for what, f in errors]
+
+
 def bytes_to_unicode():
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -3093,6 +3446,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "hunyuan_video_vae_tiling": stage_hunyuan_video_vae_tiling,
           "lora_quantized": stage_lora_quantized,
           "lora_video": stage_lora_video,
+          "cache": stage_cache,
           "vae_tiling": stage_vae_tiling,
           "wan_vae_tiling": stage_wan_vae_tiling,
           "transformers": stage_transformers, "wan_transformer": stage_wan_transformer,
