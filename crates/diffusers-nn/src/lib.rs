@@ -36,6 +36,7 @@ pub mod downsampling;
 pub mod embedding;
 pub mod embeddings;
 pub mod footprint;
+pub mod hooks;
 mod host;
 mod host_activation;
 mod host_attention;

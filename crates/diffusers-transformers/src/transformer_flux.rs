@@ -15,6 +15,7 @@ use diffusers_nn::attention::scaled_dot_product_attention;
 use diffusers_nn::embeddings::{
     RotaryPairing, apply_rotary_emb, get_timestep_embedding, multi_axis_rotary_pos_embed,
 };
+use diffusers_nn::hooks::{BlockStates, HookRegistry, module_call};
 use diffusers_nn::linear::{Linear, LinearConfig};
 use diffusers_nn::norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use serde::{Deserialize, Serialize};
@@ -277,6 +278,9 @@ pub struct FluxTransformer2DModel<B: Backend> {
     /// Output projection.
     pub proj_out: Linear<B>,
     axes_dims: Vec<usize>,
+    /// Hooks on the blocks, their attention modules and `proj_out` (step caches, offloading;
+    /// see [`diffusers_nn::hooks`]).
+    pub hooks: HookRegistry<B>,
 }
 
 /// Checkpoint key of a module path (`ff.net_0` -> `ff.net.0`, `ff.net_2` -> `ff.net.2`).
@@ -402,7 +406,13 @@ impl<B: Backend> FluxTransformerBlock<B> {
         let nc = self
             .norm1_context
             .modulate(ctx.clone(), c[0].clone(), c[1].clone());
-        let (attn, attn_ctx) = self.attn.forward(nx, Some(nc), cos, sin);
+        let mut out = module_call("attn", || {
+            let (a, c) = self.attn.forward(nx, Some(nc), cos, sin);
+            std::iter::once(a).chain(c).collect()
+        })
+        .into_iter();
+        let (attn, attn_ctx) = (out.next(), out.next());
+        let attn = attn.expect("the attention hook returns the attention's outputs");
         let x = x + m[2].clone() * attn;
         let nx = self.norm2.forward(x.clone()) * (m[4].clone() + 1.0) + m[3].clone();
         let x = x.clone() + m[5].clone() * self.ff.forward(nx);
@@ -428,7 +438,10 @@ impl<B: Backend> FluxSingleTransformerBlock<B> {
         let m = self.norm.chunks(temb);
         let n = self.norm.modulate(x.clone(), m[0].clone(), m[1].clone());
         let mlp = gelu_tanh(self.proj_mlp.forward(n.clone()));
-        let (attn, _) = self.attn.forward(n, None, cos, sin);
+        let attn = module_call("attn", || vec![self.attn.forward(n, None, cos, sin).0])
+            .into_iter()
+            .next()
+            .expect("the attention hook returns the attention's output");
         x + m[2].clone() * self.proj_out.forward(Tensor::cat(vec![attn, mlp], 2))
     }
 }
@@ -511,6 +524,7 @@ impl<B: Backend> FluxTransformer2DModel<B> {
             norm_out: AdaNorm::new(dim, 2, device),
             proj_out: lin(dim, c.patch_size * c.patch_size * out_channels),
             axes_dims: c.axes_dims_rope.clone(),
+            hooks: HookRegistry::default(),
         })
     }
 
@@ -593,20 +607,58 @@ impl<B: Backend> FluxTransformer2DModel<B> {
         let mut ctx = self.context_embedder.forward(encoder_hidden_states);
         let ids: Vec<Vec<f64>> = txt_ids.into_iter().chain(img_ids).collect();
         let (cos, sin) = multi_axis_rotary_pos_embed::<B>(&ids, &self.axes_dims, 10000.0, &device);
-        let mut x = x;
-        for block in &self.transformer_blocks {
-            let (c, h) = block.forward(x, ctx, temb.clone(), cos.clone(), sin.clone());
-            ctx = c;
-            x = h;
-        }
-        let mut joint = Tensor::cat(vec![ctx, x], 1);
-        for block in &self.single_transformer_blocks {
-            joint = block.forward(joint, temb.clone(), cos.clone(), sin.clone());
-        }
-        let x = joint.narrow(1, s_txt, s_img);
+        let _call = self.hooks.enter_model_call();
+        let x = if self.hooks.is_empty() {
+            let mut x = x;
+            for block in &self.transformer_blocks {
+                let (c, h) = block.forward(x, ctx, temb.clone(), cos.clone(), sin.clone());
+                ctx = c;
+                x = h;
+            }
+            let mut joint = Tensor::cat(vec![ctx, x], 1);
+            for block in &self.single_transformer_blocks {
+                joint = block.forward(joint, temb.clone(), cos.clone(), sin.clone());
+            }
+            joint.narrow(1, s_txt, s_img)
+        } else {
+            // Through the hooks, every block takes and returns the image and text streams
+            // separately, as diffusers' blocks do (its single blocks join and split them).
+            const ENC: &str = "block hooks return the encoder states their block returns";
+            let states = BlockStates::new(x, Some(ctx));
+            let states = self.hooks.run_blocks(
+                "transformer_blocks",
+                &self.transformer_blocks,
+                states,
+                |b, s| {
+                    let ctx = s.encoder_hidden_states.expect(ENC);
+                    let (c, h) =
+                        b.forward(s.hidden_states, ctx, temb.clone(), cos.clone(), sin.clone());
+                    BlockStates::new(h, Some(c))
+                },
+            );
+            let states = self.hooks.run_blocks(
+                "single_transformer_blocks",
+                &self.single_transformer_blocks,
+                states,
+                |b, s| {
+                    let ctx = s.encoder_hidden_states.expect(ENC);
+                    let joint = Tensor::cat(vec![ctx, s.hidden_states], 1);
+                    let joint = b.forward(joint, temb.clone(), cos.clone(), sin.clone());
+                    BlockStates::new(
+                        joint.clone().narrow(1, s_txt, s_img),
+                        Some(joint.narrow(1, 0, s_txt)),
+                    )
+                },
+            );
+            states.hidden_states
+        };
         let m = self.norm_out.chunks(temb);
         // AdaLayerNormContinuous: (scale, shift) order.
         let x = self.norm_out.modulate(x, m[1].clone(), m[0].clone());
-        Ok(self.proj_out.forward(x))
+        let out = module_call("proj_out", || vec![self.proj_out.forward(x)]);
+        Ok(out
+            .into_iter()
+            .next()
+            .expect("the proj_out hook returns proj_out's output"))
     }
 }

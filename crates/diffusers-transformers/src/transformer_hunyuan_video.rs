@@ -27,6 +27,7 @@ use diffusers_nn::conv::{Conv3d, Conv3dConfig};
 use diffusers_nn::embeddings::{
     RopeOptions, RotaryPairing, apply_rotary_emb, get_timestep_embedding, rotary_cos_sin,
 };
+use diffusers_nn::hooks::{BlockStates, HookRegistry, module_call};
 use diffusers_nn::linear::{Linear, LinearConfig};
 use diffusers_nn::norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use serde::{Deserialize, Serialize};
@@ -472,7 +473,13 @@ impl<B: Backend> HunyuanVideoTransformerBlock<B> {
         let nc = self
             .norm1_context
             .modulate(ctx.clone(), c[0].clone(), c[1].clone());
-        let (attn, attn_ctx) = self.attn.forward(nx, Some(nc), mask, Some((cos, sin)));
+        let mut out = module_call("attn", || {
+            let (a, c) = self.attn.forward(nx, Some(nc), mask, Some((cos, sin)));
+            std::iter::once(a).chain(c).collect()
+        })
+        .into_iter();
+        let (attn, attn_ctx) = (out.next(), out.next());
+        let attn = attn.expect("the attention hook returns the attention's outputs");
         let x = x + attn * m[2].clone();
         let ctx = match attn_ctx {
             Some(a) => ctx + a * c[2].clone(),
@@ -512,7 +519,12 @@ impl<B: Backend> HunyuanVideoSingleTransformerBlock<B> {
         let m = self.norm.chunks(temb);
         let n = self.norm.modulate(x.clone(), m[0].clone(), m[1].clone());
         let mlp = gelu_tanh(self.proj_mlp.forward(n.clone()));
-        let (attn, _) = self.attn.forward(n, None, mask, Some((cos, sin)));
+        let attn = module_call("attn", || {
+            vec![self.attn.forward(n, None, mask, Some((cos, sin))).0]
+        })
+        .into_iter()
+        .next()
+        .expect("the attention hook returns the attention's output");
         m[2].clone() * self.proj_out.forward(Tensor::cat(vec![attn, mlp], 2)) + x
     }
 }
@@ -541,6 +553,9 @@ pub struct HunyuanVideoTransformer3DModel<B: Backend> {
     out_channels: usize,
     text_embed_dim: usize,
     pooled_projection_dim: usize,
+    /// Hooks on the blocks, their attention modules and `proj_out` (step caches, offloading;
+    /// see [`diffusers_nn::hooks`]).
+    pub hooks: HookRegistry<B>,
 }
 
 /// Checkpoint key of a module path (`ff.net_0` -> `ff.net.0`, `ff.net_2` -> `ff.net.2`).
@@ -692,6 +707,7 @@ impl<B: Backend> HunyuanVideoTransformer3DModel<B> {
             out_channels,
             text_embed_dim: c.text_embed_dim,
             pooled_projection_dim: c.pooled_projection_dim,
+            hooks: HookRegistry::default(),
         })
     }
 
@@ -918,23 +934,67 @@ impl<B: Backend> HunyuanVideoTransformer3DModel<B> {
             s_txt,
             &device,
         );
-        let mut x = x;
-        for block in &self.transformer_blocks {
-            let (nx, nc) =
-                block.forward(x, ctx, temb.clone(), mask.clone(), cos.clone(), sin.clone());
-            x = nx;
-            ctx = nc;
-        }
-        let mut joint = Tensor::cat(vec![x, ctx], 1);
-        for block in &self.single_transformer_blocks {
-            joint = block.forward(joint, temb.clone(), mask.clone(), cos.clone(), sin.clone());
-        }
-        let x = joint.narrow(1, 0, s_img);
+        let _call = self.hooks.enter_model_call();
+        let x = if self.hooks.is_empty() {
+            let mut x = x;
+            for block in &self.transformer_blocks {
+                let (nx, nc) =
+                    block.forward(x, ctx, temb.clone(), mask.clone(), cos.clone(), sin.clone());
+                x = nx;
+                ctx = nc;
+            }
+            let mut joint = Tensor::cat(vec![x, ctx], 1);
+            for block in &self.single_transformer_blocks {
+                joint = block.forward(joint, temb.clone(), mask.clone(), cos.clone(), sin.clone());
+            }
+            joint.narrow(1, 0, s_img)
+        } else {
+            // Through the hooks, every block takes and returns the video and text streams
+            // separately, as diffusers' blocks do (its single blocks join and split them).
+            const ENC: &str = "block hooks return the encoder states their block returns";
+            let states = BlockStates::new(x, Some(ctx));
+            let states = self.hooks.run_blocks(
+                "transformer_blocks",
+                &self.transformer_blocks,
+                states,
+                |b, s| {
+                    let ctx = s.encoder_hidden_states.expect(ENC);
+                    let (x, c) = b.forward(
+                        s.hidden_states,
+                        ctx,
+                        temb.clone(),
+                        mask.clone(),
+                        cos.clone(),
+                        sin.clone(),
+                    );
+                    BlockStates::new(x, Some(c))
+                },
+            );
+            let states = self.hooks.run_blocks(
+                "single_transformer_blocks",
+                &self.single_transformer_blocks,
+                states,
+                |b, s| {
+                    let ctx = s.encoder_hidden_states.expect(ENC);
+                    let joint = Tensor::cat(vec![s.hidden_states, ctx], 1);
+                    let joint =
+                        b.forward(joint, temb.clone(), mask.clone(), cos.clone(), sin.clone());
+                    BlockStates::new(
+                        joint.clone().narrow(1, 0, s_img),
+                        Some(joint.narrow(1, s_img, s_txt)),
+                    )
+                },
+            );
+            states.hidden_states
+        };
 
         // AdaLayerNormContinuous: (scale, shift) order.
         let m = self.norm_out.chunks(temb);
         let x = self.norm_out.modulate(x, m[1].clone(), m[0].clone());
-        let x = self.proj_out.forward(x);
+        let x = module_call("proj_out", || vec![self.proj_out.forward(x)])
+            .into_iter()
+            .next()
+            .expect("the proj_out hook returns proj_out's output");
         // Unpatchify: [b, f, h, w, c, pt, ph, pw] -> [b, c, f, pt, h, ph, w, pw].
         let x: Tensor<B, 8> = x.reshape([b, ppf, pph, ppw, self.out_channels, pt, ph, pw]);
         Ok(x.permute([0, 4, 1, 5, 2, 6, 3, 7])

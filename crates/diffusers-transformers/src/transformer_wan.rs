@@ -24,6 +24,7 @@ use diffusers_nn::conv::{Conv3d, Conv3dConfig};
 use diffusers_nn::embeddings::{
     RotaryPairing, apply_rotary_emb, get_timestep_embedding, multi_axis_rotary_pos_embed,
 };
+use diffusers_nn::hooks::{BlockStates, HookRegistry, module_call};
 use diffusers_nn::linear::{Linear, LinearConfig};
 use diffusers_nn::norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use serde::{Deserialize, Serialize};
@@ -270,14 +271,18 @@ impl<B: Backend> WanTransformerBlock<B> {
         let n = (self.norm.forward(x.clone().cast(DType::F32)) * (scale.clone() + 1.0)
             + shift.clone())
         .cast(dtype);
-        let attn = self.attn1.forward(n, None, Some((cos, sin)));
+        let attn = first(module_call("attn1", || {
+            vec![self.attn1.forward(n, None, Some((cos, sin)))]
+        }));
         let x = (x.cast(DType::F32) + attn.cast(DType::F32) * gate.clone()).cast(dtype);
         // 2. Cross-attention.
         let n = match &self.norm2 {
             Some(norm2) => norm2.forward(x.clone().cast(DType::F32)).cast(dtype),
             None => x.clone(),
         };
-        let x = x + self.attn2.forward(n, Some(context), None);
+        let x = x + first(module_call("attn2", || {
+            vec![self.attn2.forward(n, Some(context), None)]
+        }));
         // 3. Feed-forward.
         let n = (self.norm.forward(x.clone().cast(DType::F32)) * (c_scale.clone() + 1.0)
             + c_shift.clone())
@@ -319,6 +324,17 @@ pub struct WanTransformer3DModel<B: Backend> {
     in_channels: usize,
     out_channels: usize,
     text_dim: usize,
+    /// Hooks on the blocks, their attention modules and `proj_out` (step caches, offloading;
+    /// see [`diffusers_nn::hooks`]).
+    pub hooks: HookRegistry<B>,
+}
+
+/// The one output of a hooked module call.
+fn first<B: Backend>(outputs: Vec<Tensor<B, 3>>) -> Tensor<B, 3> {
+    outputs
+        .into_iter()
+        .next()
+        .expect("module hooks return the module's output")
 }
 
 /// Checkpoint key of a module path (`ffn.net_0` -> `ffn.net.0`, `to_out` -> `to_out.0`).
@@ -387,6 +403,7 @@ impl<B: Backend> WanTransformer3DModel<B> {
             in_channels: c.in_channels,
             out_channels,
             text_dim: c.text_dim,
+            hooks: HookRegistry::default(),
         })
     }
 
@@ -502,7 +519,7 @@ impl<B: Backend> WanTransformer3DModel<B> {
 
         let x = self.patch_embedding.forward(hidden_states);
         let dim = x.dims()[1];
-        let mut x = x.reshape([b, dim, ppf * pph * ppw]).swap_dims(1, 2);
+        let x = x.reshape([b, dim, ppf * pph * ppw]).swap_dims(1, 2);
 
         // Conditioning: the sinusoidal projection in f32, cast to the time embedder's dtype;
         // temb in the text states' dtype.
@@ -526,14 +543,32 @@ impl<B: Backend> WanTransformer3DModel<B> {
             .reshape([b, 6, dim]);
         let context = ce.text_embedder.forward_gelu_tanh(encoder_hidden_states);
 
-        for block in &self.blocks {
-            x = block.forward(x, context.clone(), tproj.clone(), cos.clone(), sin.clone());
-        }
+        let _call = self.hooks.enter_model_call();
+        let x = self
+            .hooks
+            .run_blocks(
+                "blocks",
+                &self.blocks,
+                BlockStates::new(x, None),
+                |block, s| {
+                    BlockStates::new(
+                        block.forward(
+                            s.hidden_states,
+                            context.clone(),
+                            tproj.clone(),
+                            cos.clone(),
+                            sin.clone(),
+                        ),
+                        None,
+                    )
+                },
+            )
+            .hidden_states;
 
         let m = modulation(&self.scale_shift_table, temb.unsqueeze_dim(1));
         let x = (self.norm_out.forward(x.cast(DType::F32)) * (m[1].clone() + 1.0) + m[0].clone())
             .cast(dtype);
-        let x = self.proj_out.forward(x);
+        let x = first(module_call("proj_out", || vec![self.proj_out.forward(x)]));
         // Unpatchify: [b, f, h, w, pt, ph, pw, c] -> [b, c, f, pt, h, ph, w, pw].
         let x: Tensor<B, 8> = x.reshape([b, ppf, pph, ppw, pt, ph, pw, self.out_channels]);
         Ok(x.permute([0, 7, 1, 4, 2, 5, 3, 6])

@@ -108,6 +108,7 @@ impl<B: Backend> Loader<'_, B> {
 
     fn load<const D: usize>(
         &mut self,
+        id: burn::module::ParamId,
         expected: &[usize],
         device: &B::Device,
     ) -> Option<Tensor<B, D>> {
@@ -136,6 +137,9 @@ impl<B: Backend> Loader<'_, B> {
             }
         };
         let dtype = self.opts.dtype.unwrap_or(data.dtype);
+        if let Some(file) = self.weights.safetensors_file_of(&key) {
+            super::offload::record(id, file, &key, dtype);
+        }
         self.used.insert(key);
         self.loaded += 1;
         Some(Tensor::from_data(data, (device, dtype)))
@@ -178,7 +182,7 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
                 }
             }
         }
-        match self.load::<D>(&shape.to_vec(), &device) {
+        match self.load::<D>(param.id, &shape.to_vec(), &device) {
             // The parameter is replaced without ever materialising its initial value.
             Some(t) => Param::initialized(param.id, t),
             None => param,
@@ -333,12 +337,13 @@ impl<B: Backend, V: LayerWeights<B> + ?Sized> ModuleMapper<B> for LayerMapper<'_
         if !self.visitor.select(&module_path, &key, layer, &shape) {
             return param;
         }
-        let id = param.id;
         let value = param.val();
         let dims = value.dims();
         let rest = dims[1..].iter().product::<usize>();
         let updated = self.visitor.update(&key, value.reshape([dims[0], rest]));
-        Param::initialized(id, updated.reshape(dims))
+        // A new id: the updated weight is no longer what its file holds, so offloading keeps it
+        // rather than reloading the file's (see `offload::release`).
+        Param::initialized(burn::module::ParamId::new(), updated.reshape(dims))
     }
 }
 

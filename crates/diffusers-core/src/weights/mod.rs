@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod files;
+pub mod offload;
 pub mod pickle;
 pub mod safetensors;
 
@@ -280,6 +281,14 @@ impl Weights {
     /// Stored dtype and shape of a tensor.
     pub fn info(&self, key: &str) -> Option<&TensorInfo> {
         self.keys.get(key).and_then(|&i| self.files[i].info(key))
+    }
+
+    /// The safetensors file holding `key` (`None` for tensors held in memory or in pickles).
+    pub(crate) fn safetensors_file_of(&self, key: &str) -> Option<&Path> {
+        match self.keys.get(key).map(|&i| &self.files[i]) {
+            Some(WeightFile::Safetensors(f)) => Some(f.path()),
+            _ => None,
+        }
     }
 
     /// Reads one tensor in its stored dtype.

@@ -1,0 +1,354 @@
+//! Releasing a loaded module's parameters and loading them again from their weight files, the
+//! mechanism under diffusers' CPU offloading (`enable_model_cpu_offload`,
+//! `enable_sequential_cpu_offload`, `enable_group_offload`).
+//!
+//! While [`record_param_sources`] runs a model's load, [`load_into`](super::load_into) notes,
+//! for every parameter it reads from a file, where it came from (file, key, dtype). [`release`]
+//! then replaces each such parameter by a lazy one that reads its tensor again from that file
+//! the first time it is used (burn's uninitialised [`Param`]), and drops the loaded tensor: the
+//! host copy of an offloaded component is the memory map of its weight files, as the issue of
+//! no extra copy asks. Parameters with no file behind them (in-memory checkpoints, LoRA-fused
+//! weights, quantized layers' packed forms) stay as they are.
+//!
+//! A lazy parameter's read cannot return an error (burn's initialiser is infallible): a failure
+//! is kept in the [`ParamSources`] (checked by [`ParamSources::take_error`]) and the parameter
+//! is filled with NaN, so a pipeline that checks after each stage reports it instead of
+//! producing an image.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::prelude::Backend;
+use burn::tensor::{DType, Tensor};
+
+use super::SafetensorsFile;
+use crate::{Error, Result};
+
+/// Where one parameter was read from.
+#[derive(Debug, Clone)]
+struct Source {
+    file: PathBuf,
+    key: String,
+    dtype: DType,
+}
+
+thread_local! {
+    static RECORDER: RefCell<Option<HashMap<ParamId, Source>>> = const { RefCell::new(None) };
+}
+
+/// Called by the loader for every parameter it reads from the safetensors `file` (pickles and
+/// in-memory checkpoints are not reopened: their parameters stay loaded).
+pub(crate) fn record(id: ParamId, file: &std::path::Path, key: &str, dtype: DType) {
+    RECORDER.with(|r| {
+        if let Some(map) = r.borrow_mut().as_mut() {
+            map.insert(
+                id,
+                Source {
+                    file: file.to_path_buf(),
+                    key: key.to_string(),
+                    dtype,
+                },
+            );
+        }
+    });
+}
+
+/// Runs `f` (a model's load) noting where every parameter it loads from a file came from.
+pub fn record_param_sources<R>(f: impl FnOnce() -> R) -> (R, ParamSources) {
+    struct Restore(Option<HashMap<ParamId, Source>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            RECORDER.with(|r| *r.borrow_mut() = prev);
+        }
+    }
+    let prev = RECORDER.with(|r| r.borrow_mut().replace(HashMap::new()));
+    let restore = Restore(prev);
+    let out = f();
+    let map = RECORDER.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    drop(restore);
+    (
+        out,
+        ParamSources {
+            inner: Arc::new(Inner {
+                sources: map,
+                files: Mutex::new(HashMap::new()),
+                error: Mutex::new(None),
+            }),
+        },
+    )
+}
+
+#[derive(Debug)]
+struct Inner {
+    sources: HashMap<ParamId, Source>,
+    files: Mutex<HashMap<PathBuf, Arc<SafetensorsFile>>>,
+    error: Mutex<Option<Error>>,
+}
+
+/// The weight files behind one component's parameters (from [`record_param_sources`]),
+/// shared by its lazy parameters.
+#[derive(Debug, Clone)]
+pub struct ParamSources {
+    inner: Arc<Inner>,
+}
+
+impl ParamSources {
+    /// Parameters with a file behind them.
+    pub fn len(&self) -> usize {
+        self.inner.sources.len()
+    }
+
+    /// Whether no parameter has a file behind it (nothing can be released).
+    pub fn is_empty(&self) -> bool {
+        self.inner.sources.is_empty()
+    }
+
+    /// Opens every weight file (memory maps) so that the reads of lazy parameters do not fail;
+    /// call before a stage runs. Files already open stay open.
+    pub fn open(&self) -> Result<()> {
+        let mut files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
+        for s in self.inner.sources.values() {
+            if !files.contains_key(&s.file) {
+                let f = SafetensorsFile::open(&s.file)?;
+                files.insert(s.file.clone(), Arc::new(f));
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps the weight files (after a stage: their pages leave this process's memory).
+    pub fn close(&self) {
+        self.inner
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// The first read that failed since the last call, if any.
+    pub fn take_error(&self) -> Result<()> {
+        match self
+            .inner
+            .error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn read<B: Backend, const D: usize>(
+        &self,
+        id: ParamId,
+        shape: &[usize],
+        device: &B::Device,
+    ) -> Tensor<B, D> {
+        let fail = |e: Error| {
+            let mut slot = self.inner.error.lock().unwrap_or_else(|e| e.into_inner());
+            tracing::error!("reloading an offloaded weight failed: {e}");
+            slot.get_or_insert(e);
+            Tensor::<B, D>::full(shape.to_vec(), f32::NAN, device)
+        };
+        let Some(s) = self.inner.sources.get(&id) else {
+            return fail(Error::MissingKeys {
+                path: PathBuf::new(),
+                keys: vec![format!("parameter {id}")],
+            });
+        };
+        let file = {
+            let mut files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
+            match files.get(&s.file) {
+                Some(f) => f.clone(),
+                None => match SafetensorsFile::open(&s.file) {
+                    Ok(f) => {
+                        let f = Arc::new(f);
+                        files.insert(s.file.clone(), f.clone());
+                        f
+                    }
+                    Err(e) => return fail(e),
+                },
+            }
+        };
+        match file.read(&s.key) {
+            Ok(data) if data.shape.as_slice() == shape => {
+                Tensor::from_data(data, (device, s.dtype))
+            }
+            Ok(data) => fail(Error::ShapeMismatch {
+                path: s.file.clone(),
+                key: s.key.clone(),
+                expected: shape.to_vec(),
+                found: data.shape.to_vec(),
+            }),
+            Err(e) => fail(e),
+        }
+    }
+}
+
+struct Releaser<'a> {
+    sources: &'a ParamSources,
+    released: usize,
+}
+
+impl<B: Backend> ModuleMapper<B> for Releaser<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if !param.is_initialized() || !self.sources.inner.sources.contains_key(&param.id) {
+            return param;
+        }
+        let id = param.id;
+        let shape = param.lazy_shape();
+        let device = param.lazy_device();
+        let sources = self.sources.clone();
+        let dims = shape.to_vec();
+        self.released += 1;
+        // Dropping `param` frees its tensor (unless a clone of the module still holds it).
+        Param::uninitialized(
+            id,
+            move |device: &B::Device, _| sources.read::<B, D>(id, &dims, device),
+            device,
+            false,
+            shape,
+        )
+    }
+}
+
+/// Replaces every loaded parameter of `module` that `sources` knows by a lazy one that reads it
+/// again from its file when first used, freeing the loaded tensors; returns the module and the
+/// number of parameters released.
+pub fn release<B: Backend, M: Module<B>>(module: M, sources: &ParamSources) -> (M, usize) {
+    let mut r = Releaser {
+        sources,
+        released: 0,
+    };
+    let module = module.map(&mut r);
+    (module, r.released)
+}
+
+struct Materializer;
+
+impl<B: Backend> ModuleVisitor<B> for Materializer {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !param.is_initialized() {
+            let _ = param.val();
+        }
+    }
+}
+
+/// Loads every lazy parameter of `module` now (a component moved to its device before its turn,
+/// as diffusers' model offload does, rather than one layer at a time as it runs).
+pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    module.visit(&mut Materializer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+    use crate::weights::{LoadOptions, Weights, load_into};
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::TensorData;
+    use std::collections::BTreeMap;
+
+    fn write_linear(dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("w.safetensors");
+        let w: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
+        let b = [0.25f32, -1.0];
+        let mut bytes = Vec::new();
+        let header = format!(
+            r#"{{"weight":{{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]}},"bias":{{"dtype":"F32","shape":[2],"data_offsets":[24,32]}}}}"#
+        );
+        let mut header = header.into_bytes();
+        while header.len() % 8 != 0 {
+            header.push(b' ');
+        }
+        bytes.extend((header.len() as u64).to_le_bytes());
+        bytes.extend(header);
+        for v in w.iter().chain(b.iter()) {
+            bytes.extend(v.to_le_bytes());
+        }
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn released_parameters_reload_equal_from_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_linear(dir.path());
+        let device = Default::default();
+        let weights = Weights::open(&path).unwrap();
+        let ((model, _), sources) = record_param_sources(|| {
+            load_into(
+                LinearConfig::new(3, 2).init::<Cpu>(&device),
+                &weights,
+                LoadOptions::default(),
+            )
+            .unwrap()
+        });
+        assert_eq!(sources.len(), 2);
+        let before = model.weight.val().into_data();
+        let (released, n) = release(model, &sources);
+        assert_eq!(n, 2);
+        assert!(!released.weight.is_initialized());
+        sources.open().unwrap();
+        materialize(&released);
+        assert!(released.weight.is_initialized());
+        assert_eq!(released.weight.val().into_data(), before);
+        sources.take_error().unwrap();
+        // Released again, a clone loads its own copy and leaves the module lazy.
+        let (released, _) = release(released, &sources);
+        let live = released.clone();
+        materialize(&live);
+        assert!(!released.weight.is_initialized());
+        assert!(live.bias.as_ref().unwrap().is_initialized());
+    }
+
+    #[test]
+    fn in_memory_weights_are_not_released_and_read_errors_are_kept() {
+        let device = Default::default();
+        let mut t = BTreeMap::new();
+        t.insert(
+            "weight".to_string(),
+            TensorData::new(vec![1.0f32; 6], [3, 2]),
+        );
+        t.insert("bias".to_string(), TensorData::new(vec![0.0f32; 2], [2]));
+        let weights = Weights::from_tensors("mem", t);
+        let ((model, _), sources) = record_param_sources(|| {
+            load_into(
+                LinearConfig::new(3, 2).init::<Cpu>(&device),
+                &weights,
+                LoadOptions::default(),
+            )
+            .unwrap()
+        });
+        assert!(sources.is_empty());
+        let (model, n) = release(model, &sources);
+        assert_eq!(n, 0);
+        assert!(model.weight.is_initialized());
+
+        // A file that vanished: the read fails into NaN and the error is reported.
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_linear(dir.path());
+        let weights = Weights::open(&path).unwrap();
+        let ((model, _), sources) = record_param_sources(|| {
+            load_into(
+                LinearConfig::new(3, 2).init::<Cpu>(&device),
+                &weights,
+                LoadOptions::default(),
+            )
+            .unwrap()
+        });
+        drop(weights);
+        let (model, _) = release(model, &sources);
+        std::fs::remove_file(&path).unwrap();
+        let w: Tensor<Cpu, 2> = model.weight.val();
+        assert!(w.into_data().to_vec::<f32>().unwrap()[0].is_nan());
+        assert!(sources.take_error().is_err());
+        let _ = Module::<Cpu>::num_params(&model);
+    }
+}
