@@ -105,19 +105,11 @@ impl Prepared {
     }
 }
 
-/// The peak resident memory of this process in bytes (`VmHWM` of `/proc/self/status`), where
-/// the platform reports it.
+/// The peak resident memory of this process in bytes (`VmHWM` of `/proc/self/status`, and
+/// what it was before a pipeline restarted it to measure one stage), where the platform
+/// reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    diffusers_core::memory::host_peak_bytes()
 }
 
 /// The median of some timings (the mean of the middle two for an even count); `None` if empty.

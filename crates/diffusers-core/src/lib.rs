@@ -15,6 +15,7 @@ pub mod backend;
 pub mod config;
 mod error;
 pub mod json;
+pub mod memory;
 pub mod repo;
 #[doc(hidden)]
 pub mod testing;

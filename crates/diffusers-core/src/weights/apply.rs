@@ -108,7 +108,6 @@ impl<B: Backend> Loader<'_, B> {
 
     fn load<const D: usize>(
         &mut self,
-        id: burn::module::ParamId,
         expected: &[usize],
         device: &B::Device,
     ) -> Option<Tensor<B, D>> {
@@ -137,9 +136,6 @@ impl<B: Backend> Loader<'_, B> {
             }
         };
         let dtype = self.opts.dtype.unwrap_or(data.dtype);
-        if let Some(file) = self.weights.safetensors_file_of(&key) {
-            super::offload::record(id, file, &key, dtype);
-        }
         self.used.insert(key);
         self.loaded += 1;
         Some(Tensor::from_data(data, (device, dtype)))
@@ -182,7 +178,35 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
                 }
             }
         }
-        match self.load::<D>(param.id, &shape.to_vec(), &device) {
+        // Recorded for offloading (and, when loading is deferred, left lazy: read from the
+        // file when first used).
+        if self.error.is_none() {
+            let key = self.key();
+            let file = self
+                .weights
+                .safetensors_file_of(&key)
+                .map(|f| f.to_path_buf());
+            let fits = self
+                .weights
+                .info(&key)
+                .is_some_and(|i| i.shape == shape.as_slice());
+            if let (Some(file), true) = (file, fits) {
+                let lazy = super::offload::record::<B, D>(
+                    param.id,
+                    &file,
+                    &key,
+                    self.opts.dtype,
+                    shape.clone(),
+                    &device,
+                );
+                if let Some(lazy) = lazy {
+                    self.used.insert(key);
+                    self.loaded += 1;
+                    return lazy;
+                }
+            }
+        }
+        match self.load::<D>(&shape.to_vec(), &device) {
             // The parameter is replaced without ever materialising its initial value.
             Some(t) => Param::initialized(param.id, t),
             None => param,

@@ -18,7 +18,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::Backend;
@@ -32,19 +32,34 @@ use crate::{Error, Result};
 struct Source {
     file: PathBuf,
     key: String,
-    dtype: DType,
+    /// The dtype the loader converted to (`None`: the stored one).
+    dtype: Option<DType>,
 }
 
 thread_local! {
-    static RECORDER: RefCell<Option<HashMap<ParamId, Source>>> = const { RefCell::new(None) };
+    static RECORDER: RefCell<Option<(ParamSources, bool)>> = const { RefCell::new(None) };
 }
 
 /// Called by the loader for every parameter it reads from the safetensors `file` (pickles and
-/// in-memory checkpoints are not reopened: their parameters stay loaded).
-pub(crate) fn record(id: ParamId, file: &std::path::Path, key: &str, dtype: DType) {
+/// in-memory checkpoints are not reopened: their parameters stay loaded). Returns the lazy
+/// parameter to use instead of reading it now when the recording defers loading.
+pub(crate) fn record<B: Backend, const D: usize>(
+    id: ParamId,
+    file: &std::path::Path,
+    key: &str,
+    dtype: Option<DType>,
+    shape: burn::tensor::Shape,
+    device: &B::Device,
+) -> Option<Param<Tensor<B, D>>> {
     RECORDER.with(|r| {
-        if let Some(map) = r.borrow_mut().as_mut() {
-            map.insert(
+        let r = r.borrow();
+        let (sources, defer) = r.as_ref()?;
+        sources
+            .inner
+            .sources
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
                 id,
                 Source {
                     file: file.to_path_buf(),
@@ -52,39 +67,49 @@ pub(crate) fn record(id: ParamId, file: &std::path::Path, key: &str, dtype: DTyp
                     dtype,
                 },
             );
-        }
-    });
+        defer.then(|| lazy_param(sources.clone(), id, shape, device.clone()))
+    })
 }
 
-/// Runs `f` (a model's load) noting where every parameter it loads from a file came from.
-pub fn record_param_sources<R>(f: impl FnOnce() -> R) -> (R, ParamSources) {
-    struct Restore(Option<HashMap<ParamId, Source>>);
+fn lazy_param<B: Backend, const D: usize>(
+    sources: ParamSources,
+    id: ParamId,
+    shape: burn::tensor::Shape,
+    device: B::Device,
+) -> Param<Tensor<B, D>> {
+    let dims = shape.to_vec();
+    Param::uninitialized(
+        id,
+        move |device: &B::Device, _| sources.read::<B, D>(id, &dims, device),
+        device,
+        false,
+        shape,
+    )
+}
+
+/// Runs `f` (a model's or a pipeline's loads) noting where every parameter loaded from a
+/// safetensors file came from. With `defer`, those parameters are not read at all: they come
+/// back lazy, each read from its file the first time it is used (a pipeline loaded for
+/// offloading holds no component in memory until its turn).
+pub fn record_param_sources<R>(defer: bool, f: impl FnOnce() -> R) -> (R, ParamSources) {
+    struct Restore(Option<(ParamSources, bool)>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let prev = self.0.take();
             RECORDER.with(|r| *r.borrow_mut() = prev);
         }
     }
-    let prev = RECORDER.with(|r| r.borrow_mut().replace(HashMap::new()));
+    let sources = ParamSources::default();
+    let prev = RECORDER.with(|r| r.borrow_mut().replace((sources.clone(), defer)));
     let restore = Restore(prev);
     let out = f();
-    let map = RECORDER.with(|r| r.borrow_mut().take()).unwrap_or_default();
     drop(restore);
-    (
-        out,
-        ParamSources {
-            inner: Arc::new(Inner {
-                sources: map,
-                files: Mutex::new(HashMap::new()),
-                error: Mutex::new(None),
-            }),
-        },
-    )
+    (out, sources)
 }
 
 #[derive(Debug)]
 struct Inner {
-    sources: HashMap<ParamId, Source>,
+    sources: RwLock<HashMap<ParamId, Source>>,
     files: Mutex<HashMap<PathBuf, Arc<SafetensorsFile>>>,
     error: Mutex<Option<Error>>,
 }
@@ -96,22 +121,39 @@ pub struct ParamSources {
     inner: Arc<Inner>,
 }
 
+impl Default for ParamSources {
+    /// No parameter has a file behind it.
+    fn default() -> Self {
+        ParamSources {
+            inner: Arc::new(Inner {
+                sources: RwLock::new(HashMap::new()),
+                files: Mutex::new(HashMap::new()),
+                error: Mutex::new(None),
+            }),
+        }
+    }
+}
+
 impl ParamSources {
+    fn sources(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ParamId, Source>> {
+        self.inner.sources.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Parameters with a file behind them.
     pub fn len(&self) -> usize {
-        self.inner.sources.len()
+        self.sources().len()
     }
 
     /// Whether no parameter has a file behind it (nothing can be released).
     pub fn is_empty(&self) -> bool {
-        self.inner.sources.is_empty()
+        self.sources().is_empty()
     }
 
     /// Opens every weight file (memory maps) so that the reads of lazy parameters do not fail;
     /// call before a stage runs. Files already open stay open.
     pub fn open(&self) -> Result<()> {
         let mut files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
-        for s in self.inner.sources.values() {
+        for s in self.sources().values() {
             if !files.contains_key(&s.file) {
                 let f = SafetensorsFile::open(&s.file)?;
                 files.insert(s.file.clone(), Arc::new(f));
@@ -155,7 +197,7 @@ impl ParamSources {
             slot.get_or_insert(e);
             Tensor::<B, D>::full(shape.to_vec(), f32::NAN, device)
         };
-        let Some(s) = self.inner.sources.get(&id) else {
+        let Some(s) = self.sources().get(&id).cloned() else {
             return fail(Error::MissingKeys {
                 path: PathBuf::new(),
                 keys: vec![format!("parameter {id}")],
@@ -177,7 +219,8 @@ impl ParamSources {
         };
         match file.read(&s.key) {
             Ok(data) if data.shape.as_slice() == shape => {
-                Tensor::from_data(data, (device, s.dtype))
+                let dtype = s.dtype.unwrap_or(data.dtype);
+                Tensor::from_data(data, (device, dtype))
             }
             Ok(data) => fail(Error::ShapeMismatch {
                 path: s.file.clone(),
@@ -197,22 +240,16 @@ struct Releaser<'a> {
 
 impl<B: Backend> ModuleMapper<B> for Releaser<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        if !param.is_initialized() || !self.sources.inner.sources.contains_key(&param.id) {
+        if !param.is_initialized() || !self.sources.sources().contains_key(&param.id) {
             return param;
         }
-        let id = param.id;
-        let shape = param.lazy_shape();
-        let device = param.lazy_device();
-        let sources = self.sources.clone();
-        let dims = shape.to_vec();
         self.released += 1;
         // Dropping `param` frees its tensor (unless a clone of the module still holds it).
-        Param::uninitialized(
-            id,
-            move |device: &B::Device, _| sources.read::<B, D>(id, &dims, device),
-            device,
-            false,
-            shape,
+        lazy_param(
+            self.sources.clone(),
+            param.id,
+            param.lazy_shape(),
+            param.lazy_device(),
         )
     }
 }
@@ -251,7 +288,7 @@ mod tests {
     use crate::backend::Cpu;
     use crate::weights::{LoadOptions, Weights, load_into};
     use burn::module::Module;
-    use burn::nn::{Linear, LinearConfig};
+    use burn::nn::LinearConfig;
     use burn::tensor::TensorData;
     use std::collections::BTreeMap;
 
@@ -282,7 +319,7 @@ mod tests {
         let path = write_linear(dir.path());
         let device = Default::default();
         let weights = Weights::open(&path).unwrap();
-        let ((model, _), sources) = record_param_sources(|| {
+        let ((model, _), sources) = record_param_sources(false, || {
             load_into(
                 LinearConfig::new(3, 2).init::<Cpu>(&device),
                 &weights,
@@ -309,6 +346,31 @@ mod tests {
     }
 
     #[test]
+    fn deferred_loads_read_nothing_until_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_linear(dir.path());
+        let device = Default::default();
+        let weights = Weights::open(&path).unwrap();
+        let ((model, report), sources) = record_param_sources(true, || {
+            load_into(
+                LinearConfig::new(3, 2).init::<Cpu>(&device),
+                &weights,
+                LoadOptions {
+                    dtype: Some(DType::F16),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        });
+        assert_eq!((report.loaded, sources.len()), (2, 2));
+        assert!(!model.weight.is_initialized());
+        let w = model.weight.val();
+        assert_eq!(w.dtype(), DType::F16);
+        let v = w.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        assert_eq!(v, vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5]);
+    }
+
+    #[test]
     fn in_memory_weights_are_not_released_and_read_errors_are_kept() {
         let device = Default::default();
         let mut t = BTreeMap::new();
@@ -318,7 +380,7 @@ mod tests {
         );
         t.insert("bias".to_string(), TensorData::new(vec![0.0f32; 2], [2]));
         let weights = Weights::from_tensors("mem", t);
-        let ((model, _), sources) = record_param_sources(|| {
+        let ((model, _), sources) = record_param_sources(false, || {
             load_into(
                 LinearConfig::new(3, 2).init::<Cpu>(&device),
                 &weights,
@@ -335,7 +397,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = write_linear(dir.path());
         let weights = Weights::open(&path).unwrap();
-        let ((model, _), sources) = record_param_sources(|| {
+        let ((model, _), sources) = record_param_sources(false, || {
             load_into(
                 LinearConfig::new(3, 2).init::<Cpu>(&device),
                 &weights,
