@@ -400,6 +400,8 @@ impl<B: Backend> FluxPipeline<B> {
         img2img: Option<(Tensor<B, 4>, f64)>,
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 3>),
     ) -> Result<FluxOutput<B>> {
+        // Step caches start each run fresh (diffusers resets them at the end of a run).
+        self.transformer.hooks.reset_stateful_hooks();
         let pipeline = if img2img.is_some() {
             "FluxImg2ImgPipeline"
         } else {
@@ -643,6 +645,9 @@ impl<B: Backend> FluxPipeline<B> {
         for (i, t) in timesteps.into_iter().enumerate() {
             let timestep =
                 Tensor::<B, 1>::full([batch], t as f32, (&self.device, self.dtype)) / 1000.0;
+            self.transformer
+                .hooks
+                .set_context("cond", None, Some(t), None);
             let noise_pred = self.transformer.forward(FluxInputs {
                 hidden_states: latents.clone(),
                 encoder_hidden_states: embeds.prompt_embeds.clone(),
@@ -654,6 +659,9 @@ impl<B: Backend> FluxPipeline<B> {
             })?;
             let noise_pred = match &negative {
                 Some(neg) => {
+                    self.transformer
+                        .hooks
+                        .set_context("uncond", None, Some(t), None);
                     let neg_pred = self.transformer.forward(FluxInputs {
                         hidden_states: latents.clone(),
                         encoder_hidden_states: neg.prompt_embeds.clone(),
@@ -687,6 +695,37 @@ impl<B: Backend> FluxPipeline<B> {
             images,
             latents: None,
         })
+    }
+}
+
+/// Step caches on the transformer (diffusers' `pipe.transformer.enable_cache(config)`).
+impl<B: Backend> FluxPipeline<B> {
+    /// Enables the step cache `config` on the transformer (see
+    /// [`diffusers_nn::hooks::cache_utils`]); every later run uses it, from a fresh state.
+    pub fn enable_cache(&mut self, config: &diffusers_nn::hooks::CacheConfig) -> Result<()> {
+        use diffusers_nn::hooks::CacheableModel;
+        self.transformer
+            .enable_cache(config)
+            .map_err(|e| invalid_cache(PIPELINE, e))
+    }
+
+    /// Removes the transformer's step cache; returns whether one was enabled.
+    pub fn disable_cache(&mut self) -> bool {
+        use diffusers_nn::hooks::CacheableModel;
+        self.transformer.disable_cache()
+    }
+
+    /// What the step cache did in the last run (`None` without a cache).
+    pub fn cache_report(&self) -> Option<diffusers_nn::hooks::CacheReport> {
+        use diffusers_nn::hooks::CacheableModel;
+        self.transformer.cache_report()
+    }
+}
+
+fn invalid_cache(pipeline: &'static str, e: diffusers_nn::hooks::CacheError) -> crate::Error {
+    crate::Error::InvalidArgument {
+        pipeline,
+        reason: e.to_string(),
     }
 }
 

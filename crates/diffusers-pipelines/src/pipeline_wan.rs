@@ -342,6 +342,8 @@ impl<B: Backend> WanPipeline<B> {
         call: WanCall<B>,
         on_step_end: &mut dyn FnMut(usize, f64, &mut Tensor<B, 5>),
     ) -> Result<WanOutput<B>> {
+        // Step caches start each run fresh (diffusers resets them at the end of a run).
+        self.transformer.hooks.reset_stateful_hooks();
         let bad = |reason: String| invalid(PIPELINE, reason);
         let (ft, fs) = self.vae_scale_factors();
         let [_, ph, pw] = self.transformer.patch_size();
@@ -484,9 +486,12 @@ impl<B: Backend> WanPipeline<B> {
                 )?
             }
         };
+        let steps = timesteps.len();
         for (i, t) in timesteps.into_iter().enumerate() {
             let input = latents.clone().cast(self.dtype);
             let timestep = Tensor::<B, 1>::full([videos], t as f32, (&self.device, DType::F32));
+            let hooks = &self.transformer.hooks;
+            hooks.set_context("cond", Some((i, steps)), Some(t), None);
             let cond = self.transformer.forward(WanInputs {
                 hidden_states: input.clone(),
                 timestep: timestep.clone(),
@@ -494,6 +499,7 @@ impl<B: Backend> WanPipeline<B> {
             })?;
             let noise_pred = match &negative {
                 Some(neg) => {
+                    hooks.set_context("uncond", Some((i, steps)), Some(t), None);
                     let uncond = self.transformer.forward(WanInputs {
                         hidden_states: input,
                         timestep,
@@ -545,6 +551,37 @@ impl<B: Backend> WanPipeline<B> {
         Ok(postprocess_video(
             self.vae.decode_with_progress(z, progress)?,
         ))
+    }
+}
+
+/// Step caches on the transformer (diffusers' `pipe.transformer.enable_cache(config)`).
+impl<B: Backend> WanPipeline<B> {
+    /// Enables the step cache `config` on the transformer (see
+    /// [`diffusers_nn::hooks::cache_utils`]); every later run uses it, from a fresh state.
+    pub fn enable_cache(&mut self, config: &diffusers_nn::hooks::CacheConfig) -> Result<()> {
+        use diffusers_nn::hooks::CacheableModel;
+        self.transformer
+            .enable_cache(config)
+            .map_err(|e| invalid_cache(PIPELINE, e))
+    }
+
+    /// Removes the transformer's step cache; returns whether one was enabled.
+    pub fn disable_cache(&mut self) -> bool {
+        use diffusers_nn::hooks::CacheableModel;
+        self.transformer.disable_cache()
+    }
+
+    /// What the step cache did in the last run (`None` without a cache).
+    pub fn cache_report(&self) -> Option<diffusers_nn::hooks::CacheReport> {
+        use diffusers_nn::hooks::CacheableModel;
+        self.transformer.cache_report()
+    }
+}
+
+fn invalid_cache(pipeline: &'static str, e: diffusers_nn::hooks::CacheError) -> crate::Error {
+    crate::Error::InvalidArgument {
+        pipeline,
+        reason: e.to_string(),
     }
 }
 

@@ -465,6 +465,23 @@ pub struct FluxInputs<B: Backend> {
     pub img_ids: Vec<Vec<f64>>,
 }
 
+/// Step caches (diffusers' `CacheMixin`): the repeated block lists in definition order.
+impl<B: Backend> diffusers_nn::hooks::CacheableModel<B> for FluxTransformer2DModel<B> {
+    fn hook_registry(&self) -> &HookRegistry<B> {
+        &self.hooks
+    }
+
+    fn block_lists(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("transformer_blocks", self.transformer_blocks.len()),
+            (
+                "single_transformer_blocks",
+                self.single_transformer_blocks.len(),
+            ),
+        ]
+    }
+}
+
 impl<B: Backend> FluxTransformer2DModel<B> {
     /// Builds the model (lazily initialised parameters) for any block counts.
     pub fn new(c: &FluxTransformer2DModelConfig, device: &B::Device) -> Result<Self> {

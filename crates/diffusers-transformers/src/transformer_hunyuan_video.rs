@@ -637,6 +637,23 @@ fn keep_mask<B: Backend>(
     Some(AttentionMask::Keep(t.greater_elem(0.5)))
 }
 
+/// Step caches (diffusers' `CacheMixin`): the repeated block lists in definition order.
+impl<B: Backend> diffusers_nn::hooks::CacheableModel<B> for HunyuanVideoTransformer3DModel<B> {
+    fn hook_registry(&self) -> &HookRegistry<B> {
+        &self.hooks
+    }
+
+    fn block_lists(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("transformer_blocks", self.transformer_blocks.len()),
+            (
+                "single_transformer_blocks",
+                self.single_transformer_blocks.len(),
+            ),
+        ]
+    }
+}
+
 impl<B: Backend> HunyuanVideoTransformer3DModel<B> {
     /// Builds the model (lazily initialised parameters) for any block counts.
     pub fn new(c: &HunyuanVideoTransformer3DModelConfig, device: &B::Device) -> Result<Self> {

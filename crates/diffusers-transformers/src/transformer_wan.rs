@@ -355,6 +355,17 @@ pub struct WanInputs<B: Backend> {
     pub encoder_hidden_states: Tensor<B, 3>,
 }
 
+/// Step caches (diffusers' `CacheMixin`): the repeated block lists in definition order.
+impl<B: Backend> diffusers_nn::hooks::CacheableModel<B> for WanTransformer3DModel<B> {
+    fn hook_registry(&self) -> &HookRegistry<B> {
+        &self.hooks
+    }
+
+    fn block_lists(&self) -> Vec<(&'static str, usize)> {
+        vec![("blocks", self.blocks.len())]
+    }
+}
+
 impl<B: Backend> WanTransformer3DModel<B> {
     /// Builds the model (lazily initialised parameters) for any block count.
     pub fn new(c: &WanTransformer3DModelConfig, device: &B::Device) -> Result<Self> {

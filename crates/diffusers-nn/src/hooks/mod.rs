@@ -25,7 +25,13 @@
 //! assert_eq!(out.hidden_states.into_data().to_vec::<f32>().unwrap()[0], 6.0);
 //! ```
 
+pub mod cache_utils;
+pub mod faster_cache;
+pub mod first_block_cache;
 pub mod group_offloading;
+pub mod mag_cache;
+pub mod pyramid_attention_broadcast;
+pub mod taylorseer_cache;
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -39,6 +45,9 @@ use burn::module::{
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+pub use cache_utils::{
+    CacheConfig, CacheError, CacheReport, CacheableModel, cache_report, disable_cache, enable_cache,
+};
 pub use group_offloading::BlockOffload;
 
 /// The states a transformer block takes and returns: the image (or video) tokens and, for
