@@ -459,6 +459,13 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
     if args.vae_slicing {
         pipe.enable_vae_slicing();
     }
+    let cache = (args.cache.as_deref())
+        .map(diffusers_nn::hooks::CacheConfig::parse)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--cache: {e}")))?;
+    if let Some(cache) = &cache {
+        pipe.enable_cache(cache).map_err(cli_error)?;
+    }
     let loaded = start.elapsed();
     let class = pipe.class_name();
     let footprints = pipe.memory_footprint();
@@ -590,6 +597,16 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
             denoised.as_secs_f64(),
             (total - loaded).saturating_sub(denoised).as_secs_f64(),
         );
+        if let (Some(c), Some(r)) = (&cache, pipe.cache_report()) {
+            eprintln!(
+                "cache {}: {} of {} transformer calls computed fully ({} blocks, {} modules skipped)",
+                c.method(),
+                r.full_calls,
+                r.calls,
+                r.blocks_skipped,
+                r.modules_skipped
+            );
+        }
     }
     Ok(())
 }

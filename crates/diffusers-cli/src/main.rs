@@ -162,6 +162,13 @@ pub struct GenerateArgs {
     /// packed. FluxPipeline only; the config comes from the model's transformer/config.json.
     #[arg(long, value_name = "FILE.gguf")]
     pub transformer: Option<String>,
+    /// A step cache on the transformer (Flux, Wan, HunyuanVideo), as diffusers'
+    /// `pipe.transformer.enable_cache(...)`: `first-block:0.2` (the threshold),
+    /// `taylorseer:cache_interval=4,disable_cache_before_step=2,max_order=2` (options by the
+    /// config's field names, `use_lite_mode=true`, `taylor_factors_dtype=float32`),
+    /// `magcache:mag_ratios=flux,num_inference_steps=28`, `pab:...`, `fastercache:...`.
+    #[arg(long, value_name = "METHOD[:OPTIONS]")]
+    pub cache: Option<String>,
     /// A LoRA adapter: a .safetensors file (any layout diffusers reads: diffusers/PEFT, kohya,
     /// ComfyUI/BFL, XLabs) or a folder or hub repository holding one, with an optional weight
     /// (default 1.0). Repeat for several adapters mixed with their weights.

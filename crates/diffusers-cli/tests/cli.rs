@@ -1170,3 +1170,42 @@ fn vae_tiling_and_slicing_flags() {
         "cli with vae tiling",
     );
 }
+
+/// `--cache first-block:0.2` on the tiny Flux repository: diffusers' image with the same cache
+/// (`fixtures/cache`, 10 steps from the committed latents) within 1e-4, and the summary line
+/// says how many transformer calls ran fully (8 of 10, as diffusers' hooks decided). Unknown
+/// methods and options are one-line errors listing the valid ones.
+#[test]
+fn cache_flag_matches_diffusers_and_reports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = model().to_string_lossy().into_owned();
+    let latents = latents_file();
+    let mut args = vec!["--height", "16", "--width", "24", "--steps", "10"];
+    args.extend(["--guidance", "3.5", "--max-sequence-length", "8"]);
+    args.extend(["--latents", &latents, "--output-type", "array"]);
+    args.extend(["-o", "fbc.safetensors", "--cache", "first-block:0.2"]);
+    let out = generate_raw(dir.path(), &m, &args, &[]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cache first-block: 8 of 10 transformer calls computed fully"),
+        "{stderr}"
+    );
+    let fx = Fixture::open("cache/cache");
+    assert_close(
+        read(&dir.path().join("fbc.safetensors"), "images"),
+        &fx.values("flux_fbc_0.2.image"),
+        None,
+        IMAGE,
+        "cli with first-block cache",
+    );
+    let out = generate(dir.path(), &m, &["--cache", "teacache:0.2"], &[]);
+    one_line_error(
+        &out,
+        "unknown cache method `teacache` (valid: first-block, taylorseer, magcache, pab, fastercache)",
+    );
+    let out = generate(dir.path(), &m, &["--cache", "taylorseer:interval=4"], &[]);
+    one_line_error(&out, "unknown option `interval` (valid: cache_interval");
+    let out = generate(dir.path(), &m, &["--cache", "first-block:-1"], &[]);
+    one_line_error(&out, "threshold must be a non-negative number, got -1");
+}

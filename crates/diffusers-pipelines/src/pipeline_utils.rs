@@ -409,3 +409,40 @@ impl<B: Backend> DiffusionPipeline<B> {
         }
     }
 }
+
+/// Step caches (diffusers' `pipe.transformer.enable_cache(config)`).
+impl<B: Backend> DiffusionPipeline<B> {
+    /// Enables a step cache on the pipeline's transformer (Flux, Wan, HunyuanVideo). The UNet
+    /// pipelines have none: no diffusers 0.42.1 UNet takes `enable_cache`.
+    pub fn enable_cache(&mut self, config: &diffusers_nn::hooks::CacheConfig) -> Result<()> {
+        match self {
+            Self::Flux(p) => p.enable_cache(config),
+            Self::Wan(p) => p.enable_cache(config),
+            Self::HunyuanVideo(p) => p.enable_cache(config),
+            Self::StableDiffusion(_) | Self::StableDiffusionXL(_) => Err(Error::InvalidArgument {
+                pipeline: self.class_name(),
+                reason: "no cache method applies to the UNet pipelines".into(),
+            }),
+        }
+    }
+
+    /// Removes the step cache; returns whether one was enabled.
+    pub fn disable_cache(&mut self) -> bool {
+        match self {
+            Self::Flux(p) => p.disable_cache(),
+            Self::Wan(p) => p.disable_cache(),
+            Self::HunyuanVideo(p) => p.disable_cache(),
+            Self::StableDiffusion(_) | Self::StableDiffusionXL(_) => false,
+        }
+    }
+
+    /// What the step cache did in the last run (`None` without a cache).
+    pub fn cache_report(&self) -> Option<diffusers_nn::hooks::CacheReport> {
+        match self {
+            Self::Flux(p) => p.cache_report(),
+            Self::Wan(p) => p.cache_report(),
+            Self::HunyuanVideo(p) => p.cache_report(),
+            Self::StableDiffusion(_) | Self::StableDiffusionXL(_) => None,
+        }
+    }
+}
