@@ -183,10 +183,7 @@ fn load_loras<B: Backend>(
 }
 
 fn peak_memory_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    diffusers_core::memory::host_peak_bytes().map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
 /// The tensor `latents` of a safetensors file as f32 values with its shape.
@@ -427,6 +424,10 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
     let start = Instant::now();
     let load = progress_bar(args.quiet);
     let quantization = quantization(args)?;
+    let offload = (args.offload.as_deref())
+        .map(str::parse::<diffusers_pipelines::offload::OffloadMode>)
+        .transpose()
+        .map_err(cli_error)?;
     let opts = PipelineOptions {
         repo: RepoOptions {
             revision: args.revision.clone(),
@@ -438,6 +439,7 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
         variant: args.variant.clone(),
         quantization,
         transformer_file: args.transformer.clone(),
+        offload,
     };
     load.set_message(format!("loading {}", args.model));
     let pipe = DiffusionPipeline::<B>::from_pretrained_with_progress(
@@ -581,6 +583,12 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
     if !args.quiet {
         let total = start.elapsed();
         let mem = peak_memory_mib().map_or("n/a".into(), |m| format!("{m:.0} MiB"));
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let device_peak = (pipe.memory_stats().iter())
+            .filter_map(|s| s.device.map(|d| d.reserved_bytes))
+            .max()
+            .map_or("n/a (CPU)".into(), |b| format!("{:.0} MiB", mib(b)));
+        let offload = offload.map_or(String::new(), |m| format!("; offload {m}"));
         let weights = weights_summary(&footprints);
         let weights = if adapters.is_empty() {
             weights
@@ -590,7 +598,7 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
         let seed = seed.map_or(String::new(), |s| format!(", seed {s}"));
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         eprintln!(
-            "wrote {} in {:.1}s (load {:.1}s, denoise {:.1}s, decode {:.1}s{seed}); weights {weights}; peak memory {mem}",
+            "wrote {} in {:.1}s (load {:.1}s, denoise {:.1}s, decode {:.1}s{seed}); weights {weights}{offload}; peak memory {mem} host, {device_peak} device",
             files.join(", "),
             total.as_secs_f64(),
             loaded.as_secs_f64(),

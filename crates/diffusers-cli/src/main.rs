@@ -184,6 +184,11 @@ pub struct GenerateArgs {
     /// Pass a batch through the VAE one element at a time (`pipe.vae.enable_slicing()`).
     #[arg(long)]
     pub vae_slicing: bool,
+    /// Keep each component's weights in their files until its turn: `model` (whole components,
+    /// `enable_model_cpu_offload`), `sequential` (layer by layer), `group` or `group:N` (N
+    /// transformer blocks at a time, the next group loading while one runs).
+    #[arg(long, value_name = "MODE")]
+    pub offload: Option<String>,
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     pub revision: Option<String>,

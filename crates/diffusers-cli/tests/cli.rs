@@ -1136,6 +1136,56 @@ fn lora_flags_mix_and_fuse_adapters() {
     assert!(!dir.path().join("x.png").exists());
 }
 
+/// `--offload MODE`: the pipeline loads with no weight read and each component is loaded for
+/// its turn; the image is diffusers' (offloading changes nothing in the numbers) and the summary
+/// names the mode and the peak host memory. A mode that cannot work is a one-line error.
+#[test]
+fn offload_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let latents = fixtures_dir().join("quantization/flux_pipeline.safetensors");
+    let m = model().to_string_lossy().into_owned();
+    for mode in ["model", "sequential", "group:2"] {
+        let out = generate(
+            dir.path(),
+            &m,
+            &[
+                "--offload",
+                mode,
+                "--latents",
+                &latents.to_string_lossy(),
+                "--output-type",
+                "array",
+                "-o",
+                "offloaded.safetensors",
+            ],
+            &[],
+        );
+        ok(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("offload {mode}")) && stderr.contains("MiB host"),
+            "{stderr}"
+        );
+        let fx = Fixture::open("lora/lora");
+        assert_close(
+            read(&dir.path().join("offloaded.safetensors"), "images"),
+            &fx.values("flux_base.image"),
+            None,
+            IMAGE,
+            "cli with offload",
+        );
+    }
+    let out = generate(
+        dir.path(),
+        &m,
+        &["--offload", "group:0", "-o", "x.png"],
+        &[],
+    );
+    one_line_error(&out, "at least 1");
+    let out = generate(dir.path(), &m, &["--offload", "disk", "-o", "x.png"], &[]);
+    one_line_error(&out, "unknown offload mode `disk`");
+}
+
 /// `--vae-tiling --vae-slicing` reach the VAE: on the tiny Flux repository (whose VAE tiles are
 /// 32 pixels, larger than the 16x24 image) the image is diffusers' untiled one, as diffusers'
 /// `enable_tiling()` leaves it at this size (the tiled paths themselves are compared with

@@ -70,6 +70,10 @@ pub enum Error {
     /// that match no layer, an unknown adapter name, fusing into quantized weights, ...).
     #[error("lora: {0}")]
     Lora(String),
+    /// An offload mode that cannot be used (an unknown mode, a group of zero blocks, a pipeline
+    /// without weights to offload).
+    #[error("offload: {0}")]
+    Offload(String),
     /// Reading files failed.
     #[error(transparent)]
     Core(#[from] diffusers_core::Error),

@@ -50,6 +50,7 @@ pub mod image_input;
 pub mod image_processor;
 pub mod lora_pipeline;
 pub mod model_index;
+pub mod offload;
 pub mod pipeline_flux;
 pub mod pipeline_flux_img2img;
 pub mod pipeline_hunyuan_video;

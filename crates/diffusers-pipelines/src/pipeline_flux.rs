@@ -51,6 +51,8 @@ pub struct FluxPipeline<B: Backend> {
     dtype: DType,
     /// The LoRA adapters loaded (see [`crate::lora_pipeline::LoraLoader`]).
     pub(crate) lora: crate::lora_pipeline::LoraState<B>,
+    /// Offloading and memory statistics (see [`crate::offload`]).
+    pub(crate) memory: crate::offload::PipelineMemory,
 }
 
 /// How the pipeline returns its result (diffusers' `output_type`).
@@ -192,6 +194,21 @@ impl<B: Backend> FluxPipeline<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let folder = folder.as_ref();
+        let (pipe, sources) = crate::offload::record_loading(|| {
+            Self::load(folder, variant, transformer_file, dtype, device)
+        });
+        let mut pipe = pipe?;
+        pipe.memory = crate::offload::PipelineMemory::new(sources, None);
+        Ok(pipe)
+    }
+
+    fn load(
+        folder: &Path,
+        variant: Option<&str>,
+        transformer_file: Option<&Path>,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self> {
         let index = ModelIndex::load(folder.join("model_index.json"))?;
         // The img2img pipeline has the same components.
         if index.class_name != PIPELINE && index.class_name != "FluxImg2ImgPipeline" {
@@ -302,7 +319,28 @@ impl<B: Backend> FluxPipeline<B> {
             device: device.clone(),
             dtype,
             lora: crate::lora_pipeline::LoraState::new(folder, variant),
+            memory: Default::default(),
         })
+    }
+
+    /// Keeps each component's weights in its files until its turn (see [`crate::offload`]);
+    /// `None` stops releasing them (each layer then stays loaded once it is next used).
+    pub fn enable_offload(&mut self, mode: Option<crate::offload::OffloadMode>) -> Result<()> {
+        self.memory
+            .set_mode(mode, PIPELINE, Some(&self.transformer.hooks))?;
+        if mode.is_some() {
+            let m = &self.memory;
+            m.release_now(self.text_encoder.as_mut());
+            m.release_now(self.text_encoder_2.as_mut());
+            m.release_now(Some(&mut self.transformer));
+            m.release_now(Some(&mut self.vae));
+        }
+        Ok(())
+    }
+
+    /// The memory each stage of the last run used.
+    pub fn memory_stats(&self) -> Vec<crate::offload::StageMemory> {
+        self.memory.stages()
     }
 
     /// `2 ** (len(vae.block_out_channels) - 1)`.
@@ -471,6 +509,9 @@ impl<B: Backend> FluxPipeline<B> {
             tracing::warn!("true_cfg_scale > 1 has no effect without a negative prompt");
         }
         let n = call.num_images_per_prompt;
+        self.memory.start_run();
+        self.memory.begin_stage();
+        self.memory.acquire()?;
         let embeds = match (call.prompt_embeds, call.pooled_prompt_embeds) {
             (Some(_), _) | (_, Some(_)) if !call.prompt.is_empty() => {
                 return Err(bad("pass either prompt or prompt_embeds, not both".into()));
@@ -530,6 +571,9 @@ impl<B: Backend> FluxPipeline<B> {
             }
             _ => None,
         };
+        self.memory.release(self.text_encoder.as_mut())?;
+        self.memory.release(self.text_encoder_2.as_mut())?;
+        self.memory.end_stage::<B>("encode_prompt", &self.device);
         let batch = embeds.prompt_embeds.dims()[0];
         let channels = self.transformer_config.in_channels / 4;
         let (h, w) = (2 * (height / f), 2 * (width / f));
@@ -577,6 +621,11 @@ impl<B: Backend> FluxPipeline<B> {
             Scheduler::<B>::set_begin_index(&mut self.scheduler, t_start);
         }
         let mut generator = TorchGenerator::new(call.seed.unwrap_or(0));
+        let encodes_image = img2img.is_some() && call.latents.is_none();
+        if encodes_image {
+            self.memory.begin_stage();
+            self.memory.acquire()?;
+        }
         let latents = match call.latents {
             Some(l) => {
                 if l.dims() != [batch, seq, channels * 4] {
@@ -634,6 +683,10 @@ impl<B: Backend> FluxPipeline<B> {
                 }
             },
         };
+        if encodes_image {
+            self.memory.release(Some(&mut self.vae))?;
+            self.memory.end_stage::<B>("encode_image", &self.device);
+        }
         let guidance = self.transformer_config.guidance_embeds.then(|| {
             Tensor::<B, 1>::full(
                 [batch],
@@ -642,6 +695,8 @@ impl<B: Backend> FluxPipeline<B> {
             )
         });
         let mut latents = latents;
+        self.memory.begin_stage();
+        self.memory.acquire()?;
         for (i, t) in timesteps.into_iter().enumerate() {
             let timestep =
                 Tensor::<B, 1>::full([batch], t as f32, (&self.device, self.dtype)) / 1000.0;
@@ -678,6 +733,8 @@ impl<B: Backend> FluxPipeline<B> {
             latents = step_nd(&mut self.scheduler, noise_pred, t, latents, None)?;
             on_step_end(i, t, &mut latents);
         }
+        self.memory.release(Some(&mut self.transformer))?;
+        self.memory.end_stage::<B>("denoise", &self.device);
         if call.output_type == OutputType::Latent {
             return Ok(FluxOutput {
                 images: Vec::new(),
@@ -687,7 +744,11 @@ impl<B: Backend> FluxPipeline<B> {
         let z = unpack_latents(latents, h, w);
         let z = z / self.vae_config.scaling_factor as f32
             + self.vae_config.shift_factor.unwrap_or(0.0) as f32;
-        let images = postprocess(self.vae.decode(z));
+        let images = self
+            .memory
+            .stage("decode", &self.device, &mut self.vae, |vae| {
+                Ok(postprocess(vae.decode(z)))
+            })?;
         let images = (0..batch)
             .map(|i| images.clone().narrow(0, i, 1).squeeze_dim(0))
             .collect();

@@ -60,6 +60,8 @@ pub struct HunyuanVideoPipeline<B: Backend> {
     dtype: DType,
     /// The LoRA adapters loaded (see [`crate::lora_pipeline::LoraLoader`]).
     pub(crate) lora: crate::lora_pipeline::LoraState<B>,
+    /// Offloading and memory statistics (see [`crate::offload`]).
+    pub(crate) memory: crate::offload::PipelineMemory,
 }
 
 impl<B: Backend> std::fmt::Debug for HunyuanVideoPipeline<B> {
@@ -173,6 +175,19 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let folder = folder.as_ref();
+        let (pipe, sources) =
+            crate::offload::record_loading(|| Self::load(folder, variant, dtype, device));
+        let mut pipe = pipe?;
+        pipe.memory = crate::offload::PipelineMemory::new(sources, None);
+        Ok(pipe)
+    }
+
+    fn load(
+        folder: &Path,
+        variant: Option<&str>,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self> {
         let c = Components::open(folder, PIPELINE, &[PIPELINE])?.with_variant(variant);
         c.has("transformer", &["HunyuanVideoTransformer3DModel"], true)?;
         c.has("vae", &["AutoencoderKLHunyuanVideo"], true)?;
@@ -244,7 +259,28 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
             device: device.clone(),
             dtype,
             lora: crate::lora_pipeline::LoraState::new(folder, variant),
+            memory: Default::default(),
         })
+    }
+
+    /// Keeps each component's weights in its files until its turn (see [`crate::offload`]);
+    /// `None` stops releasing them (each layer then stays loaded once it is next used).
+    pub fn enable_offload(&mut self, mode: Option<crate::offload::OffloadMode>) -> Result<()> {
+        self.memory
+            .set_mode(mode, PIPELINE, Some(&self.transformer.hooks))?;
+        if mode.is_some() {
+            let m = &self.memory;
+            m.release_now(Some(&mut self.text_encoder));
+            m.release_now(Some(&mut self.text_encoder_2));
+            m.release_now(Some(&mut self.transformer));
+            m.release_now(Some(&mut self.vae));
+        }
+        Ok(())
+    }
+
+    /// The memory each stage of the last run used.
+    pub fn memory_stats(&self) -> Vec<crate::offload::StageMemory> {
+        self.memory.stages()
     }
 
     /// The device the models are on.
@@ -363,6 +399,9 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
             ],
         )?;
         let template = call.prompt_template.clone().unwrap_or_default();
+        self.memory.start_run();
+        self.memory.begin_stage();
+        self.memory.acquire()?;
         let embeds = self.encode_prompt(&call.prompt, &template, n, call.max_sequence_length)?;
         let negative = match &call.negative_prompt {
             Some(neg) if call.true_cfg_scale > 1.0 => {
@@ -371,6 +410,9 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
             }
             _ => None,
         };
+        self.memory.release(Some(&mut self.text_encoder))?;
+        self.memory.release(Some(&mut self.text_encoder_2))?;
+        self.memory.end_stage::<B>("encode_prompt", &self.device);
         // np.linspace(1.0, 0.0, steps + 1)[:-1].
         let steps = call.num_inference_steps;
         let sigmas: Vec<f64> = (0..steps).map(|i| 1.0 - i as f64 / steps as f64).collect();
@@ -409,6 +451,8 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
                 (&self.device, self.dtype),
             ) * 1000.0
         });
+        self.memory.begin_stage();
+        self.memory.acquire()?;
         for (i, t) in timesteps.into_iter().enumerate() {
             let input = latents.clone().cast(self.dtype);
             let timestep = Tensor::<B, 1>::full([videos], t as f32, (&self.device, DType::F32));
@@ -442,6 +486,8 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
             )?;
             on_step_end(i, t, &mut latents);
         }
+        self.memory.release(Some(&mut self.transformer))?;
+        self.memory.end_stage::<B>("denoise", &self.device);
         if call.output_type == OutputType::Latent {
             return Ok(HunyuanVideoOutput {
                 frames: None,
@@ -456,21 +502,22 @@ impl<B: Backend> HunyuanVideoPipeline<B> {
 
     /// The last stage on final latents: `latents / scaling_factor`, `vae.decode`, frames
     /// `[batch, frames, height, width, 3]` in `[0, 1]`.
-    pub fn decode(&self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>> {
+    pub fn decode(&mut self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>> {
         self.decode_with_progress(latents, &mut |_, _| {})
     }
 
     /// [`decode`](Self::decode) reporting `(latent frames decoded, latent frames)` as the VAE's
     /// frame windows finish.
     pub fn decode_with_progress(
-        &self,
+        &mut self,
         latents: Tensor<B, 5>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor<B, 5>> {
         let z = latents.cast(self.dtype) / self.vae_config.scaling_factor as f32;
-        Ok(postprocess_video(
-            self.vae.decode_with_progress(z, progress)?,
-        ))
+        self.memory
+            .stage("decode", &self.device, &mut self.vae, |vae| {
+                Ok(postprocess_video(vae.decode_with_progress(z, progress)?))
+            })
     }
 }
 

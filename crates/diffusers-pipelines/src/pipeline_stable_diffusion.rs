@@ -54,6 +54,8 @@ pub struct StableDiffusionPipeline<B: Backend> {
     dtype: DType,
     /// The LoRA adapters loaded (see [`crate::lora_pipeline::LoraLoader`]).
     pub(crate) lora: crate::lora_pipeline::LoraState<B>,
+    /// Offloading and memory statistics (see [`crate::offload`]).
+    pub(crate) memory: crate::offload::PipelineMemory,
 }
 
 impl<B: Backend> std::fmt::Debug for StableDiffusionPipeline<B> {
@@ -734,6 +736,14 @@ impl<B: Backend> StableDiffusionPipeline<B> {
         dtype: DType,
         device: &B::Device,
     ) -> Result<Self> {
+        let (pipe, sources) =
+            crate::offload::record_loading(|| Self::load_components(c, dtype, device));
+        let mut pipe = pipe?;
+        pipe.memory = crate::offload::PipelineMemory::new(sources, None);
+        Ok(pipe)
+    }
+
+    fn load_components(c: &Components, dtype: DType, device: &B::Device) -> Result<Self> {
         let weights_dtype = (dtype != DType::F32).then_some(dtype);
         c.has("text_encoder", &["CLIPTextModel"], true)?;
         let tokenizer = c
@@ -762,7 +772,33 @@ impl<B: Backend> StableDiffusionPipeline<B> {
             device: device.clone(),
             dtype,
             lora: crate::lora_pipeline::LoraState::new(&c.folder, c.variant.as_deref()),
+            memory: Default::default(),
         })
+    }
+
+    /// Keeps each component's weights in its files until its turn (see [`crate::offload`]);
+    /// `None` stops releasing them (each layer then stays loaded once it is next used).
+    /// Group offload is refused: it groups transformer blocks, and the UNet has none.
+    pub fn enable_offload(&mut self, mode: Option<crate::offload::OffloadMode>) -> Result<()> {
+        if let Some(m @ crate::offload::OffloadMode::Group { .. }) = mode {
+            return Err(Error::Offload(format!(
+                "{PIPELINE} has no transformer blocks to offload in groups (`{m}`): use model or \
+                 sequential offload"
+            )));
+        }
+        self.memory.set_mode::<B>(mode, PIPELINE, None)?;
+        if mode.is_some() {
+            let m = &self.memory;
+            m.release_now(Some(&mut self.text_encoder));
+            m.release_now(Some(&mut self.unet));
+            m.release_now(Some(&mut self.vae));
+        }
+        Ok(())
+    }
+
+    /// The memory each stage of the last run used.
+    pub fn memory_stats(&self) -> Vec<crate::offload::StageMemory> {
+        self.memory.stages()
     }
 
     /// `2 ** (len(vae.block_out_channels) - 1)`.
@@ -877,6 +913,9 @@ impl<B: Backend> StableDiffusionPipeline<B> {
         )?;
         // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
         let guidance = call.guidance_scale > 1.0 && self.unet_config.time_cond_proj_dim.is_none();
+        self.memory.start_run();
+        self.memory.begin_stage();
+        self.memory.acquire()?;
         let embeds = self.encode_prompt(
             &call.prompt,
             call.num_images_per_prompt,
@@ -884,6 +923,8 @@ impl<B: Backend> StableDiffusionPipeline<B> {
             call.negative_prompt.as_deref(),
             call.clip_skip,
         )?;
+        self.memory.release(Some(&mut self.text_encoder))?;
+        self.memory.end_stage::<B>("encode_prompt", &self.device);
         let batch = embeds.prompt_embeds.dims()[0];
         let embeds = match embeds.negative_prompt_embeds {
             Some(neg) => Tensor::cat(vec![neg, embeds.prompt_embeds], 0),
@@ -908,28 +949,39 @@ impl<B: Backend> StableDiffusionPipeline<B> {
             PIPELINE,
         )?;
         let timesteps = self.scheduler.timesteps().to_vec();
-        let latents = Denoise {
-            unet: &self.unet,
-            scheduler: self.scheduler.as_mut(),
-            timesteps,
-            latents,
-            embeds,
-            added_cond: None,
-            guidance,
-            guidance_scale: call.guidance_scale,
-            guidance_rescale: call.guidance_rescale,
-            time_cond_dim: self.unet_config.time_cond_proj_dim,
-            generator: Some(&mut generator),
-        }
-        .run(on_step_end)?;
+        let time_cond_dim = self.unet_config.time_cond_proj_dim;
+        let latents = self
+            .memory
+            .stage("denoise", &self.device, &mut self.unet, |unet| {
+                Denoise {
+                    unet,
+                    scheduler: self.scheduler.as_mut(),
+                    timesteps,
+                    latents,
+                    embeds,
+                    added_cond: None,
+                    guidance,
+                    guidance_scale: call.guidance_scale,
+                    guidance_rescale: call.guidance_rescale,
+                    time_cond_dim,
+                    generator: Some(&mut generator),
+                }
+                .run(on_step_end)
+            })?;
         if call.output_type == OutputType::Latent {
             return Ok(StableDiffusionOutput {
                 images: Vec::new(),
                 latents: Some(latents),
             });
         }
+        let (vae_config, dtype) = (&self.vae_config, self.dtype);
+        let images = self
+            .memory
+            .stage("decode", &self.device, &mut self.vae, |vae| {
+                Ok(decode_latents(vae, vae_config, latents, dtype))
+            })?;
         Ok(StableDiffusionOutput {
-            images: decode_latents(&self.vae, &self.vae_config, latents, self.dtype),
+            images,
             latents: None,
         })
     }

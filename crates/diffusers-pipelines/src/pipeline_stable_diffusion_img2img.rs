@@ -144,6 +144,10 @@ impl<B: Backend> StableDiffusionImg2ImgPipeline<B> {
         )?;
         // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
         let guidance = call.guidance_scale > 1.0 && p.unet_config.time_cond_proj_dim.is_none();
+        let device = p.device().clone();
+        p.memory.start_run();
+        p.memory.begin_stage();
+        p.memory.acquire()?;
         let embeds = p.encode_prompt(
             &call.prompt,
             call.num_images_per_prompt,
@@ -151,6 +155,8 @@ impl<B: Backend> StableDiffusionImg2ImgPipeline<B> {
             call.negative_prompt.as_deref(),
             call.clip_skip,
         )?;
+        p.memory.release(Some(&mut p.text_encoder))?;
+        p.memory.end_stage::<B>("encode_prompt", &device);
         let batch = embeds.prompt_embeds.dims()[0];
         let embeds = match embeds.negative_prompt_embeds {
             Some(neg) => Tensor::cat(vec![neg, embeds.prompt_embeds], 0),
@@ -165,40 +171,50 @@ impl<B: Backend> StableDiffusionImg2ImgPipeline<B> {
         )?;
         let mut generator = TorchGenerator::new(call.seed.unwrap_or(0));
         let dtype = p.dtype();
-        let latents = img2img_latents(
-            &p.vae,
-            &p.vae_config,
-            dtype,
-            image,
-            batch,
-            dtype,
-            &mut generator,
-            p.scheduler.as_ref(),
-            timesteps[0],
-            PIPELINE,
-        )?;
-        let latents = Denoise {
-            unet: &p.unet,
-            scheduler: p.scheduler.as_mut(),
-            timesteps,
-            latents,
-            embeds,
-            added_cond: None,
-            guidance,
-            guidance_scale: call.guidance_scale,
-            guidance_rescale: 0.0,
-            time_cond_dim: p.unet_config.time_cond_proj_dim,
-            generator: Some(&mut generator),
-        }
-        .run(on_step_end)?;
+        let (vae_config, scheduler) = (&p.vae_config, p.scheduler.as_ref());
+        let latents = p.memory.stage("encode_image", &device, &mut p.vae, |vae| {
+            img2img_latents(
+                vae,
+                vae_config,
+                dtype,
+                image,
+                batch,
+                dtype,
+                &mut generator,
+                scheduler,
+                timesteps[0],
+                PIPELINE,
+            )
+        })?;
+        let time_cond_dim = p.unet_config.time_cond_proj_dim;
+        let latents = p.memory.stage("denoise", &device, &mut p.unet, |unet| {
+            Denoise {
+                unet,
+                scheduler: p.scheduler.as_mut(),
+                timesteps,
+                latents,
+                embeds,
+                added_cond: None,
+                guidance,
+                guidance_scale: call.guidance_scale,
+                guidance_rescale: 0.0,
+                time_cond_dim,
+                generator: Some(&mut generator),
+            }
+            .run(on_step_end)
+        })?;
         if call.output_type == OutputType::Latent {
             return Ok(StableDiffusionOutput {
                 images: Vec::new(),
                 latents: Some(latents),
             });
         }
+        let vae_config = &p.vae_config;
+        let images = p.memory.stage("decode", &device, &mut p.vae, |vae| {
+            Ok(decode_latents(vae, vae_config, latents, dtype))
+        })?;
         Ok(StableDiffusionOutput {
-            images: decode_latents(&p.vae, &p.vae_config, latents, dtype),
+            images,
             latents: None,
         })
     }

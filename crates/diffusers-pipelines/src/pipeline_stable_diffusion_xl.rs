@@ -62,6 +62,8 @@ pub struct StableDiffusionXLPipeline<B: Backend> {
     dtype: DType,
     /// The LoRA adapters loaded (see [`crate::lora_pipeline::LoraLoader`]).
     pub(crate) lora: crate::lora_pipeline::LoraState<B>,
+    /// Offloading and memory statistics (see [`crate::offload`]).
+    pub(crate) memory: crate::offload::PipelineMemory,
 }
 
 impl<B: Backend> std::fmt::Debug for StableDiffusionXLPipeline<B> {
@@ -198,6 +200,13 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let c = Components::open(folder.as_ref(), PIPELINE, SDXL_CLASSES)?.with_variant(variant);
+        let (pipe, sources) = crate::offload::record_loading(|| Self::load(&c, dtype, device));
+        let mut pipe = pipe?;
+        pipe.memory = crate::offload::PipelineMemory::new(sources, None);
+        Ok(pipe)
+    }
+
+    fn load(c: &Components, dtype: DType, device: &B::Device) -> Result<Self> {
         let weights_dtype = (dtype != DType::F32).then_some(dtype);
         let has_te = c.has("text_encoder", &["CLIPTextModel"], false)?;
         c.has("text_encoder_2", &["CLIPTextModelWithProjection"], true)?;
@@ -269,6 +278,7 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
             device: device.clone(),
             dtype,
             lora: crate::lora_pipeline::LoraState::new(&c.folder, c.variant.as_deref()),
+            memory: Default::default(),
         })
     }
 
@@ -489,6 +499,9 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
         )?;
         // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
         let guidance = call.guidance_scale > 1.0 && self.unet_config.time_cond_proj_dim.is_none();
+        self.memory.start_run();
+        self.memory.begin_stage();
+        self.memory.acquire()?;
         let embeds = self.encode_prompt(
             &call.prompt,
             call.prompt_2.as_deref(),
@@ -498,6 +511,9 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
             call.negative_prompt_2.as_deref(),
             call.clip_skip,
         )?;
+        self.memory.release(self.text_encoder.as_mut())?;
+        self.memory.release(Some(&mut self.text_encoder_2))?;
+        self.memory.end_stage::<B>("encode_prompt", &self.device);
         let batch = embeds.prompt_embeds.dims()[0];
         apply_eta(&mut self.scheduler, call.eta)?;
         set_timesteps(
@@ -535,26 +551,31 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
             None => embeds.prompt_embeds,
         };
         let timesteps = self.scheduler.timesteps().to_vec();
-        let latents = Denoise {
-            unet: &self.unet,
-            scheduler: self.scheduler.as_mut(),
-            timesteps,
-            latents,
-            embeds: prompt_embeds,
-            added_cond: Some(added_cond),
-            guidance,
-            guidance_scale: call.guidance_scale,
-            guidance_rescale: call.guidance_rescale,
-            time_cond_dim: self.unet_config.time_cond_proj_dim,
-            generator: Some(&mut generator),
-        }
-        .run(on_step_end)?;
+        let time_cond_dim = self.unet_config.time_cond_proj_dim;
+        let latents = self
+            .memory
+            .stage("denoise", &self.device, &mut self.unet, |unet| {
+                Denoise {
+                    unet,
+                    scheduler: self.scheduler.as_mut(),
+                    timesteps,
+                    latents,
+                    embeds: prompt_embeds,
+                    added_cond: Some(added_cond),
+                    guidance,
+                    guidance_scale: call.guidance_scale,
+                    guidance_rescale: call.guidance_rescale,
+                    time_cond_dim,
+                    generator: Some(&mut generator),
+                }
+                .run(on_step_end)
+            })?;
         self.finish(latents, call.output_type)
     }
 
     /// Decodes (in `vae_dtype`) or returns the latents.
     pub(crate) fn finish(
-        &self,
+        &mut self,
         latents: Tensor<B, 4>,
         output_type: OutputType,
     ) -> Result<StableDiffusionOutput<B>> {
@@ -564,9 +585,41 @@ impl<B: Backend> StableDiffusionXLPipeline<B> {
                 latents: Some(latents),
             });
         }
+        let (vae_config, vae_dtype) = (&self.vae_config, self.vae_dtype);
+        let images = self
+            .memory
+            .stage("decode", &self.device, &mut self.vae, |vae| {
+                Ok(decode_latents(vae, vae_config, latents, vae_dtype))
+            })?;
         Ok(StableDiffusionOutput {
-            images: decode_latents(&self.vae, &self.vae_config, latents, self.vae_dtype),
+            images,
             latents: None,
         })
+    }
+
+    /// Keeps each component's weights in its files until its turn (see [`crate::offload`]);
+    /// `None` stops releasing them (each layer then stays loaded once it is next used).
+    /// Group offload is refused: it groups transformer blocks, and the UNet has none.
+    pub fn enable_offload(&mut self, mode: Option<crate::offload::OffloadMode>) -> Result<()> {
+        if let Some(m @ crate::offload::OffloadMode::Group { .. }) = mode {
+            return Err(crate::Error::Offload(format!(
+                "{PIPELINE} has no transformer blocks to offload in groups (`{m}`): use model or \
+                 sequential offload"
+            )));
+        }
+        self.memory.set_mode::<B>(mode, PIPELINE, None)?;
+        if mode.is_some() {
+            let m = &self.memory;
+            m.release_now(self.text_encoder.as_mut());
+            m.release_now(Some(&mut self.text_encoder_2));
+            m.release_now(Some(&mut self.unet));
+            m.release_now(Some(&mut self.vae));
+        }
+        Ok(())
+    }
+
+    /// The memory each stage of the last run used.
+    pub fn memory_stats(&self) -> Vec<crate::offload::StageMemory> {
+        self.memory.stages()
     }
 }

@@ -171,6 +171,10 @@ impl<B: Backend> StableDiffusionXLImg2ImgPipeline<B> {
         )?;
         // LCM-distilled UNets take the guidance scale as an embedding instead of a CFG batch.
         let guidance = call.guidance_scale > 1.0 && p.unet_config.time_cond_proj_dim.is_none();
+        let device = p.device().clone();
+        p.memory.start_run();
+        p.memory.begin_stage();
+        p.memory.acquire()?;
         let embeds = p.encode_prompt(
             &call.prompt,
             call.prompt_2.as_deref(),
@@ -180,6 +184,9 @@ impl<B: Backend> StableDiffusionXLImg2ImgPipeline<B> {
             call.negative_prompt_2.as_deref(),
             call.clip_skip,
         )?;
+        p.memory.release(p.text_encoder.as_mut())?;
+        p.memory.release(Some(&mut p.text_encoder_2))?;
+        p.memory.end_stage::<B>("encode_prompt", &device);
         let batch = embeds.prompt_embeds.dims()[0];
         apply_eta(&mut p.scheduler, call.eta)?;
         let timesteps = img2img_timesteps(
@@ -190,18 +197,21 @@ impl<B: Backend> StableDiffusionXLImg2ImgPipeline<B> {
         )?;
         let mut generator = TorchGenerator::new(call.seed.unwrap_or(0));
         let dtype = p.dtype();
-        let latents = img2img_latents(
-            &p.vae,
-            &p.vae_config,
-            p.vae_dtype,
-            image,
-            batch,
-            dtype,
-            &mut generator,
-            p.scheduler.as_ref(),
-            timesteps[0],
-            PIPELINE,
-        )?;
+        let (vae_config, vae_dtype, scheduler) = (&p.vae_config, p.vae_dtype, p.scheduler.as_ref());
+        let latents = p.memory.stage("encode_image", &device, &mut p.vae, |vae| {
+            img2img_latents(
+                vae,
+                vae_config,
+                vae_dtype,
+                image,
+                batch,
+                dtype,
+                &mut generator,
+                scheduler,
+                timesteps[0],
+                PIPELINE,
+            )
+        })?;
         let [_, _, lh, lw] = latents.dims();
         let (height, width) = (lh * f, lw * f);
         let size = |s: (usize, usize)| vec![s.0 as f64, s.1 as f64];
@@ -232,20 +242,23 @@ impl<B: Backend> StableDiffusionXLImg2ImgPipeline<B> {
             Some(neg) => Tensor::cat(vec![neg, embeds.prompt_embeds], 0),
             None => embeds.prompt_embeds,
         };
-        let latents = Denoise {
-            unet: &p.unet,
-            scheduler: p.scheduler.as_mut(),
-            timesteps,
-            latents,
-            embeds: prompt_embeds,
-            added_cond: Some(added_cond),
-            guidance,
-            guidance_scale: call.guidance_scale,
-            guidance_rescale: call.guidance_rescale,
-            time_cond_dim: p.unet_config.time_cond_proj_dim,
-            generator: Some(&mut generator),
-        }
-        .run(on_step_end)?;
+        let time_cond_dim = p.unet_config.time_cond_proj_dim;
+        let latents = p.memory.stage("denoise", &device, &mut p.unet, |unet| {
+            Denoise {
+                unet,
+                scheduler: p.scheduler.as_mut(),
+                timesteps,
+                latents,
+                embeds: prompt_embeds,
+                added_cond: Some(added_cond),
+                guidance,
+                guidance_scale: call.guidance_scale,
+                guidance_rescale: call.guidance_rescale,
+                time_cond_dim,
+                generator: Some(&mut generator),
+            }
+            .run(on_step_end)
+        })?;
         p.finish(latents, call.output_type)
     }
 }

@@ -79,6 +79,9 @@ pub struct PipelineOptions {
     /// subfolder="transformer")` passed as `transformer=`): a local `.gguf` path or
     /// `owner/repo/file.gguf` on the hub. Only `FluxPipeline` takes one.
     pub transformer_file: Option<String>,
+    /// Offload components between their turns (see [`crate::offload`]): loaded this way, the
+    /// pipeline reads no weights until each component runs.
+    pub offload: Option<crate::offload::OffloadMode>,
 }
 
 impl Default for PipelineOptions {
@@ -89,6 +92,7 @@ impl Default for PipelineOptions {
             variant: None,
             quantization: None,
             transformer_file: None,
+            offload: None,
         }
     }
 }
@@ -255,17 +259,67 @@ impl<B: Backend> DiffusionPipeline<B> {
                     .into(),
             ));
         }
-        crate::quantization::with_quantization(quantization, || {
-            Self::from_folder_class(
-                repo_or_dir,
-                &root,
-                &index.class_name,
-                variant,
-                transformer_file.as_deref(),
-                opts,
-                device,
-            )
-        })
+        let mut pipe = crate::quantization::with_quantization(quantization, || {
+            crate::offload::with_deferred_loading(opts.offload.is_some(), || {
+                Self::from_folder_class(
+                    repo_or_dir,
+                    &root,
+                    &index.class_name,
+                    variant,
+                    transformer_file.as_deref(),
+                    opts,
+                    device,
+                )
+            })
+        })?;
+        if opts.offload.is_some() {
+            pipe.enable_offload(opts.offload)?;
+        }
+        Ok(pipe)
+    }
+
+    /// Keeps each component's weights in its files between its turns, as diffusers'
+    /// `enable_model_cpu_offload()` ([`OffloadMode::Model`](crate::offload::OffloadMode)),
+    /// `enable_sequential_cpu_offload()` (`Sequential`) and `enable_group_offload(...)`
+    /// (`Group`); `None` stops. The images are the same (bit for bit on the CPU).
+    pub fn enable_offload(&mut self, mode: Option<crate::offload::OffloadMode>) -> Result<()> {
+        match self {
+            Self::Flux(p) => p.enable_offload(mode),
+            Self::StableDiffusion(p) => p.enable_offload(mode),
+            Self::StableDiffusionXL(p) => p.enable_offload(mode),
+            Self::Wan(p) => p.enable_offload(mode),
+            Self::HunyuanVideo(p) => p.enable_offload(mode),
+        }
+    }
+
+    /// diffusers' `enable_model_cpu_offload()`.
+    pub fn enable_model_cpu_offload(&mut self) -> Result<()> {
+        self.enable_offload(Some(crate::offload::OffloadMode::Model))
+    }
+
+    /// diffusers' `enable_sequential_cpu_offload()`.
+    pub fn enable_sequential_cpu_offload(&mut self) -> Result<()> {
+        self.enable_offload(Some(crate::offload::OffloadMode::Sequential))
+    }
+
+    /// diffusers' `enable_group_offload(onload_device, offload_type="block_level",
+    /// num_blocks_per_group=blocks_per_group, use_stream=True)` on the denoiser (the other
+    /// components offloaded whole). On the UNet pipelines the denoiser offloads whole.
+    pub fn enable_group_offload(&mut self, blocks_per_group: usize) -> Result<()> {
+        let mode: crate::offload::OffloadMode = format!("group:{blocks_per_group}").parse()?;
+        self.enable_offload(Some(mode))
+    }
+
+    /// The peak host memory (and, on GPU backends, the device allocator's usage) of each stage
+    /// of the last run: `encode_prompt`, `encode_image` (image-to-image), `denoise`, `decode`.
+    pub fn memory_stats(&self) -> Vec<crate::offload::StageMemory> {
+        match self {
+            Self::Flux(p) => p.memory_stats(),
+            Self::StableDiffusion(p) => p.memory_stats(),
+            Self::StableDiffusionXL(p) => p.memory_stats(),
+            Self::Wan(p) => p.memory_stats(),
+            Self::HunyuanVideo(p) => p.memory_stats(),
+        }
     }
 
     fn from_folder_class(

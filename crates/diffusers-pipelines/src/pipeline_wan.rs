@@ -50,6 +50,8 @@ pub struct WanPipeline<B: Backend> {
     dtype: DType,
     /// The LoRA adapters loaded (see [`crate::lora_pipeline::LoraLoader`]).
     pub(crate) lora: crate::lora_pipeline::LoraState<B>,
+    /// Offloading and memory statistics (see [`crate::offload`]).
+    pub(crate) memory: crate::offload::PipelineMemory,
 }
 
 impl<B: Backend> std::fmt::Debug for WanPipeline<B> {
@@ -184,6 +186,19 @@ impl<B: Backend> WanPipeline<B> {
         device: &B::Device,
     ) -> Result<Self> {
         let folder = folder.as_ref();
+        let (pipe, sources) =
+            crate::offload::record_loading(|| Self::load(folder, variant, dtype, device));
+        let mut pipe = pipe?;
+        pipe.memory = crate::offload::PipelineMemory::new(sources, None);
+        Ok(pipe)
+    }
+
+    fn load(
+        folder: &Path,
+        variant: Option<&str>,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self> {
         let c = Components::open(folder, PIPELINE, &[PIPELINE])?.with_variant(variant);
         if let Some(class) = c.index.class_of("transformer_2") {
             return Err(Error::Unsupported {
@@ -271,7 +286,27 @@ impl<B: Backend> WanPipeline<B> {
             device: device.clone(),
             dtype,
             lora: crate::lora_pipeline::LoraState::new(folder, variant),
+            memory: Default::default(),
         })
+    }
+
+    /// Keeps each component's weights in its files until its turn (see [`crate::offload`]);
+    /// `None` stops releasing them (each layer then stays loaded once it is next used).
+    pub fn enable_offload(&mut self, mode: Option<crate::offload::OffloadMode>) -> Result<()> {
+        self.memory
+            .set_mode(mode, PIPELINE, Some(&self.transformer.hooks))?;
+        if mode.is_some() {
+            let m = &self.memory;
+            m.release_now(self.text_encoder.as_mut());
+            m.release_now(Some(&mut self.transformer));
+            m.release_now(Some(&mut self.vae));
+        }
+        Ok(())
+    }
+
+    /// The memory each stage of the last run used.
+    pub fn memory_stats(&self) -> Vec<crate::offload::StageMemory> {
+        self.memory.stages()
     }
 
     /// The device the models are on.
@@ -398,6 +433,9 @@ impl<B: Backend> WanPipeline<B> {
             ],
         )?;
         let cfg = call.guidance_scale > 1.0;
+        self.memory.start_run();
+        self.memory.begin_stage();
+        self.memory.acquire()?;
         let text_dim = self.transformer_config.text_dim;
         let check_embeds = |name: &str, e: &Tensor<B, 3>| -> Result<()> {
             let [b, _, d] = e.dims();
@@ -457,6 +495,8 @@ impl<B: Backend> WanPipeline<B> {
                 (embeds, neg)
             }
         };
+        self.memory.release(self.text_encoder.as_mut())?;
+        self.memory.end_stage::<B>("encode_prompt", &self.device);
         self.scheduler
             .set_timesteps(&diffusers_schedulers::TimestepOptions {
                 num_inference_steps: Some(call.num_inference_steps),
@@ -486,12 +526,15 @@ impl<B: Backend> WanPipeline<B> {
                 )?
             }
         };
+        self.memory.begin_stage();
+        self.memory.acquire()?;
         let steps = timesteps.len();
+        let sigmas = self.scheduler.sigmas().unwrap_or_default();
         for (i, t) in timesteps.into_iter().enumerate() {
             let input = latents.clone().cast(self.dtype);
             let timestep = Tensor::<B, 1>::full([videos], t as f32, (&self.device, DType::F32));
             let hooks = &self.transformer.hooks;
-            hooks.set_context("cond", Some((i, steps)), Some(t), None);
+            hooks.set_context("cond", Some((i, steps)), Some(t), sigmas.get(i).copied());
             let cond = self.transformer.forward(WanInputs {
                 hidden_states: input.clone(),
                 timestep: timestep.clone(),
@@ -499,7 +542,7 @@ impl<B: Backend> WanPipeline<B> {
             })?;
             let noise_pred = match &negative {
                 Some(neg) => {
-                    hooks.set_context("uncond", Some((i, steps)), Some(t), None);
+                    hooks.set_context("uncond", Some((i, steps)), Some(t), sigmas.get(i).copied());
                     let uncond = self.transformer.forward(WanInputs {
                         hidden_states: input,
                         timestep,
@@ -519,6 +562,8 @@ impl<B: Backend> WanPipeline<B> {
             )?;
             on_step_end(i, t, &mut latents);
         }
+        self.memory.release(Some(&mut self.transformer))?;
+        self.memory.end_stage::<B>("denoise", &self.device);
         if call.output_type == OutputType::Latent {
             return Ok(WanOutput {
                 frames: None,
@@ -534,23 +579,24 @@ impl<B: Backend> WanPipeline<B> {
     /// The pipeline's last stage on final latents (as [`OutputType::Latent`] returns them):
     /// `latents / (1 / latents_std) + latents_mean`, `vae.decode`, frames `[batch, frames,
     /// height, width, 3]` in `[0, 1]`.
-    pub fn decode(&self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>> {
+    pub fn decode(&mut self, latents: Tensor<B, 5>) -> Result<Tensor<B, 5>> {
         self.decode_with_progress(latents, &mut |_, _| {})
     }
 
     /// [`decode`](Self::decode) reporting `(latent frames decoded, latent frames)` as the VAE
     /// goes.
     pub fn decode_with_progress(
-        &self,
+        &mut self,
         latents: Tensor<B, 5>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor<B, 5>> {
         let z = self
             .vae_config
             .denormalize_latents(latents.cast(self.dtype))?;
-        Ok(postprocess_video(
-            self.vae.decode_with_progress(z, progress)?,
-        ))
+        self.memory
+            .stage("decode", &self.device, &mut self.vae, |vae| {
+                Ok(postprocess_video(vae.decode_with_progress(z, progress)?))
+            })
     }
 }
 
