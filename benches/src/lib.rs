@@ -48,6 +48,8 @@ pub const WORKLOADS: &[&str] = &[
     "wan_block",
     "wan_vae_decode",
     "tiny_pipeline",
+    "flux_steps",
+    "flux_steps_fbc",
     "load_1gb",
     "linear_dense",
     "linear_nf4",
@@ -766,6 +768,84 @@ pub fn prepare<B: Backend>(
             (
                 Box::new(move || {
                     let _out = vae.decode(z.clone())?;
+                    Ctx::<B>::sync(&dev)
+                }),
+                None,
+            )
+        }
+        "flux_steps" | "flux_steps_fbc" => {
+            // A FLUX.1-width transformer (24 x 128 heads; one double-stream and one
+            // single-stream block, the fewest first-block cache takes) over a flow-matching
+            // Euler step sequence, uncached or with first-block cache.
+            use diffusers_nn::hooks::CacheableModel;
+            let model = match c.dir {
+                Some(d) => {
+                    FluxTransformer2DModel::<B>::from_folder(d.join("model"), Some(dtype), device)?
+                        .0
+                }
+                None => {
+                    let mut cfg = flux_config(&c, true)?;
+                    cfg.num_single_layers = 1;
+                    FluxTransformer2DModel::<B>::new(&cfg, device)?
+                }
+            };
+            let side = c.size("side", 4, 8);
+            let txt = c.size("text_tokens", 8, 16);
+            let steps = c.size("steps", 4, 8);
+            let x0 = c.input("x", [1, side * side, 64])?;
+            let ctx = c.input("ctx", [1, txt, 64])?;
+            let pooled = c.input("pooled", [1, 32])?;
+            let sigmas: Vec<f64> = match &c.inputs {
+                Some(w) => w
+                    .read("sigmas")?
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("sigmas: {e:?}"))?,
+                None => (0..=steps).map(|i| 1.0 - i as f32 / steps as f32).collect(),
+            }
+            .into_iter()
+            .map(f64::from)
+            .collect();
+            if name == "flux_steps_fbc" {
+                let threshold = c.meta["threshold"].as_f64().unwrap_or(0.65);
+                model.enable_cache(&diffusers_nn::hooks::CacheConfig::FirstBlock(
+                    diffusers_nn::hooks::first_block_cache::FirstBlockCacheConfig::new(threshold),
+                ))?;
+            }
+            let img_ids: Vec<Vec<f64>> = (0..side * side)
+                .map(|i| vec![0.0, (i / side) as f64, (i % side) as f64])
+                .collect();
+            let txt_ids = vec![vec![0.0; 3]; txt];
+            let mut reported = false;
+            (
+                Box::new(move || {
+                    model.hooks.reset_stateful_hooks();
+                    let mut x = x0.clone();
+                    for i in 0..sigmas.len().saturating_sub(1) {
+                        let (s, next) = (sigmas[i], sigmas[i + 1]);
+                        model
+                            .hooks
+                            .set_context("cond", None, Some(s * 1000.0), None);
+                        let v = model.forward(
+                            diffusers_transformers::transformer_flux::FluxInputs {
+                                hidden_states: x.clone(),
+                                encoder_hidden_states: ctx.clone(),
+                                pooled_projections: pooled.clone(),
+                                timestep: Tensor::full([1], s as f32, (&dev, dtype)),
+                                guidance: None,
+                                txt_ids: txt_ids.clone(),
+                                img_ids: img_ids.clone(),
+                            },
+                        )?;
+                        x = x + v * ((next - s) as f32);
+                    }
+                    if let (Some(r), false) = (model.cache_report(), reported) {
+                        eprintln!(
+                            "flux_steps_fbc: {} of {} transformer calls computed fully",
+                            r.full_calls, r.calls
+                        );
+                        reported = true;
+                    }
                     Ctx::<B>::sync(&dev)
                 }),
                 None,

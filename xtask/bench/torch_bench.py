@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOADS = ["linear_dense", "linear_nf4", "flux_double_nf4", "flux_double_lora", "flux_double_lora_fused", "matmul", "conv_64", "conv_320", "attn_flux", "attn_sd", "groupnorm", "flux_double",
-             "flux_single", "unet_down", "vae_decoder", "wan_block", "wan_vae_decode", "tiny_pipeline",
+             "flux_single", "unet_down", "vae_decoder", "wan_block", "wan_vae_decode", "tiny_pipeline", "flux_steps", "flux_steps_fbc",
              "load_1gb"]
 CUDA_WORKLOADS = ["matmul_ceiling"]
 
@@ -156,6 +156,13 @@ def prepare(out: Path, names):
             AutoencoderKLWan(base_dim=96, z_dim=16).save_pretrained(d / "model")
             meta = {"latent_frames": 2, "latent_size": 32}
             inputs = {"z": torch.randn(1, 16, 2, 32, 32)}
+        elif name in ("flux_steps", "flux_steps_fbc"):
+            from diffusers import FluxTransformer2DModel
+            FluxTransformer2DModel(**FLUX, num_layers=1, num_single_layers=1).save_pretrained(d / "model")
+            steps = 8
+            meta = {"side": 8, "text_tokens": 16, "steps": steps, "threshold": 0.65}
+            inputs = {"x": torch.randn(1, 64, 64), "ctx": torch.randn(1, 16, 64), "pooled": torch.randn(1, 32),
+                      "sigmas": torch.tensor(torch.linspace(1.0, 1.0 / steps, steps).tolist() + [0.0])}
         elif name == "tiny_pipeline":
             meta = {"folder": str(ROOT / "fixtures/pipelines/tiny_flux"), "steps": 4}
         elif name == "load_1gb":
@@ -275,6 +282,33 @@ def build(d: Path, name: str, device, dtype):
         vae = AutoencoderKLWan.from_pretrained(d / "model", dtype=dtype).to(device).eval()
         z = inp["z"]
         return (lambda: vae.decode(z).sample), None
+    if name in ("flux_steps", "flux_steps_fbc"):
+        from diffusers import FluxTransformer2DModel
+        from diffusers.hooks import FirstBlockCacheConfig
+        model = FluxTransformer2DModel.from_pretrained(d / "model", dtype=dtype).to(device).eval()
+        if name.endswith("_fbc"):
+            model.enable_cache(FirstBlockCacheConfig(threshold=meta["threshold"]))
+        x0, ctx, pooled = inp["x"], inp["ctx"], inp["pooled"]
+        sig = inp["sigmas"].float().tolist()
+        side, txt = meta["side"], meta["text_tokens"]
+        img_ids = torch.zeros(side, side, 3)
+        img_ids[..., 1] = torch.arange(side)[:, None]
+        img_ids[..., 2] = torch.arange(side)[None, :]
+        img_ids = img_ids.reshape(-1, 3).to(device)
+        txt_ids = torch.zeros(txt, 3, device=device)
+
+        def steps():
+            x = x0
+            for i in range(len(sig) - 1):
+                with model.cache_context("cond"):
+                    v = model(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled,
+                              timestep=torch.tensor([sig[i]], dtype=dtype, device=device),
+                              img_ids=img_ids, txt_ids=txt_ids, return_dict=False)[0]
+                x = x + (sig[i + 1] - sig[i]) * v
+            if name.endswith("_fbc"):
+                model._reset_stateful_cache()
+            return x
+        return steps, None
     if name == "tiny_pipeline":
         from diffusers import FluxPipeline
         pipe = FluxPipeline.from_pretrained(meta["folder"], dtype=dtype).to(device)

@@ -35,6 +35,8 @@ const WORKLOADS: &[&str] = &[
     "wan_block",
     "wan_vae_decode",
     "tiny_pipeline",
+    "flux_steps",
+    "flux_steps_fbc",
     "load_1gb",
     "linear_dense",
     "linear_nf4",
@@ -60,6 +62,10 @@ fn describe(name: &str) -> &'static str {
         "wan_block" => "Wan 2.1 1.3B block, 1536 wide, 1560+512 tokens",
         "wan_vae_decode" => "Wan VAE decode 16x2x32x32 -> 3x5x256x256",
         "tiny_pipeline" => "tiny_flux pipeline, 16x24, 4 steps",
+        "flux_steps" => {
+            "FLUX.1-width transformer (1 double + 1 single block), 64+16 tokens, 8 steps"
+        }
+        "flux_steps_fbc" => "the same with first-block cache (threshold 0.65)",
         "load_1gb" => "load 1 GiB safetensors (16 x 4096x4096 f32)",
         "matmul_ceiling" => "matmul 8192^3 (ceiling)",
         "linear_dense" => "Linear 3072->12288, 512 tokens, f32 weight",
@@ -92,6 +98,7 @@ fn plan(name: &str, quick: bool, cuda: bool) -> (usize, usize, usize) {
         "unet_down" => (1, 3, 4),
         "vae_decoder" | "wan_vae_decode" => (1, 2, 3),
         "wan_block" => (1, 2, 4),
+        "flux_steps" | "flux_steps_fbc" => (1, 2, 2),
         "flux_double"
         | "flux_single"
         | "flux_double_nf4"

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use burn::prelude::Backend;
 use burn::tensor::{DType, Tensor};
 use diffusers_core::backend::Cpu;
 use diffusers_core::testing::{Fixture, fixtures_dir};
@@ -29,7 +30,7 @@ use serde_json::Value;
 /// output is 0.47 away from the uncached run).
 const TOL: f32 = 1e-4;
 
-fn values<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec().expect("f32")
 }
 
@@ -130,13 +131,10 @@ fn latents5(case: &Value) -> Tensor<Cpu, 5> {
     )
 }
 
-fn latents3(case: &Value) -> Tensor<Cpu, 3> {
+fn latents3<B: Backend>(case: &Value, dev: &B::Device) -> Tensor<B, 3> {
     let file = case["latents"].as_str().expect("latents file");
     let w = diffusers_core::weights::Weights::open(fixtures_dir().join(file)).expect("latents");
-    Tensor::from_data(
-        w.read("latents").expect("read latents"),
-        &Default::default(),
-    )
+    Tensor::from_data(w.read("latents").expect("read latents"), dev)
 }
 
 /// The cases diffusers ran (SeaCache and TextKVCache are not implemented: no-ops on Flux in
@@ -176,18 +174,15 @@ fn check_decisions(name: &str, case: &Value, report: &diffusers_nn::hooks::Cache
     );
 }
 
-#[test]
-fn flux_caches_match_diffusers() {
+/// Runs the Flux `cases` on `dev` with their caches: checks the decisions (and that a second run
+/// of the same pipeline repeats them) and returns each case's image and latents errors.
+fn flux_cases<B: Backend>(dev: &B::Device, cases: &[&str]) -> Vec<(String, f32, f32)> {
     let fx = Fixture::open("cache/cache");
-    let dev = Default::default();
-    let mut pipe = FluxPipeline::<Cpu>::from_folder(
-        fixtures_dir().join("pipelines/tiny_flux"),
-        DType::F32,
-        &dev,
-    )
-    .expect("tiny flux");
-    let mut worst: Vec<(String, f32, f32)> = Vec::new();
-    for name in FLUX_CASES {
+    let mut pipe =
+        FluxPipeline::<B>::from_folder(fixtures_dir().join("pipelines/tiny_flux"), DType::F32, dev)
+            .expect("tiny flux");
+    let mut errors = Vec::new();
+    for &name in cases {
         let case = fx.case(name);
         pipe.enable_cache(&config(&case["cache"])).expect(name);
         let call = |output_type| FluxCall {
@@ -200,7 +195,7 @@ fn flux_caches_match_diffusers() {
                 .as_str()
                 .map(|s| vec![s.to_string()]),
             true_cfg_scale: case["true_cfg_scale"].as_f64().unwrap_or(1.0),
-            latents: Some(latents3(case)),
+            latents: Some(latents3(case, dev)),
             output_type,
             ..FluxCall::new("a photo of the cat")
         };
@@ -235,15 +230,41 @@ fn flux_caches_match_diffusers() {
         assert_eq!(again.schedules, report.schedules, "{name}: second run");
         let ei = max_diff(&values(image), &fx.values(&format!("{name}.image")));
         let el = max_diff(&values(latents), &fx.values(&format!("{name}.latents")));
-        worst.push((name.to_string(), ei, el));
+        eprintln!("{name}: image {ei:.2e} latents {el:.2e}");
+        errors.push((name.to_string(), ei, el));
         assert!(pipe.disable_cache(), "{name}: disable");
     }
-    for (name, ei, el) in &worst {
-        eprintln!("{name}: image {ei:.2e} latents {el:.2e}");
-    }
-    for (name, ei, el) in worst {
+    errors
+}
+
+#[test]
+fn flux_caches_match_diffusers() {
+    for (name, ei, el) in flux_cases::<Cpu>(&Default::default(), &FLUX_CASES) {
         assert!(
             ei <= TOL && el <= TOL,
+            "{name}: image {ei}, latents {el} from diffusers"
+        );
+    }
+}
+
+/// CUDA f32 is held to TF32's error (burn's CUDA matmul stages f32 as TF32, see
+/// `testing::TF32`); the decisions must still be diffusers' (the closest first-block diff is
+/// 0.013 from its threshold, far above TF32's relative error). Not yet run on a GPU.
+#[cfg(feature = "cuda")]
+#[test]
+#[ignore = "needs a CUDA GPU; run with --ignored on the device machine"]
+fn cuda_flux_caches_match_diffusers() {
+    use diffusers_core::backend::Cuda;
+    let cases = [
+        "flux_fbc_0.2",
+        "flux_taylorseer",
+        "flux_magcache",
+        "flux_pab",
+    ];
+    for (name, ei, el) in flux_cases::<Cuda>(&Default::default(), &cases) {
+        let tol = diffusers_core::testing::TF32.atol;
+        assert!(
+            ei <= tol && el <= tol,
             "{name}: image {ei}, latents {el} from diffusers"
         );
     }
