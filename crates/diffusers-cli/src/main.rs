@@ -166,7 +166,8 @@ pub struct GenerateArgs {
     /// `pipe.transformer.enable_cache(...)`: `first-block:0.2` (the threshold),
     /// `taylorseer:cache_interval=4,disable_cache_before_step=2,max_order=2` (options by the
     /// config's field names, `use_lite_mode=true`, `taylor_factors_dtype=float32`),
-    /// `magcache:mag_ratios=flux,num_inference_steps=28`, `pab:...`, `fastercache:...`.
+    /// `magcache:mag_ratios=flux,num_inference_steps=28`, `pab:...`, `fastercache:...`,
+    /// `seacache:threshold=0.25` (Wan).
     #[arg(long, value_name = "METHOD[:OPTIONS]")]
     pub cache: Option<String>,
     /// A LoRA adapter: a .safetensors file (any layout diffusers reads: diffusers/PEFT, kohya,

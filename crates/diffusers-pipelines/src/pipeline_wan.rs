@@ -535,6 +535,7 @@ impl<B: Backend> WanPipeline<B> {
             let timestep = Tensor::<B, 1>::full([videos], t as f32, (&self.device, DType::F32));
             let hooks = &self.transformer.hooks;
             hooks.set_context("cond", Some((i, steps)), Some(t), sigmas.get(i).copied());
+            diffusers_nn::hooks::cache_utils::set_model_input(hooks, &input);
             let cond = self.transformer.forward(WanInputs {
                 hidden_states: input.clone(),
                 timestep: timestep.clone(),
@@ -543,6 +544,7 @@ impl<B: Backend> WanPipeline<B> {
             let noise_pred = match &negative {
                 Some(neg) => {
                     hooks.set_context("uncond", Some((i, steps)), Some(t), sigmas.get(i).copied());
+                    diffusers_nn::hooks::cache_utils::set_model_input(hooks, &input);
                     let uncond = self.transformer.forward(WanInputs {
                         hidden_states: input,
                         timestep,

@@ -15,6 +15,7 @@ use diffusers_nn::hooks::faster_cache::FasterCacheConfig;
 use diffusers_nn::hooks::first_block_cache::FirstBlockCacheConfig;
 use diffusers_nn::hooks::mag_cache::{FLUX_MAG_RATIOS, MagCacheConfig, nearest_interp};
 use diffusers_nn::hooks::pyramid_attention_broadcast::PyramidAttentionBroadcastConfig;
+use diffusers_nn::hooks::sea_cache::SeaCacheConfig;
 use diffusers_nn::hooks::taylorseer_cache::{TaylorFactorsDtype, TaylorSeerCacheConfig};
 use diffusers_pipelines::pipeline_flux::{FluxCall, FluxPipeline, OutputType};
 use diffusers_pipelines::pipeline_hunyuan_video::{
@@ -96,6 +97,10 @@ fn config(v: &Value) -> CacheConfig {
             is_guidance_distilled: v["is_guidance_distilled"].as_bool().unwrap_or(false),
             ..Default::default()
         }),
+        "SeaCacheConfig" => CacheConfig::Sea(SeaCacheConfig {
+            threshold: f("threshold").unwrap_or(0.25),
+            ..Default::default()
+        }),
         other => panic!("no such method in this test: {other}"),
     }
 }
@@ -137,9 +142,9 @@ fn latents3<B: Backend>(case: &Value, dev: &B::Device) -> Tensor<B, 3> {
     Tensor::from_data(w.read("latents").expect("read latents"), dev)
 }
 
-/// The cases diffusers ran (SeaCache and TextKVCache are not implemented: no-ops on Flux in
-/// 0.42.1, and Wan's SeaCache is not ported).
-const FLUX_CASES: [&str; 14] = [
+/// The cases diffusers ran (TextKVCache is not ported: in 0.42.1 it hooks nothing on these
+/// models; SeaCache on Flux never skips, as in diffusers, which has no Flux adapter).
+const FLUX_CASES: [&str; 15] = [
     "flux_fbc_0.2",
     "flux_fbc_0.25",
     "flux_fbc_0.35",
@@ -154,6 +159,7 @@ const FLUX_CASES: [&str; 14] = [
     "flux_magcache_flux_ratios",
     "flux_pab",
     "flux_faster_cache",
+    "flux_sea_cache",
 ];
 
 fn check_decisions(name: &str, case: &Value, report: &diffusers_nn::hooks::CacheReport) {
@@ -281,7 +287,12 @@ fn video_caches_match_diffusers() {
     )
     .expect("tiny wan");
     let mut results = Vec::new();
-    for name in ["wan_fbc_0.1", "wan_taylorseer", "wan_taylorseer_lite"] {
+    for name in [
+        "wan_fbc_0.1",
+        "wan_taylorseer",
+        "wan_taylorseer_lite",
+        "wan_sea_cache",
+    ] {
         let case = fx.case(name);
         wan.enable_cache(&config(&case["cache"])).expect(name);
         let out = wan
@@ -409,6 +420,13 @@ fn bad_cache_configs_are_refused() {
                 ..Default::default()
             }),
             "tensor_format must be one of BCFHW, BFCHW, BCHW, got BSC",
+        ),
+        (
+            CacheConfig::Sea(SeaCacheConfig {
+                residual_order: 2,
+                ..Default::default()
+            }),
+            "residual_order must be 0 or 1, got 2",
         ),
     ];
     for (config, want) in cases {

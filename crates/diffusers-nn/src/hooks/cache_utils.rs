@@ -25,6 +25,7 @@ use super::mag_cache::{MagCache, MagCacheConfig};
 use super::pyramid_attention_broadcast::{
     PyramidAttentionBroadcast, PyramidAttentionBroadcastConfig,
 };
+use super::sea_cache::{SeaCache, SeaCacheConfig};
 use super::taylorseer_cache::{TaylorSeerCache, TaylorSeerCacheConfig};
 use super::{BlockStates, CallInfo, HookRegistry, ModelHook};
 
@@ -32,12 +33,13 @@ use super::{BlockStates, CallInfo, HookRegistry, ModelHook};
 pub const CACHE_HOOK: &str = "step_cache";
 
 /// The cache methods' names as the CLI and [`CacheConfig::parse`] take them.
-pub const CACHE_METHODS: [&str; 5] = [
+pub const CACHE_METHODS: [&str; 6] = [
     "first-block",
     "taylorseer",
     "magcache",
     "pab",
     "fastercache",
+    "seacache",
 ];
 
 /// A step cache configuration (the config classes diffusers' `enable_cache` accepts).
@@ -53,6 +55,8 @@ pub enum CacheConfig {
     PyramidAttentionBroadcast(PyramidAttentionBroadcastConfig),
     /// `FasterCacheConfig` (the guidance-distilled form).
     FasterCache(FasterCacheConfig),
+    /// `SeaCacheConfig` (skips only where the pipeline passes sigma and the raw latents: Wan).
+    Sea(SeaCacheConfig),
 }
 
 impl CacheConfig {
@@ -64,6 +68,7 @@ impl CacheConfig {
             Self::Mag(_) => "magcache",
             Self::PyramidAttentionBroadcast(_) => "pab",
             Self::FasterCache(_) => "fastercache",
+            Self::Sea(_) => "seacache",
         }
     }
 
@@ -75,6 +80,7 @@ impl CacheConfig {
             Self::Mag(_) => "MagCacheConfig",
             Self::PyramidAttentionBroadcast(_) => "PyramidAttentionBroadcastConfig",
             Self::FasterCache(_) => "FasterCacheConfig",
+            Self::Sea(_) => "SeaCacheConfig",
         }
     }
 
@@ -109,6 +115,7 @@ impl CacheConfig {
                 PyramidAttentionBroadcastConfig::from_options(&pairs)?,
             ),
             "fastercache" => Self::FasterCache(FasterCacheConfig::from_options(&pairs)?),
+            "seacache" => Self::Sea(SeaCacheConfig::from_options(&pairs)?),
             other => {
                 return Err(CacheError::UnknownMethod(other.to_string()));
             }
@@ -125,6 +132,7 @@ impl CacheConfig {
             Self::Mag(c) => c.validate(),
             Self::PyramidAttentionBroadcast(c) => c.validate(),
             Self::FasterCache(c) => c.validate(),
+            Self::Sea(c) => c.validate(),
         }
     }
 }
@@ -189,7 +197,7 @@ pub enum CacheError {
     },
     /// An unknown method name.
     #[error(
-        "unknown cache method `{0}` (valid: first-block, taylorseer, magcache, pab, fastercache)"
+        "unknown cache method `{0}` (valid: first-block, taylorseer, magcache, pab, fastercache, seacache)"
     )]
     UnknownMethod(String),
     /// An unknown option name or a bad option value.
@@ -247,6 +255,16 @@ pub(crate) trait CacheMethod<B: Backend>: Send + Sync + fmt::Debug {
     }
 
     fn reset(&self);
+
+    /// The start of a model call (its context, step and sigma).
+    fn on_model_call(&self, info: &CallInfo<'_>) {
+        let _ = info;
+    }
+
+    /// The raw latents the model is about to get (SeaCache's indicator).
+    fn set_model_input(&self, latents: Tensor<B, 5>) {
+        let _ = latents;
+    }
 
     /// MagCache's calibration ratios of completed runs, per context.
     fn calibration_ratios(&self) -> BTreeMap<String, Vec<f64>> {
@@ -372,6 +390,7 @@ impl<B: Backend> ModelHook<B> for StepCache<B> {
             .unwrap_or_else(|e| e.into_inner())
             .calls
             .push((info.context.to_string(), true));
+        self.inner.on_model_call(info);
     }
 
     fn reset_state(&self) {
@@ -413,6 +432,7 @@ pub fn enable_cache<B: Backend>(
             Box::new(PyramidAttentionBroadcast::new(c.clone()))
         }
         CacheConfig::FasterCache(c) => Box::new(FasterCache::new(c.clone())),
+        CacheConfig::Sea(c) => Box::new(SeaCache::new(c.clone(), blocks)?),
     };
     let hook = StepCache {
         method: config.method(),
@@ -442,6 +462,18 @@ pub fn cache_report<B: Backend>(registry: &HookRegistry<B>) -> Option<CacheRepor
     hook.as_any()
         .downcast_ref::<StepCache<B>>()
         .map(StepCache::report)
+}
+
+/// Gives the model's step cache the raw latents of the next model call (`[batch, C, T, H, W]`),
+/// which SeaCache filters into its indicator; other caches ignore them. WanPipeline calls it
+/// before each transformer call, as diffusers' SeaCache root hook reads the transformer's
+/// `hidden_states`.
+pub fn set_model_input<B: Backend>(registry: &HookRegistry<B>, latents: &Tensor<B, 5>) {
+    if let Some(hook) = registry.get_hook(CACHE_HOOK)
+        && let Some(cache) = hook.as_any().downcast_ref::<StepCache<B>>()
+    {
+        cache.inner.set_model_input(latents.clone());
+    }
 }
 
 /// The mean of `|t|`, as diffusers' `t.abs().mean()` (computed in f32).

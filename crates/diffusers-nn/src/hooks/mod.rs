@@ -31,6 +31,7 @@ pub mod first_block_cache;
 pub mod group_offloading;
 pub mod mag_cache;
 pub mod pyramid_attention_broadcast;
+pub mod sea_cache;
 pub mod taylorseer_cache;
 
 use std::any::Any;
