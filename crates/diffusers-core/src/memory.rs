@@ -102,7 +102,14 @@ mod tests {
         if reset_host_peak() {
             let since = host_peak_since_reset_bytes().unwrap();
             assert!(since < peak, "{since} >= {peak}");
-            assert!(host_peak_bytes().unwrap() >= peak);
+            // Linux syncs its per-thread RSS counters lazily: two readings of VmHWM a moment
+            // apart differ by up to a few hundred KiB (measured: 64-200 KiB lower).
+            let whole = host_peak_bytes().unwrap();
+            assert!(
+                whole + (1 << 20) >= peak,
+                "{whole} < {peak} (earlier {})",
+                EARLIER_PEAK.load(Ordering::Relaxed)
+            );
         }
         assert_eq!(device_memory::<Cpu>(&Default::default()), None);
     }

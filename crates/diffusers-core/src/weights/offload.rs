@@ -217,7 +217,7 @@ impl ParamSources {
                 },
             }
         };
-        match file.read(&s.key) {
+        match file.read_unmapped(&s.key) {
             Ok(data) if data.shape.as_slice() == shape => {
                 let dtype = s.dtype.unwrap_or(data.dtype);
                 Tensor::from_data(data, (device, dtype))

@@ -187,11 +187,47 @@ impl SafetensorsFile {
 
     /// Copies one tensor out of the mapping, in its stored dtype.
     pub fn read(&self, key: &str) -> Result<TensorData> {
-        let (info, (start, end)) = self.entries.get(key).ok_or_else(|| Error::MissingKeys {
+        let (info, (start, end), dtype) = self.entry(key)?;
+        let src = &self.mmap[self.data_start + start..self.data_start + end];
+        let bytes = match dtype.size() {
+            8 => copy_out::<u64>(src),
+            4 => copy_out::<u32>(src),
+            2 => copy_out::<u16>(src),
+            _ => copy_out::<u8>(src),
+        };
+        Ok(TensorData::from_bytes(bytes, info.shape.clone(), dtype))
+    }
+
+    /// Reads one tensor with positioned reads of the file instead of through the mapping, so
+    /// its pages never count in this process's resident memory (only in the page cache):
+    /// offloading re-reads weights this way while their copies are resident.
+    pub fn read_unmapped(&self, key: &str) -> Result<TensorData> {
+        #[cfg(unix)]
+        {
+            let (info, (start, end), dtype) = self.entry(key)?;
+            let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+            let offset = (self.data_start + start) as u64;
+            let len = end - start;
+            let bytes = match dtype.size() {
+                8 => pread_out::<u64>(&file, offset, len),
+                4 => pread_out::<u32>(&file, offset, len),
+                2 => pread_out::<u16>(&file, offset, len),
+                _ => pread_out::<u8>(&file, offset, len),
+            }
+            .map_err(|e| Error::io(&self.path, e))?;
+            Ok(TensorData::from_bytes(bytes, info.shape.clone(), dtype))
+        }
+        #[cfg(not(unix))]
+        self.read(key)
+    }
+
+    /// A tensor's info, data range and burn dtype (floats, and the byte types packed weights
+    /// are stored in).
+    fn entry(&self, key: &str) -> Result<(&TensorInfo, (usize, usize), DType)> {
+        let (info, range) = self.entries.get(key).ok_or_else(|| Error::MissingKeys {
             path: self.path.clone(),
             keys: vec![key.to_string()],
         })?;
-        // Floats, and the byte types packed (quantized) weights are stored in.
         let byte_dtype = match info.dtype.as_str() {
             "U8" => Some(DType::U8),
             "I8" => Some(DType::I8),
@@ -205,15 +241,21 @@ impl SafetensorsFile {
                     key: key.to_string(),
                     dtype: info.dtype.clone(),
                 })?;
-        let src = &self.mmap[self.data_start + start..self.data_start + end];
-        let bytes = match dtype.size() {
-            8 => copy_out::<u64>(src),
-            4 => copy_out::<u32>(src),
-            2 => copy_out::<u16>(src),
-            _ => copy_out::<u8>(src),
-        };
-        Ok(TensorData::from_bytes(bytes, info.shape.clone(), dtype))
+        Ok((info, *range, dtype))
     }
+}
+
+/// Reads `len` bytes at `offset` of `file` into a new buffer of `T`s (aligned for the dtype).
+#[cfg(unix)]
+fn pread_out<T: bytemuck::Pod + Send + Sync>(
+    file: &File,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<burn::tensor::Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut dst = vec![T::zeroed(); len / size_of::<T>()];
+    file.read_exact_at(bytemuck::cast_slice_mut(&mut dst), offset)?;
+    Ok(burn::tensor::Bytes::from_elems(dst))
 }
 
 /// Copies `src` (a region of the mapping) into a new buffer of `T`s (the tensor's element
