@@ -614,6 +614,14 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
                 r.blocks_skipped,
                 r.modules_skipped
             );
+            // MagCache with calibrate=true: the ratios to pass as mag_ratios next time.
+            for (context, ratios) in &r.calibration_ratios {
+                let ratios: Vec<String> = ratios.iter().map(|x| format!("{x:.5}")).collect();
+                eprintln!(
+                    "cache magcache ({context}): mag_ratios={}",
+                    ratios.join("/")
+                );
+            }
         }
     }
     Ok(())

@@ -1249,10 +1249,36 @@ fn cache_flag_matches_diffusers_and_reports() {
         IMAGE,
         "cli with first-block cache",
     );
+    // MagCache calibration prints the ratios to pass as mag_ratios: diffusers' calibrating run's
+    // (fixtures/cache `flux_magcache_calibrate`) to 5 decimals.
+    let mut args = vec!["--height", "16", "--width", "24", "--steps", "10"];
+    args.extend(["--guidance", "3.5", "--max-sequence-length", "8"]);
+    args.extend(["--latents", &latents, "--output-type", "latent"]);
+    args.extend(["-o", "cal.safetensors"]);
+    args.extend(["--cache", "magcache:calibrate=true,num_inference_steps=10"]);
+    let out = generate_raw(dir.path(), &m, &args, &[]);
+    ok(&out);
+    let theirs: Vec<f64> = fx.case("flux_magcache_calibrate")["calibration_ratios"]
+        .as_array()
+        .expect("ratios")
+        .iter()
+        .map(|x| x.as_f64().expect("ratio"))
+        .collect();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("cache magcache (cond): mag_ratios="))
+        .unwrap_or_else(|| panic!("no calibration line in {stderr}"));
+    let ours: Vec<f64> = line.split('/').map(|x| x.parse().expect("ratio")).collect();
+    assert_eq!(ours.len(), theirs.len(), "{line}");
+    for (a, b) in ours.iter().zip(&theirs) {
+        // Printed to 5 decimals: up to 5e-6 of rounding on top of the f32 ratios' own error.
+        assert!((a - b).abs() <= 1e-5, "{line}");
+    }
     let out = generate(dir.path(), &m, &["--cache", "teacache:0.2"], &[]);
     one_line_error(
         &out,
-        "unknown cache method `teacache` (valid: first-block, taylorseer, magcache, pab, fastercache)",
+        "unknown cache method `teacache` (valid: first-block, taylorseer, magcache, pab, fastercache, seacache)",
     );
     let out = generate(dir.path(), &m, &["--cache", "taylorseer:interval=4"], &[]);
     one_line_error(&out, "unknown option `interval` (valid: cache_interval");
