@@ -185,8 +185,20 @@ impl SafetensorsFile {
         self.entries.get(key).map(|(i, _)| i)
     }
 
-    /// Copies one tensor out of the mapping, in its stored dtype.
+    /// Reads one tensor, in its stored dtype. On Unix this is [`read_unmapped`]: the file's
+    /// pages never join the process's resident memory, so loading a component holds its
+    /// tensors once, not also the pages they were copied from.
+    ///
+    /// [`read_unmapped`]: Self::read_unmapped
     pub fn read(&self, key: &str) -> Result<TensorData> {
+        if cfg!(unix) {
+            return self.read_unmapped(key);
+        }
+        self.read_mapped(key)
+    }
+
+    /// Copies one tensor out of the mapping, in its stored dtype.
+    pub fn read_mapped(&self, key: &str) -> Result<TensorData> {
         let (info, (start, end), dtype) = self.entry(key)?;
         let src = &self.mmap[self.data_start + start..self.data_start + end];
         let bytes = match dtype.size() {
@@ -218,7 +230,7 @@ impl SafetensorsFile {
             Ok(TensorData::from_bytes(bytes, info.shape.clone(), dtype))
         }
         #[cfg(not(unix))]
-        self.read(key)
+        self.read_mapped(key)
     }
 
     /// A tensor's info, data range and burn dtype (floats, and the byte types packed weights
@@ -252,9 +264,22 @@ fn pread_out<T: bytemuck::Pod + Send + Sync>(
     offset: u64,
     len: usize,
 ) -> std::io::Result<burn::tensor::Bytes> {
+    use rayon::prelude::*;
     use std::os::unix::fs::FileExt;
+    const PIECE: usize = 1 << 20;
+    // Zeroed allocation: fresh zero pages from the OS, touched first by the reads.
     let mut dst = vec![T::zeroed(); len / size_of::<T>()];
-    file.read_exact_at(bytemuck::cast_slice_mut(&mut dst), offset)?;
+    let dst_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut dst);
+    if len < 4 * PIECE {
+        file.read_exact_at(dst_bytes, offset)?;
+    } else {
+        // Large tensors in 1 MiB pieces on rayon's pool (as `copy_out`), so the copies out of
+        // the page cache and the page faults of the buffer are spread over every core.
+        dst_bytes
+            .par_chunks_mut(PIECE)
+            .enumerate()
+            .try_for_each(|(i, d)| file.read_exact_at(d, offset + (i * PIECE) as u64))?;
+    }
     Ok(burn::tensor::Bytes::from_elems(dst))
 }
 
