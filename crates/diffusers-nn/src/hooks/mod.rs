@@ -499,7 +499,7 @@ mod tests {
         ) -> BlockStates<Cpu> {
             self.seen
                 .lock()
-                .unwrap()
+                .expect("lock")
                 .push(format!("{}@{}", info.name, info.context));
             if info.name == "blocks.0" {
                 original(states)
@@ -512,11 +512,11 @@ mod tests {
             info: &CallInfo<'_>,
             original: &mut dyn FnMut() -> Vec<Tensor<Cpu, 3>>,
         ) -> Vec<Tensor<Cpu, 3>> {
-            self.seen.lock().unwrap().push(info.name.to_string());
+            self.seen.lock().expect("lock").push(info.name.to_string());
             original().into_iter().map(|t| t * 10.0).collect()
         }
         fn reset_state(&self) {
-            self.seen.lock().unwrap().clear();
+            self.seen.lock().expect("lock").clear();
         }
         fn as_any(&self) -> &dyn Any {
             self
@@ -528,7 +528,7 @@ mod tests {
         let device = Default::default();
         let hooks = HookRegistry::<Cpu>::default();
         let skip = Arc::new(Skip::default());
-        hooks.register_hook(skip.clone()).unwrap();
+        hooks.register_hook(skip.clone()).expect("register");
         assert_eq!(
             hooks.register_hook(Arc::new(Skip::default())),
             Err(HookError::Duplicate("skip".into()))
@@ -543,10 +543,10 @@ mod tests {
             BlockStates::new(y[0].clone(), None)
         });
         let proj = module_call("proj_out", || vec![out.hidden_states.clone()]);
-        let v = proj[0].clone().into_data().to_vec::<f32>().unwrap();
+        let v = proj[0].clone().into_data().to_vec::<f32>().expect("f32");
         assert_eq!(v, vec![20.0, 20.0]);
         assert_eq!(
-            *skip.seen.lock().unwrap(),
+            *skip.seen.lock().expect("lock"),
             vec![
                 "blocks.0@uncond",
                 "blocks.1@uncond",
@@ -555,7 +555,7 @@ mod tests {
             ]
         );
         hooks.reset_stateful_hooks();
-        assert!(skip.seen.lock().unwrap().is_empty());
+        assert!(skip.seen.lock().expect("lock").is_empty());
         assert!(hooks.remove_hook("skip").is_some());
         assert!(hooks.is_empty());
     }
@@ -566,7 +566,7 @@ mod tests {
         let x = Tensor::<Cpu, 3>::ones([1, 1, 2], &device);
         let y = module_call::<Cpu>("proj_out", || vec![x.clone() * 2.0]);
         assert_eq!(
-            y[0].clone().into_data().to_vec::<f32>().unwrap(),
+            y[0].clone().into_data().to_vec::<f32>().expect("f32"),
             vec![2.0, 2.0]
         );
     }
