@@ -773,6 +773,64 @@ pub fn prepare<B: Backend>(
                 None,
             )
         }
+        "vae_decode_1024" | "vae_decode_1024_tiled" => {
+            let mut vae = match c.dir {
+                Some(d) => AutoencoderKL::<B>::from_folder(d.join("model"), Some(dtype), device)?.0,
+                None => AutoencoderKL::<B>::new(&vae_config(&c)?, device)?,
+            };
+            if name.ends_with("_tiled") {
+                vae.enable_tiling()?;
+            }
+            let hw = c.size("latent_size", 16, 128);
+            let z = c.input("z", [1, 4, hw, hw])?;
+            (
+                Box::new(move || {
+                    let _out = vae.decode(z.clone());
+                    Ctx::<B>::sync(&dev)
+                }),
+                None,
+            )
+        }
+        "sd15_pipeline" | "sd15_pipeline_offload" => {
+            let folder = c.meta["folder"]
+                .as_str()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    diffusers_core::testing::fixtures_dir().join("pipelines/tiny_sd")
+                });
+            let size = c.size("size", 16, 256);
+            let steps = c.size("steps", 2, 2);
+            let offload = name
+                .ends_with("_offload")
+                .then_some(diffusers_pipelines::offload::OffloadMode::Model);
+            let mut pipe = DiffusionPipeline::<B>::from_pretrained(
+                &folder.to_string_lossy(),
+                &PipelineOptions {
+                    dtype,
+                    offload,
+                    ..Default::default()
+                },
+                device,
+            )?;
+            (
+                Box::new(move || {
+                    let _out = pipe.generate(
+                        diffusers_pipelines::generate::GenerateRequest {
+                            height: Some(size),
+                            width: Some(size),
+                            num_inference_steps: Some(steps),
+                            seed: Some(42),
+                            ..diffusers_pipelines::generate::GenerateRequest::new(
+                                "a photo of the cat",
+                            )
+                        },
+                        &mut |_| {},
+                    )?;
+                    Ctx::<B>::sync(&dev)
+                }),
+                None,
+            )
+        }
         "flux_steps" | "flux_steps_fbc" => {
             // A FLUX.1-width transformer (24 x 128 heads; one double-stream and one
             // single-stream block, the fewest first-block cache takes) over a flow-matching

@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOADS = ["linear_dense", "linear_nf4", "flux_double_nf4", "flux_double_lora", "flux_double_lora_fused", "matmul", "conv_64", "conv_320", "attn_flux", "attn_sd", "groupnorm", "flux_double",
              "flux_single", "unet_down", "vae_decoder", "wan_block", "wan_vae_decode", "tiny_pipeline", "flux_steps", "flux_steps_fbc",
-             "load_1gb"]
+             "load_1gb", "vae_decode_1024", "vae_decode_1024_tiled", "sd15_pipeline",
+             "sd15_pipeline_offload"]
 CUDA_WORKLOADS = ["matmul_ceiling"]
 
 FLUX = dict(patch_size=1, in_channels=64, num_attention_heads=24, attention_head_dim=128,
@@ -72,6 +73,26 @@ def flux_rope(text_tokens, side):
     ids = torch.cat([txt_ids, img_ids.reshape(-1, 3)])
     cos, sin = FluxPosEmbed(theta=10000, axes_dim=list(FLUX["axes_dims_rope"]))(ids)
     return cos.float().contiguous(), sin.float().contiguous()
+
+
+def sd15_pipeline():
+    """An SD 1.5-sized pipeline with random weights: the real UNet, VAE and CLIP ViT-L/14 text
+    encoder configs; the tiny SD repository's tokenizer and scheduler."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    torch.manual_seed(0)
+    unet_config = json.loads((ROOT / "fixtures/real_configs/unet_configs.json").read_text())["sd15"]
+    unet = UNet2DConditionModel.from_config(unet_config)
+    vae = AutoencoderKL(**{**VAE, "sample_size": 512})
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+        projection_dim=768))
+    tiny = ROOT / "fixtures/pipelines/tiny_sd"
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(tiny / "tokenizer"),
+        unet=unet, scheduler=PNDMScheduler.from_pretrained(tiny / "scheduler"), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
 
 
 def prepare(out: Path, names):
@@ -165,6 +186,17 @@ def prepare(out: Path, names):
                       "sigmas": torch.tensor(torch.linspace(1.0, 1.0 / steps, steps).tolist() + [0.0])}
         elif name == "tiny_pipeline":
             meta = {"folder": str(ROOT / "fixtures/pipelines/tiny_flux"), "steps": 4}
+        elif name in ("vae_decode_1024", "vae_decode_1024_tiled"):
+            from diffusers import AutoencoderKL
+            # SD 1.5's VAE config (tiles of sample_size 512 pixels, 64 latents).
+            AutoencoderKL(**{**VAE, "sample_size": 512}).save_pretrained(d / "model")
+            meta = {"latent_size": 128}
+            inputs = {"z": torch.randn(1, 4, 128, 128, generator=torch.Generator().manual_seed(0))}
+        elif name in ("sd15_pipeline", "sd15_pipeline_offload"):
+            folder = out / "sd15_model"
+            if not (folder / "model_index.json").exists():
+                sd15_pipeline().save_pretrained(folder)
+            meta = {"folder": str(folder), "size": 256, "steps": 2}
         elif name == "load_1gb":
             layers, dim = 16, 4096
             meta = {"layers": layers, "dim": dim}
@@ -282,6 +314,27 @@ def build(d: Path, name: str, device, dtype):
         vae = AutoencoderKLWan.from_pretrained(d / "model", dtype=dtype).to(device).eval()
         z = inp["z"]
         return (lambda: vae.decode(z).sample), None
+    if name in ("vae_decode_1024", "vae_decode_1024_tiled"):
+        from diffusers import AutoencoderKL
+        vae = AutoencoderKL.from_pretrained(d / "model", dtype=dtype).to(device).eval()
+        if name.endswith("_tiled"):
+            vae.enable_tiling()
+        z = inp["z"]
+        return (lambda: vae.decode(z).sample), None
+    if name in ("sd15_pipeline", "sd15_pipeline_offload"):
+        from diffusers import StableDiffusionPipeline
+        pipe = StableDiffusionPipeline.from_pretrained(meta["folder"], dtype=dtype).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        # enable_model_cpu_offload() needs an accelerator: on the CPU the torch side of the
+        # offload row runs without offloading (it has no way to free a component).
+        if name.endswith("_offload") and device.type == "cuda":
+            pipe.enable_model_cpu_offload()
+        size, steps = meta["size"], meta["steps"]
+
+        def call():
+            return pipe("a photo of the cat", height=size, width=size, num_inference_steps=steps,
+                        generator=torch.Generator("cpu").manual_seed(42), output_type="np").images
+        return call, None
     if name in ("flux_steps", "flux_steps_fbc"):
         from diffusers import FluxTransformer2DModel
         from diffusers.hooks import FirstBlockCacheConfig

@@ -43,6 +43,10 @@ const WORKLOADS: &[&str] = &[
     "flux_double_nf4",
     "flux_double_lora",
     "flux_double_lora_fused",
+    "vae_decode_1024",
+    "vae_decode_1024_tiled",
+    "sd15_pipeline",
+    "sd15_pipeline_offload",
 ];
 const CUDA_WORKLOADS: &[&str] = &["matmul_ceiling"];
 
@@ -79,6 +83,12 @@ fn describe(name: &str) -> &'static str {
             "Flux double block as flux_double, rank-16 LoRA on its 14 Linears, unfused (PEFT)"
         }
         "flux_double_lora_fused" => "the same LoRA fused into the weights (fuse_lora)",
+        "vae_decode_1024" => "SD VAE decode 4x128x128 -> 3x1024x1024, whole",
+        "vae_decode_1024_tiled" => "the same with enable_tiling() (512-pixel tiles)",
+        "sd15_pipeline" => "SD 1.5-sized pipeline (random weights), 256x256, 2 steps, CFG",
+        "sd15_pipeline_offload" => {
+            "the same, ours with model offload (torch: none, it needs an accelerator)"
+        }
         _ => "",
     }
 }
@@ -97,6 +107,8 @@ fn plan(name: &str, quick: bool, cuda: bool) -> (usize, usize, usize) {
         // so the medians hold still (the whole table is about 6 minutes on 2 cores).
         "unet_down" => (1, 3, 4),
         "vae_decoder" | "wan_vae_decode" => (1, 2, 3),
+        "vae_decode_1024" | "vae_decode_1024_tiled" => (0, 1, 2),
+        "sd15_pipeline" | "sd15_pipeline_offload" => (0, 2, 2),
         "wan_block" => (1, 2, 4),
         "flux_steps" | "flux_steps_fbc" => (1, 2, 2),
         "flux_double"
