@@ -96,15 +96,15 @@ mod tests {
         };
         let big = vec![1u8; 64 << 20];
         std::hint::black_box(&big);
-        let peak = host_peak_bytes().unwrap();
+        let peak = host_peak_bytes().expect("test");
         assert!(peak >= before.max(64 << 20));
         drop(big);
         if reset_host_peak() {
-            let since = host_peak_since_reset_bytes().unwrap();
+            let since = host_peak_since_reset_bytes().expect("test");
             assert!(since < peak, "{since} >= {peak}");
             // Linux syncs its per-thread RSS counters lazily: two readings of VmHWM a moment
             // apart differ by up to a few hundred KiB (measured: 64-200 KiB lower).
-            let whole = host_peak_bytes().unwrap();
+            let whole = host_peak_bytes().expect("test");
             assert!(
                 whole + (1 << 20) >= peak,
                 "{whole} < {peak} (earlier {})",

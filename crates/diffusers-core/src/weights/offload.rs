@@ -297,11 +297,9 @@ mod tests {
         let w: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
         let b = [0.25f32, -1.0];
         let mut bytes = Vec::new();
-        let header = format!(
-            r#"{{"weight":{{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]}},"bias":{{"dtype":"F32","shape":[2],"data_offsets":[24,32]}}}}"#
-        );
+        let header = r#"{"weight":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]},"bias":{"dtype":"F32","shape":[2],"data_offsets":[24,32]}}"#.to_string();
         let mut header = header.into_bytes();
-        while header.len() % 8 != 0 {
+        while !header.len().is_multiple_of(8) {
             header.push(b' ');
         }
         bytes.extend((header.len() as u64).to_le_bytes());
@@ -309,48 +307,48 @@ mod tests {
         for v in w.iter().chain(b.iter()) {
             bytes.extend(v.to_le_bytes());
         }
-        std::fs::write(&path, bytes).unwrap();
+        std::fs::write(&path, bytes).expect("test");
         path
     }
 
     #[test]
     fn released_parameters_reload_equal_from_their_file() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test");
         let path = write_linear(dir.path());
         let device = Default::default();
-        let weights = Weights::open(&path).unwrap();
+        let weights = Weights::open(&path).expect("test");
         let ((model, _), sources) = record_param_sources(false, || {
             load_into(
                 LinearConfig::new(3, 2).init::<Cpu>(&device),
                 &weights,
                 LoadOptions::default(),
             )
-            .unwrap()
+            .expect("test")
         });
         assert_eq!(sources.len(), 2);
         let before = model.weight.val().into_data();
         let (released, n) = release(model, &sources);
         assert_eq!(n, 2);
         assert!(!released.weight.is_initialized());
-        sources.open().unwrap();
+        sources.open().expect("test");
         materialize(&released);
         assert!(released.weight.is_initialized());
         assert_eq!(released.weight.val().into_data(), before);
-        sources.take_error().unwrap();
+        sources.take_error().expect("test");
         // Released again, a clone loads its own copy and leaves the module lazy.
         let (released, _) = release(released, &sources);
         let live = released.clone();
         materialize(&live);
         assert!(!released.weight.is_initialized());
-        assert!(live.bias.as_ref().unwrap().is_initialized());
+        assert!(live.bias.as_ref().expect("test").is_initialized());
     }
 
     #[test]
     fn deferred_loads_read_nothing_until_used() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test");
         let path = write_linear(dir.path());
         let device = Default::default();
-        let weights = Weights::open(&path).unwrap();
+        let weights = Weights::open(&path).expect("test");
         let ((model, report), sources) = record_param_sources(true, || {
             load_into(
                 LinearConfig::new(3, 2).init::<Cpu>(&device),
@@ -360,13 +358,17 @@ mod tests {
                     ..Default::default()
                 },
             )
-            .unwrap()
+            .expect("test")
         });
         assert_eq!((report.loaded, sources.len()), (2, 2));
         assert!(!model.weight.is_initialized());
         let w = model.weight.val();
         assert_eq!(w.dtype(), DType::F16);
-        let v = w.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let v = w
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("test");
         assert_eq!(v, vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5]);
     }
 
@@ -386,7 +388,7 @@ mod tests {
                 &weights,
                 LoadOptions::default(),
             )
-            .unwrap()
+            .expect("test")
         });
         assert!(sources.is_empty());
         let (model, n) = release(model, &sources);
@@ -394,22 +396,22 @@ mod tests {
         assert!(model.weight.is_initialized());
 
         // A file that vanished: the read fails into NaN and the error is reported.
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test");
         let path = write_linear(dir.path());
-        let weights = Weights::open(&path).unwrap();
+        let weights = Weights::open(&path).expect("test");
         let ((model, _), sources) = record_param_sources(false, || {
             load_into(
                 LinearConfig::new(3, 2).init::<Cpu>(&device),
                 &weights,
                 LoadOptions::default(),
             )
-            .unwrap()
+            .expect("test")
         });
         drop(weights);
         let (model, _) = release(model, &sources);
-        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&path).expect("test");
         let w: Tensor<Cpu, 2> = model.weight.val();
-        assert!(w.into_data().to_vec::<f32>().unwrap()[0].is_nan());
+        assert!(w.into_data().to_vec::<f32>().expect("test")[0].is_nan());
         assert!(sources.take_error().is_err());
         let _ = Module::<Cpu>::num_params(&model);
     }
