@@ -2165,6 +2165,50 @@ def stage_cache(out: Path):
 
 
 @torch.no_grad()
+def stage_cache_hv_pab(out: Path):
+    """Pyramid Attention Broadcast on the tiny HunyuanVideo pipeline (issue 18), as stage `cache`
+    records its cases (10 steps from the committed latents, f32, CPU): diffusers hooks the block
+    attentions and also the text token refiner's (`context_embedder.token_refiner.refiner_blocks.i.attn`);
+    the final latents, the uncached latents of the same run for the change, and the per-module
+    compute/skip schedules (CacheRecorder)."""
+    from diffusers import HunyuanVideoPipeline
+    from diffusers.hooks import PyramidAttentionBroadcastConfig
+    from safetensors.torch import load_file
+
+    c = Cases()
+    pipes = out / "pipelines"
+    template = json.loads((pipes / "hunyuan_video_template.json").read_text())
+    args = dict(prompt="a red dog in the snow", prompt_template=template, guidance_scale=6.0,
+                max_sequence_length=8, height=32, width=32, num_frames=5, num_inference_steps=10)
+    latents = load_file(str(pipes / "hunyuan_video_latents.safetensors"))["latents"]
+    outputs = {}
+    for name, pab in (("hunyuan_video_base", False), ("hunyuan_video_pab", True)):
+        pipe = HunyuanVideoPipeline.from_pretrained(pipes / "tiny_hunyuan_video")
+        pipe.set_progress_bar_config(disable=True)
+        if pab:
+            pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800),
+                current_timestep_callback=lambda: pipe.current_timestep))
+        rec = CacheRecorder(pipe.transformer)
+        outputs[name] = pipe(**args, latents=latents.clone(), output_type="latent").frames
+        cfg = {"model": "hunyuan_video", "folder": "pipelines/tiny_hunyuan_video",
+               "latents": "pipelines/hunyuan_video_latents.safetensors",
+               "prompt_template": "pipelines/hunyuan_video_template.json",
+               **{k: v for k, v in args.items() if k != "prompt_template"}}
+        if pab:
+            cfg["cache"] = {"method": "PyramidAttentionBroadcastConfig", "spatial_attention_block_skip_range": 2,
+                            "spatial_attention_timestep_skip_range": [100, 800],
+                            "current_timestep_callback": "pipe.current_timestep"}
+            cfg.update(rec.summary())
+            cfg["max_abs_diff_vs_base"] = {
+                "latents": float((outputs[name] - outputs["hunyuan_video_base"]).abs().max())}
+            assert any(k.startswith("context_embedder.") for k in cfg["hooked"]), cfg["hooked"]
+            print(f"cache_hv_pab: full {cfg['full_calls']}/{cfg['calls']} diff {cfg['max_abs_diff_vs_base']}")
+            c.add(name, "cache", cfg, {}, {"latents": outputs[name]})
+    c.save(out / "cache", "cache_hv_pab")
+
+
+@torch.no_grad()
 def cache_errors(pipes):
     """What diffusers 0.42.1 raises for bad cache input (type and first line of the message; None where
     it accepts the input), on the tiny Flux transformer."""
@@ -3446,7 +3490,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "hunyuan_video_vae_tiling": stage_hunyuan_video_vae_tiling,
           "lora_quantized": stage_lora_quantized,
           "lora_video": stage_lora_video,
-          "cache": stage_cache,
+          "cache": stage_cache, "cache_hv_pab": stage_cache_hv_pab,
           "vae_tiling": stage_vae_tiling,
           "wan_vae_tiling": stage_wan_vae_tiling,
           "transformers": stage_transformers, "wan_transformer": stage_wan_transformer,

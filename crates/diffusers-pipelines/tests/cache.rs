@@ -327,10 +327,13 @@ fn video_caches_match_diffusers() {
     let template =
         PromptTemplate::from_file(fixtures_dir().join("pipelines/hunyuan_video_template.json"))
             .expect("template");
-    for name in [
-        "hunyuan_video_fbc_0.3",
-        "hunyuan_video_taylorseer",
-        "hunyuan_video_taylorseer_lite",
+    // PAB also hooks the text token refiner's attention (fixtures/cache/cache_hv_pab).
+    let fx_pab = Fixture::open("cache/cache_hv_pab");
+    for (fx, name) in [
+        (&fx, "hunyuan_video_fbc_0.3"),
+        (&fx, "hunyuan_video_taylorseer"),
+        (&fx, "hunyuan_video_taylorseer_lite"),
+        (&fx_pab, "hunyuan_video_pab"),
     ] {
         let case = fx.case(name);
         hv.enable_cache(&config(&case["cache"])).expect(name);

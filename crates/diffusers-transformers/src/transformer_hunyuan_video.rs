@@ -406,9 +406,11 @@ impl<B: Backend> HunyuanVideoIndividualTokenRefinerBlock<B> {
         temb: Tensor<B, 2>,
         mask: Option<AttentionMask<B>>,
     ) -> Tensor<B, 3> {
-        let (attn, _) = self
-            .attn
-            .forward(self.norm1.forward(x.clone()), None, mask, None);
+        let n = self.norm1.forward(x.clone());
+        let attn = module_call("attn", || vec![self.attn.forward(n, None, mask, None).0])
+            .into_iter()
+            .next()
+            .expect("the attention hook returns the attention's output");
         let gates = self.norm_out.linear.forward(silu(temb)).chunk(2, 1);
         let gate_msa: Tensor<B, 3> = gates[0].clone().unsqueeze_dim(1);
         let gate_mlp: Tensor<B, 3> = gates[1].clone().unsqueeze_dim(1);
@@ -921,7 +923,7 @@ impl<B: Backend> HunyuanVideoTransformer3DModel<B> {
                 .cast(ptd);
         let refiner_temb = ce.time_text_embed.timestep_embedder.forward(t_proj)
             + ce.time_text_embed.text_embedder.forward(pooled_text);
-        let mut ctx = ce.proj_in.forward(encoder_hidden_states);
+        let ctx = ce.proj_in.forward(encoder_hidden_states);
         // Refiner mask: token pairs both kept; key 0 always (padded queries attend to it).
         let mut refine_keep = Vec::with_capacity(b * s_txt * s_txt);
         for row in &mask_rows {
@@ -932,9 +934,22 @@ impl<B: Backend> HunyuanVideoTransformer3DModel<B> {
             }
         }
         let refine_mask = keep_mask::<B>(refine_keep, [b, 1, s_txt, s_txt], &device);
-        for block in &ce.token_refiner.refiner_blocks {
-            ctx = block.forward(ctx, refiner_temb.clone(), refine_mask.clone());
-        }
+        // Hooked as diffusers names them (PAB caches these attentions too).
+        let _call = self.hooks.enter_model_call();
+        let mut ctx = self
+            .hooks
+            .run_blocks(
+                "context_embedder.token_refiner.refiner_blocks",
+                &ce.token_refiner.refiner_blocks,
+                BlockStates::new(ctx, None),
+                |block, s| {
+                    BlockStates::new(
+                        block.forward(s.hidden_states, refiner_temb.clone(), refine_mask.clone()),
+                        None,
+                    )
+                },
+            )
+            .hidden_states;
 
         // Joint mask over [image, text]: diffusers keeps the first image + sum(mask) tokens.
         let mut keep = Vec::with_capacity(b * (s_img + s_txt));
@@ -951,7 +966,6 @@ impl<B: Backend> HunyuanVideoTransformer3DModel<B> {
             s_txt,
             &device,
         );
-        let _call = self.hooks.enter_model_call();
         let x = if self.hooks.is_empty() {
             let mut x = x;
             for block in &self.transformer_blocks {
