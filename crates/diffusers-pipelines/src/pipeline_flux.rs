@@ -767,7 +767,7 @@ impl<B: Backend> FluxPipeline<B> {
         use diffusers_nn::hooks::CacheableModel;
         self.transformer
             .enable_cache(config)
-            .map_err(|e| invalid_cache(PIPELINE, e))
+            .map_err(|e| crate::pipeline_stable_diffusion::invalid(PIPELINE, e.to_string()))
     }
 
     /// Removes the transformer's step cache; returns whether one was enabled.
@@ -780,13 +780,6 @@ impl<B: Backend> FluxPipeline<B> {
     pub fn cache_report(&self) -> Option<diffusers_nn::hooks::CacheReport> {
         use diffusers_nn::hooks::CacheableModel;
         self.transformer.cache_report()
-    }
-}
-
-fn invalid_cache(pipeline: &'static str, e: diffusers_nn::hooks::CacheError) -> crate::Error {
-    crate::Error::InvalidArgument {
-        pipeline,
-        reason: e.to_string(),
     }
 }
 
