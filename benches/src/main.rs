@@ -86,14 +86,21 @@ fn main() -> Result<()> {
             iters,
         )?,
         #[cfg(feature = "cuda")]
-        spec @ DeviceSpec::Cuda(_) => measure::<diffusers_core::backend::Cuda>(
-            &workload,
-            &source,
-            dtype,
-            &spec.cuda_device(),
-            warmup,
-            iters,
-        )?,
+        spec @ DeviceSpec::Cuda(_) => {
+            // DIFFUSERS_KERNEL_CACHE as the CLI reads it (`off` for a cold start); warm-up runs
+            // keep compilation and autotuning out of the timings either way.
+            use diffusers_core::backend::kernel_cache::{KernelCache, init_kernel_cache};
+            let status = init_kernel_cache(&KernelCache::from_env());
+            eprintln!("diffusers-bench: kernel cache {status:?}");
+            measure::<diffusers_core::backend::Cuda>(
+                &workload,
+                &source,
+                dtype,
+                &spec.cuda_device(),
+                warmup,
+                iters,
+            )?
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceSpec::Cuda(_) => bail!("this build has no CUDA backend (--features cuda)"),
     };

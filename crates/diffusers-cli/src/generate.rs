@@ -39,10 +39,24 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         return Err(CliError::Usage("--steps must be at least 1".into()));
     }
     match device {
-        DeviceSpec::Cpu => generate::<Cpu>(args, &Default::default(), precision.into()),
+        DeviceSpec::Cpu => generate::<Cpu>(args, &Default::default(), precision.into(), ""),
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(_) => {
-            generate::<diffusers_core::backend::Cuda>(args, &device.cuda_device(), precision.into())
+            // Before the first CUDA client: kernels compiled by an earlier process are loaded
+            // from the cache instead of compiled again (minutes at real sizes).
+            use diffusers_core::backend::kernel_cache::{KernelCache, init_kernel_cache};
+            let status = init_kernel_cache(&KernelCache::from_env());
+            tracing::info!("kernel cache: {status:?}");
+            let note = match status.dir() {
+                Some(dir) => format!("; kernel cache {}", dir.display()),
+                None => "; kernel cache off".to_string(),
+            };
+            generate::<diffusers_core::backend::Cuda>(
+                args,
+                &device.cuda_device(),
+                precision.into(),
+                &note,
+            )
         }
         #[cfg(not(feature = "cuda"))]
         DeviceSpec::Cuda(_) => Err(CliError::Core(diffusers_core::Error::BackendNotCompiled(
@@ -420,7 +434,13 @@ fn quantization(args: &GenerateArgs) -> Result<Option<PipelineQuantizationConfig
     }))
 }
 
-fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -> Result<()> {
+/// `note` ends the summary line (the CUDA kernel cache in use).
+fn generate<B: Backend>(
+    args: &GenerateArgs,
+    device: &B::Device,
+    dtype: DType,
+    note: &str,
+) -> Result<()> {
     let start = Instant::now();
     let load = progress_bar(args.quiet);
     let quantization = quantization(args)?;
@@ -549,6 +569,7 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
     let bar = progress_bar(args.quiet);
     let decode_bar = progress_bar(args.quiet);
     let mut denoised = Duration::ZERO;
+    let mut first_step = None;
     let t0 = Instant::now();
     let out = pipe
         .generate(request, &mut |e| match e {
@@ -560,6 +581,8 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
             GenerateEvent::Step { .. } => {
                 bar.inc(1);
                 denoised = t0.elapsed();
+                // From the process's start: on CUDA, what compiling kernels costs a cold start.
+                first_step.get_or_insert_with(|| start.elapsed());
             }
             GenerateEvent::Decoding { frames } => {
                 bar.finish_and_clear();
@@ -596,9 +619,12 @@ fn generate<B: Backend>(args: &GenerateArgs, device: &B::Device, dtype: DType) -
             format!("{weights}; {}", adapters.join(", "))
         };
         let seed = seed.map_or(String::new(), |s| format!(", seed {s}"));
+        let first_step = first_step.map_or(String::new(), |t| {
+            format!(", first step done at {:.1}s", t.as_secs_f64())
+        });
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         eprintln!(
-            "wrote {} in {:.1}s (load {:.1}s, denoise {:.1}s, decode {:.1}s{seed}); weights {weights}{offload}; peak memory {mem} host, {device_peak} device",
+            "wrote {} in {:.1}s (load {:.1}s, denoise {:.1}s, decode {:.1}s{first_step}{seed}); weights {weights}{offload}; peak memory {mem} host, {device_peak} device{note}",
             files.join(", "),
             total.as_secs_f64(),
             loaded.as_secs_f64(),

@@ -3,6 +3,8 @@
 //! Models are generic over `B: Backend`; applications pick a backend at run time from a
 //! [`DeviceSpec`] (`cpu`, `cuda`, `cuda:N`).
 
+pub mod kernel_cache;
+
 use std::fmt;
 use std::str::FromStr;
 
