@@ -58,9 +58,16 @@ pub const WORKLOADS: &[&str] = &[
     "flux_double_lora_fused",
 ];
 
-/// Extra workloads that only make sense on a GPU (`matmul_ceiling`: an 8192³ matmul, the
-/// achievable TFLOP/s).
-pub const CUDA_WORKLOADS: &[&str] = &["matmul_ceiling"];
+/// Extra workloads that only make sense on a GPU: `matmul_ceiling` (an 8192³ matmul, the
+/// achievable TFLOP/s) and the FLUX.1-dev transformer at 1024x1024 (4096 image + 512 text
+/// tokens) with random weights and the real config: one denoising step (`flux_dev_step`, all 57
+/// blocks), one double-stream block and one single-stream block.
+pub const CUDA_WORKLOADS: &[&str] = &[
+    "matmul_ceiling",
+    "flux_dev_step",
+    "flux_dev_double",
+    "flux_dev_single",
+];
 
 /// Widths of a random workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,6 +415,58 @@ fn wan_config(c: &Ctx<'_, impl Backend>) -> Result<WanTransformer3DModelConfig> 
     )?)
 }
 
+/// FLUX.1-dev's transformer config (`fixtures/real_configs/flux1-dev`) and its token counts at
+/// 1024x1024 (4096 image, 512 text), or `meta.json`'s `config`, `image_tokens` and
+/// `text_tokens` (`torch_bench.py prepare --tiny` writes small ones); at tiny scale without files,
+/// two heads of 16 and one block of each kind.
+fn flux_dev_config(
+    c: &Ctx<'_, impl Backend>,
+) -> Result<(FluxTransformer2DModelConfig, usize, usize)> {
+    let real = include_str!("../../fixtures/real_configs/flux1-dev/transformer_config.json");
+    let cfg = match (&c.meta["config"], c.scale) {
+        (Value::Object(_), _) => c.meta["config"].to_string(),
+        (_, Scale::Real) => real.to_string(),
+        (_, Scale::Tiny) => json!({
+            "_class_name": "FluxTransformer2DModel",
+            "attention_head_dim": 16,
+            "num_attention_heads": 2,
+            "axes_dims_rope": [4, 6, 6],
+            "guidance_embeds": true,
+            "in_channels": 64,
+            "joint_attention_dim": 64,
+            "pooled_projection_dim": 32,
+            "num_layers": 1,
+            "num_single_layers": 1,
+        })
+        .to_string(),
+    };
+    let cfg = diffusers_core::config::parse_config(&cfg, Path::new("flux_dev_config"))?;
+    Ok((
+        cfg,
+        c.size("image_tokens", 64, 4096),
+        c.size("text_tokens", 16, 512),
+    ))
+}
+
+/// Replaces every float parameter with N(0, `std`) values in `dtype`, made on the parameter's
+/// device: real-size random models without reading a file or running each layer's initialiser
+/// in f32 (a step's time does not depend on the values).
+struct RandomParams {
+    dtype: DType,
+    std: f64,
+}
+
+impl<B: Backend> burn::module::ModuleMapper<B> for RandomParams {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<B, D>>,
+    ) -> burn::module::Param<Tensor<B, D>> {
+        let (shape, device) = (param.lazy_shape(), param.lazy_device());
+        let t = Tensor::<B, D>::random(shape, Distribution::Normal(0.0, self.std), &device);
+        burn::module::Param::initialized(param.id, t.cast(self.dtype))
+    }
+}
+
 /// Wan 2.1's VAE (the real config at real scale; base_dim 8 when tiny).
 fn wan_vae_config(c: &Ctx<'_, impl Backend>) -> Result<AutoencoderKLWanConfig> {
     let base = match c.scale {
@@ -656,6 +715,109 @@ pub fn prepare<B: Backend>(
                     }),
                     Some(flops),
                 )
+            }
+        }
+        "flux_dev_step" | "flux_dev_double" | "flux_dev_single" => {
+            let (mut cfg, img, txt) = flux_dev_config(&c)?;
+            let (heads, head_dim) = (cfg.num_attention_heads, cfg.attention_head_dim);
+            let dim = heads * head_dim;
+            let (s, d) = ((img + txt) as f64, dim as f64);
+            // Per block: 24·dim² FLOPs per token in the linears (see flux_double) and QKᵀ, PV
+            // over the joint sequence; the step adds the embedders and proj_out.
+            let block_flops = 24.0 * d * d * s + 4.0 * s * s * d;
+            match name {
+                "flux_dev_double" => (cfg.num_layers, cfg.num_single_layers) = (1, 0),
+                "flux_dev_single" => (cfg.num_layers, cfg.num_single_layers) = (0, 1),
+                _ => {}
+            }
+            let mut random = RandomParams { dtype, std: 0.02 };
+            let model = FluxTransformer2DModel::<B>::new(&cfg, device)?.map(&mut random);
+            let rand = |shape: Vec<usize>| {
+                Tensor::<B, 1>::random(
+                    [shape.iter().product::<usize>()],
+                    Distribution::Normal(0.0, 1.0),
+                    device,
+                )
+                .cast(dtype)
+            };
+            if name == "flux_dev_step" {
+                let side = (img as f64).sqrt() as usize;
+                if side * side != img {
+                    bail!("flux_dev_step: image_tokens {img} is not a square number of patches");
+                }
+                let (inp, joint, pooled_dim) = (
+                    cfg.in_channels,
+                    cfg.joint_attention_dim,
+                    cfg.pooled_projection_dim,
+                );
+                let x = rand(vec![img * inp]).reshape([1, img, inp]);
+                let ctx = rand(vec![txt * joint]).reshape([1, txt, joint]);
+                let pooled = rand(vec![pooled_dim]).reshape([1, pooled_dim]);
+                let guidance = cfg
+                    .guidance_embeds
+                    .then(|| Tensor::<B, 1>::full([1], 3.5, (device, dtype)));
+                let img_ids: Vec<Vec<f64>> = (0..img)
+                    .map(|i| vec![0.0, (i / side) as f64, (i % side) as f64])
+                    .collect();
+                let txt_ids = vec![vec![0.0; 3]; txt];
+                let blocks = (cfg.num_layers + cfg.num_single_layers) as f64;
+                let (fi, fj) = (inp as f64, joint as f64);
+                let flops = blocks * block_flops
+                    + 2.0 * (img as f64) * fi * d * 2.0
+                    + 2.0 * (txt as f64) * fj * d;
+                (
+                    Box::new(move || {
+                        let _out = model.forward(
+                            diffusers_transformers::transformer_flux::FluxInputs {
+                                hidden_states: x.clone(),
+                                encoder_hidden_states: ctx.clone(),
+                                pooled_projections: pooled.clone(),
+                                timestep: Tensor::full([1], 0.5, (&dev, dtype)),
+                                guidance: guidance.clone(),
+                                txt_ids: txt_ids.clone(),
+                                img_ids: img_ids.clone(),
+                            },
+                        )?;
+                        Ctx::<B>::sync(&dev)
+                    }),
+                    Some(flops),
+                )
+            } else {
+                let x = rand(vec![img * dim]).reshape([1, img, dim]);
+                let ctx = rand(vec![txt * dim]).reshape([1, txt, dim]);
+                let temb = rand(vec![dim]).reshape([1, dim]);
+                let cos = rand(vec![(txt + img) * head_dim]).reshape([txt + img, head_dim]);
+                let sin = rand(vec![(txt + img) * head_dim]).reshape([txt + img, head_dim]);
+                if name == "flux_dev_double" {
+                    let Some(block) = model.transformer_blocks.into_iter().next() else {
+                        bail!("flux_dev_double: no double-stream block");
+                    };
+                    (
+                        Box::new(move || {
+                            let _out = block.forward(
+                                x.clone(),
+                                ctx.clone(),
+                                temb.clone(),
+                                cos.clone(),
+                                sin.clone(),
+                            );
+                            Ctx::<B>::sync(&dev)
+                        }),
+                        Some(block_flops),
+                    )
+                } else {
+                    let Some(block) = model.single_transformer_blocks.into_iter().next() else {
+                        bail!("flux_dev_single: no single-stream block");
+                    };
+                    (
+                        Box::new(move || {
+                            let joint = Tensor::cat(vec![ctx.clone(), x.clone()], 1);
+                            let _out = block.forward(joint, temb.clone(), cos.clone(), sin.clone());
+                            Ctx::<B>::sync(&dev)
+                        }),
+                        Some(block_flops),
+                    )
+                }
             }
         }
         "unet_down" => {
@@ -1019,6 +1181,9 @@ pub fn measure<B: Backend>(
         "flops": w.flops,
         "flops_per_s": w.flops.zip(median_s).map(|(f, t)| f / t),
         "peak_rss_bytes": peak_rss_bytes(),
+        // GPU: what the allocator holds after the runs (its pools do not shrink: the peak).
+        "device_reserved_bytes": diffusers_core::memory::device_memory::<B>(device)
+            .map(|m| m.reserved_bytes),
     }))
 }
 

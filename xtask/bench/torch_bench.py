@@ -1,8 +1,8 @@
 """The PyTorch side of `cargo xtask bench-vs-torch`.
 
-    torch_bench.py prepare DIR [--device cpu|cuda] [WORKLOAD...]
+    torch_bench.py prepare DIR [--device cpu|cuda] [--tiny] [WORKLOAD...]
     torch_bench.py run DIR WORKLOAD [--warmup N] [--iters N] [--threads N]
-                   [--device cpu|cuda] [--dtype f32|bf16|f16]
+                   [--device cpu|cuda] [--dtype f32|bf16|f16] [--compile [MODE]]
 
 `prepare` writes, for each workload, DIR/WORKLOAD/ with `meta.json` (the shapes), the inputs
 (`inputs.safetensors`) and the weights (`weights.safetensors`, or a diffusers model folder
@@ -12,6 +12,11 @@ reads the same files, so both sides compute on the same numbers.
 `run` loads one workload, runs it `--warmup` times untimed and `--iters` times timed (eager
 PyTorch under `torch.inference_mode`, `torch.set_num_threads`), and prints one JSON line in the
 format `diffusers-bench` prints: `times_s`, `median_s`, `flops`, `peak_rss_bytes` (`VmHWM`).
+With `--compile`, the workloads built around one module (the flux_dev ones) run it through
+`torch.compile` (its warm-up runs include the compilation).
+
+The GPU-only workloads (`matmul_ceiling`, `flux_dev_*`) make their random weights on the device
+on each side instead of reading files: FLUX.1-dev's transformer is 24 GB in bf16.
 """
 
 import argparse
@@ -31,7 +36,13 @@ WORKLOADS = ["linear_dense", "linear_nf4", "flux_double_nf4", "flux_double_lora"
              "flux_single", "unet_down", "vae_decoder", "wan_block", "wan_vae_decode", "tiny_pipeline", "flux_steps", "flux_steps_fbc",
              "load_1gb", "vae_decode_1024", "vae_decode_1024_tiled", "sd15_pipeline",
              "sd15_pipeline_offload"]
-CUDA_WORKLOADS = ["matmul_ceiling"]
+CUDA_WORKLOADS = ["matmul_ceiling", "flux_dev_step", "flux_dev_double", "flux_dev_single"]
+FLUX_DEV = ROOT / "fixtures/real_configs/flux1-dev/transformer_config.json"
+# `prepare --tiny`: the flux_dev workloads at a size a CPU runs in seconds (a smoke test of the
+# whole comparison, torch.compile included, without a GPU).
+FLUX_DEV_TINY = dict(attention_head_dim=16, num_attention_heads=2, axes_dims_rope=[4, 6, 6],
+                     guidance_embeds=True, in_channels=64, joint_attention_dim=64,
+                     pooled_projection_dim=32, num_layers=1, num_single_layers=1, patch_size=1)
 
 FLUX = dict(patch_size=1, in_channels=64, num_attention_heads=24, attention_head_dim=128,
             joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=False,
@@ -95,7 +106,7 @@ def sd15_pipeline():
         feature_extractor=None, requires_safety_checker=False)
 
 
-def prepare(out: Path, names):
+def prepare(out: Path, names, tiny=False):
     for name in names:
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
@@ -105,7 +116,13 @@ def prepare(out: Path, names):
             meta = {"n": 1024}
             inputs = {"a": torch.randn(1024, 1024), "b": torch.randn(1024, 1024)}
         elif name == "matmul_ceiling":
-            meta = {"n": 8192}
+            meta = {"n": 256 if tiny else 8192}
+        elif name in ("flux_dev_step", "flux_dev_double", "flux_dev_single"):
+            # Random weights made on the device by each side (no files: 24 GB in bf16).
+            config = {k: v for k, v in json.loads(FLUX_DEV.read_text()).items()
+                      if not k.startswith("_")}
+            meta = ({"config": FLUX_DEV_TINY, "image_tokens": 64, "text_tokens": 16} if tiny else
+                    {"config": config, "image_tokens": 4096, "text_tokens": 512})
         elif name in ("conv_64", "conv_320"):
             ch = 64 if name == "conv_64" else 320
             meta = {"channels": ch, "size": 64}
@@ -229,6 +246,8 @@ def build(d: Path, name: str, device, dtype):
             b = torch.randn(n, n, device=device, dtype=dtype)
         n = a.shape[0]
         return (lambda: a @ b), 2.0 * n ** 3
+    if name in ("flux_dev_step", "flux_dev_double", "flux_dev_single"):
+        return flux_dev(meta, name, device, dtype)
     if name in ("conv_64", "conv_320"):
         ch = meta["channels"]
         conv = torch.nn.Conv2d(ch, ch, 3, padding=1)
@@ -385,6 +404,62 @@ def build(d: Path, name: str, device, dtype):
     sys.exit(f"unknown workload {name}")
 
 
+def flux_dev(meta, name, device, dtype):
+    """FLUX.1-dev's transformer (or one of its blocks) with random weights made on `device` in
+    `dtype`, at meta's token counts: one denoising step, a double or a single block."""
+    from diffusers import FluxTransformer2DModel
+    cfg = dict(meta["config"])
+    if name == "flux_dev_double":
+        cfg.update(num_layers=1, num_single_layers=0)
+    elif name == "flux_dev_single":
+        cfg.update(num_layers=0, num_single_layers=1)
+    img, txt = meta["image_tokens"], meta["text_tokens"]
+    heads, head_dim = meta["config"]["num_attention_heads"], meta["config"]["attention_head_dim"]
+    dim = heads * head_dim
+    s = img + txt
+    block_flops = 24.0 * dim * dim * s + 4.0 * s * s * dim
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = FluxTransformer2DModel(**cfg).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    g = torch.Generator(device).manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, device=device, dtype=dtype)
+    if name == "flux_dev_step":
+        side = int(round(img ** 0.5))
+        x, ctx = rand(1, img, cfg["in_channels"]), rand(1, txt, cfg["joint_attention_dim"])
+        pooled = rand(1, cfg["pooled_projection_dim"])
+        img_ids = torch.zeros(side, side, 3, device=device)
+        img_ids[..., 1] = torch.arange(side, device=device)[:, None]
+        img_ids[..., 2] = torch.arange(side, device=device)[None, :]
+        img_ids = img_ids.reshape(-1, 3)
+        txt_ids = torch.zeros(txt, 3, device=device)
+        t = torch.full((1,), 0.5, device=device, dtype=dtype)
+        guidance = torch.full((1,), 3.5, device=device, dtype=dtype) if cfg["guidance_embeds"] else None
+        blocks = cfg["num_layers"] + cfg["num_single_layers"]
+        flops = (blocks * block_flops + 2.0 * img * cfg["in_channels"] * dim * 2
+                 + 2.0 * txt * cfg["joint_attention_dim"] * dim)
+
+        def step(m):
+            return m(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled,
+                     timestep=t, guidance=guidance, img_ids=img_ids, txt_ids=txt_ids,
+                     return_dict=False)[0]
+        return model, step, flops
+    x, ctx, temb = rand(1, img, dim), rand(1, txt, dim), rand(1, dim)
+    rope = (rand(s, head_dim).float(), rand(s, head_dim).float())
+    if name == "flux_dev_double":
+        block = model.transformer_blocks[0]
+        return block, (lambda b: b(hidden_states=x, encoder_hidden_states=ctx, temb=temb,
+                                   image_rotary_emb=rope)), block_flops
+    block = model.single_transformer_blocks[0]
+    return block, (lambda b: b(hidden_states=x, encoder_hidden_states=ctx, temb=temb,
+                               image_rotary_emb=rope)), block_flops
+
+
 def run(args):
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -393,7 +468,17 @@ def run(args):
     d = Path(args.dir) / args.workload
     start = time.perf_counter()
     with torch.inference_mode():
-        fn, flops = build(d, args.workload, device, dtype)
+        built = build(d, args.workload, device, dtype)
+        if len(built) == 3:
+            # (module, call(module), flops): the module goes through torch.compile when asked.
+            module, call, flops = built
+            if args.compile:
+                module = torch.compile(module, mode=args.compile)
+            fn = (lambda: call(module))
+        else:
+            if args.compile:
+                sys.exit(f"--compile: {args.workload} has no module to compile")
+            fn, flops = built
         sync()
         prepare_s = time.perf_counter() - start
         for _ in range(args.warmup):
@@ -407,7 +492,8 @@ def run(args):
             times.append(time.perf_counter() - t)
     med = statistics.median(times) if times else None
     record = {
-        "workload": args.workload, "impl": f"torch {torch.__version__}", "dtype": args.dtype,
+        "workload": args.workload, "dtype": args.dtype,
+        "impl": f"torch {torch.__version__}" + (f" compile({args.compile})" if args.compile else ""),
         "prepare_s": prepare_s, "times_s": times, "median_s": med, "flops": flops,
         "flops_per_s": flops / med if flops and med else None,
         "peak_rss_bytes": peak_rss_bytes(), "device": args.device,
@@ -433,10 +519,15 @@ def main():
     pr.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     pr.add_argument("--device", default="cpu")
     pr.add_argument("--dtype", default="f32")
+    pr.add_argument("--compile", nargs="?", const="default", default=None,
+                    help="torch.compile the workload's module (mode: default, max-autotune, ...); "
+                         "warm-up runs include the compilation")
+    pp.add_argument("--tiny", action="store_true",
+                    help="small sizes for the GPU-only workloads (a CPU smoke test)")
     args = p.parse_args()
     if args.cmd == "prepare":
         names = args.workloads or WORKLOADS + (CUDA_WORKLOADS if args.device == "cuda" else [])
-        prepare(Path(args.dir), names)
+        prepare(Path(args.dir), names, tiny=args.tiny)
     else:
         run(args)
 

@@ -48,7 +48,12 @@ const WORKLOADS: &[&str] = &[
     "sd15_pipeline",
     "sd15_pipeline_offload",
 ];
-const CUDA_WORKLOADS: &[&str] = &["matmul_ceiling"];
+const CUDA_WORKLOADS: &[&str] = &[
+    "matmul_ceiling",
+    "flux_dev_step",
+    "flux_dev_double",
+    "flux_dev_single",
+];
 
 /// What each workload is, for the table.
 fn describe(name: &str) -> &'static str {
@@ -72,6 +77,11 @@ fn describe(name: &str) -> &'static str {
         "flux_steps_fbc" => "the same with first-block cache (threshold 0.65)",
         "load_1gb" => "load 1 GiB safetensors (16 x 4096x4096 f32)",
         "matmul_ceiling" => "matmul 8192^3 (ceiling)",
+        "flux_dev_step" => {
+            "FLUX.1-dev transformer (random weights, real config), one step at 1024x1024: 4096+512 tokens"
+        }
+        "flux_dev_double" => "one FLUX.1-dev double-stream block, 4096+512 tokens",
+        "flux_dev_single" => "one FLUX.1-dev single-stream block, 4096+512 tokens",
         "linear_dense" => "Linear 3072->12288, 512 tokens, f32 weight",
         "linear_nf4" => {
             "Linear 3072->12288, 512 tokens, NF4 weight (bitsandbytes on the torch side)"
@@ -111,6 +121,10 @@ fn plan(name: &str, quick: bool, cuda: bool) -> (usize, usize, usize) {
         "sd15_pipeline" | "sd15_pipeline_offload" => (0, 2, 2),
         "wan_block" => (1, 2, 4),
         "flux_steps" | "flux_steps_fbc" => (1, 2, 2),
+        // GPU time is short: one round; the warm-up also autotunes (and compiles, for
+        // torch.compile).
+        "flux_dev_step" => (2, 5, 1),
+        "flux_dev_double" | "flux_dev_single" => (2, 10, 1),
         "flux_double"
         | "flux_single"
         | "flux_double_nf4"
@@ -119,17 +133,24 @@ fn plan(name: &str, quick: bool, cuda: bool) -> (usize, usize, usize) {
         "linear_dense" | "linear_nf4" => (1, 5, 3),
         _ => (1, 3, 2),
     };
-    if cuda {
+    if cuda && !name.starts_with("flux_dev") {
         (w.max(3), k.max(10), r)
     } else {
         (w, k, r)
     }
 }
 
+/// Whether `torch_bench.py run --compile` can compile the workload (one module per run).
+fn compilable(name: &str) -> bool {
+    name.starts_with("flux_dev")
+}
+
 #[derive(Default)]
 struct Side {
     times: Vec<f64>,
     peak_rss: u64,
+    /// Peak device memory (CUDA): PyTorch's max_memory_allocated, our allocator's reserved bytes.
+    device_peak: u64,
     flops: Option<f64>,
     records: Vec<Value>,
 }
@@ -140,6 +161,10 @@ impl Side {
             self.times.extend(t.iter().filter_map(Value::as_f64));
         }
         self.peak_rss = self.peak_rss.max(v["peak_rss_bytes"].as_u64().unwrap_or(0));
+        let device = v["cuda_peak_allocated_bytes"]
+            .as_u64()
+            .or(v["device_reserved_bytes"].as_u64());
+        self.device_peak = self.device_peak.max(device.unwrap_or(0));
         self.flops = self.flops.or(v["flops"].as_f64());
         self.records.push(v);
     }
@@ -212,10 +237,26 @@ fn machine() -> String {
     format!("{model}, {cpus} CPUs")
 }
 
-/// Runs the comparison; `args` as after `cargo xtask bench-vs-torch`.
-pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
+/// Runs the comparison; `args` as after `cargo xtask bench-vs-torch`. `venv` gives the
+/// oracle's Python environment, used unless `--python` names another interpreter.
+///
+/// On a machine without a Rust toolchain (the GPU machine), `--bin PATH` runs a prebuilt
+/// `diffusers-bench` instead of building one and `--python python3` uses the system's PyTorch;
+/// `--compile [MODE]` adds a third side, PyTorch with `torch.compile`, where a workload has one
+/// module to compile; `--tiny` prepares the GPU-only workloads at CPU sizes (a smoke test);
+/// `--out FILE` is where every timing goes (default `target/bench-vs-torch.json`).
+pub fn bench_vs_torch(
+    args: &[String],
+    venv: impl FnOnce() -> Result<PathBuf>,
+    root: &Path,
+) -> Result<()> {
     let mut quick = false;
     let mut keep = false;
+    let mut tiny = false;
+    let mut bin = None;
+    let mut py = None;
+    let mut compile: Option<String> = None;
+    let mut out = None;
     let mut device = "cpu".to_string();
     let mut dtype = None;
     let mut threads = 2usize;
@@ -237,6 +278,12 @@ pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
             "--threads" => threads = value("--threads")?.parse()?,
             "--rounds" => rounds_override = Some(value("--rounds")?.parse::<usize>()?),
             "--dir" => dir = Some(PathBuf::from(value("--dir")?)),
+            "--bin" => bin = Some(PathBuf::from(value("--bin")?)),
+            "--python" => py = Some(PathBuf::from(value("--python")?)),
+            "--out" => out = Some(PathBuf::from(value("--out")?)),
+            "--tiny" => tiny = true,
+            "--compile" => compile = Some("default".into()),
+            s if s.starts_with("--compile=") => compile = Some(s["--compile=".len()..].into()),
             s if s.starts_with('-') => bail!("unknown flag {s}"),
             s => names.push(s.to_string()),
         }
@@ -245,7 +292,7 @@ pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
     let dtype = dtype.unwrap_or_else(|| if cuda { "bf16" } else { "f32" }.into());
     let known: Vec<&str> = WORKLOADS
         .iter()
-        .chain(if cuda { CUDA_WORKLOADS } else { &[] })
+        .chain(if cuda || tiny { CUDA_WORKLOADS } else { &[] })
         .copied()
         .collect();
     if names.is_empty() {
@@ -255,19 +302,28 @@ pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
         bail!("unknown workload {bad}; known: {}", known.join(" "));
     }
 
-    // The Rust side, in release mode.
-    let mut build = Command::new("cargo");
-    build
-        .current_dir(root)
-        .args(["build", "--release", "-p", "diffusers-bench"]);
-    if cuda {
-        build.args(["--features", "cuda"]);
-    }
-    crate::run(&mut build)?;
+    let py = match py {
+        Some(p) => p,
+        None => venv()?,
+    };
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("release/diffusers-bench");
+    // The Rust side, in release mode (prebuilt with --bin).
+    let bin = match bin {
+        Some(b) => b,
+        None => {
+            let mut build = Command::new("cargo");
+            build
+                .current_dir(root)
+                .args(["build", "--release", "-p", "diffusers-bench"]);
+            if cuda {
+                build.args(["--features", "cuda"]);
+            }
+            crate::run(&mut build)?;
+            target.join("release/diffusers-bench")
+        }
+    };
 
     // The shared weights and inputs.
     let (dir, temporary) = match dir {
@@ -284,12 +340,13 @@ pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
         .collect();
     if !missing.is_empty() {
         crate::run(
-            Command::new(py)
+            Command::new(&py)
                 .arg(&script)
                 .arg("prepare")
                 .arg(&dir)
                 .args(&missing)
-                .args(["--device", &device]),
+                .args(["--device", &device])
+                .args(tiny.then_some("--tiny")),
         )?;
     }
 
@@ -302,40 +359,57 @@ pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
         let (warmup_s, iters_s) = (warmup.to_string(), iters.to_string());
         let mut rs = Side::default();
         let mut torch = Side::default();
+        let mut compiled = Side::default();
+        // The compiled side runs where the workload has one module to compile.
+        let compile_here = compile.as_deref().filter(|_| compilable(name));
+        let sides = if compile_here.is_some() { 3 } else { 2 };
+        let torch_cmd = |mode: Option<&str>| {
+            let mut cmd = Command::new(&py);
+            cmd.arg(&script)
+                .arg("run")
+                .arg(&dir)
+                .arg(name)
+                .args(["--warmup", &warmup_s, "--iters", &iters_s])
+                .args(["--threads", &threads_s])
+                .args(["--device", &device, "--dtype", &dtype])
+                .env("OMP_NUM_THREADS", &threads_s)
+                .env("MKL_NUM_THREADS", &threads_s)
+                .env("TRANSFORMERS_VERBOSITY", "error")
+                .env("HF_HUB_OFFLINE", "1");
+            if let Some(mode) = mode {
+                cmd.arg(format!("--compile={mode}"));
+            }
+            cmd
+        };
         for round in 0..rounds {
-            // Rust first in even rounds, PyTorch first in odd ones.
-            for rust_turn in [round % 2 == 0, round % 2 == 1] {
-                if rust_turn {
-                    eprintln!("xtask: {name} round {round}: diffusers-rs");
-                    rs.add(run_json(
-                        Command::new(&bin)
-                            .arg(name)
-                            .arg("--dir")
-                            .arg(&dir)
-                            .args(["--warmup", &warmup_s, "--iters", &iters_s])
-                            .args(["--device", &device, "--dtype", &dtype])
-                            .env("RAYON_NUM_THREADS", &threads_s),
-                    )?);
-                } else {
-                    eprintln!("xtask: {name} round {round}: torch");
-                    torch.add(run_json(
-                        Command::new(py)
-                            .arg(&script)
-                            .arg("run")
-                            .arg(&dir)
-                            .arg(name)
-                            .args(["--warmup", &warmup_s, "--iters", &iters_s])
-                            .args(["--threads", &threads_s])
-                            .args(["--device", &device, "--dtype", &dtype])
-                            .env("OMP_NUM_THREADS", &threads_s)
-                            .env("MKL_NUM_THREADS", &threads_s)
-                            .env("TRANSFORMERS_VERBOSITY", "error")
-                            .env("HF_HUB_OFFLINE", "1"),
-                    )?);
+            // Each round starts with the next side: Rust first in round 0, PyTorch in round 1.
+            for turn in 0..sides {
+                match (round + turn) % sides {
+                    0 => {
+                        eprintln!("xtask: {name} round {round}: diffusers-rs");
+                        rs.add(run_json(
+                            Command::new(&bin)
+                                .arg(name)
+                                .arg("--dir")
+                                .arg(&dir)
+                                .args(["--warmup", &warmup_s, "--iters", &iters_s])
+                                .args(["--device", &device, "--dtype", &dtype])
+                                .env("RAYON_NUM_THREADS", &threads_s),
+                        )?);
+                    }
+                    1 => {
+                        eprintln!("xtask: {name} round {round}: torch");
+                        torch.add(run_json(&mut torch_cmd(None))?);
+                    }
+                    _ => {
+                        eprintln!("xtask: {name} round {round}: torch.compile");
+                        compiled.add(run_json(&mut torch_cmd(compile_here))?);
+                    }
                 }
             }
         }
         let (a, b) = (rs.median(), torch.median());
+        let c = compiled.median();
         let gflops = |side: &Side, t: Option<f64>| match (side.flops, t) {
             (Some(f), Some(t)) if t > 0.0 => format!("{:.0}", f / t / 1e9),
             _ => "-".into(),
@@ -354,17 +428,32 @@ pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
             gflops(&torch, b),
             format!("{}x{}", rounds, iters),
         ]);
+        if compile.is_some() {
+            let row = rows.last_mut().expect("pushed above");
+            row.push(fmt_time(c));
+            row.push(match (a, c) {
+                (Some(a), Some(c)) if c > 0.0 => format!("{:.2}", a / c),
+                _ => "-".into(),
+            });
+            row.push(gflops(&compiled, c));
+        }
+        if cuda {
+            let row = rows.last_mut().expect("pushed above");
+            row.push(fmt_mib(rs.device_peak));
+            row.push(fmt_mib(torch.device_peak));
+        }
         all.push(json!({
             "workload": name,
             "diffusers_rs": {"median_s": a, "peak_rss_bytes": rs.peak_rss, "runs": rs.records},
             "torch": {"median_s": b, "peak_rss_bytes": torch.peak_rss, "runs": torch.records},
+            "torch_compile": {"median_s": c, "mode": compile_here, "runs": compiled.records},
         }));
     }
     if temporary {
         std::fs::remove_dir_all(&dir).ok();
     }
 
-    let head = [
+    let mut head = vec![
         "workload",
         "diffusers-rs median",
         "PyTorch median",
@@ -375,6 +464,16 @@ pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
         "torch GFLOP/s",
         "timed runs per side",
     ];
+    if compile.is_some() {
+        head.extend([
+            "torch.compile median",
+            "ratio (rs / compiled)",
+            "compiled GFLOP/s",
+        ]);
+    }
+    if cuda {
+        head.extend(["rs device peak", "torch device peak"]);
+    }
     let mut table = format!(
         "machine: {}; device {device}, {dtype}, {threads} threads\n\n| {} |\n|{}\n",
         machine(),
@@ -385,7 +484,7 @@ pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
         writeln!(table, "| {} |", r.join(" | "))?;
     }
     println!("{table}");
-    let out = target.join("bench-vs-torch.json");
+    let out = out.unwrap_or_else(|| target.join("bench-vs-torch.json"));
     std::fs::write(
         &out,
         serde_json::to_string_pretty(&json!({
@@ -393,6 +492,7 @@ pub fn bench_vs_torch(args: &[String], py: &Path, root: &Path) -> Result<()> {
             "device": device,
             "dtype": dtype,
             "threads": threads,
+            "compile": compile,
             "workloads": all,
         }))?,
     )?;

@@ -5,7 +5,7 @@
 //!   use); `--check` writes them to a temporary folder and fails if any byte differs from the
 //!   committed ones.
 //! - `cargo xtask oracle-env`: create or update the pinned Python environment only.
-//! - `cargo xtask cuda-bundle [TEST...]`: build the test binaries with the `cuda` feature (as CI
+//! - `cargo xtask cuda-bundle [--bench] [TEST...]`: build the test binaries with the `cuda` feature (as CI
 //!   does) into `.device/` (only the named test targets, e.g. `layers transformers`, when given) together
 //!   with a script that runs them (`--ignored` CUDA tests included) on a machine with an NVIDIA
 //!   GPU and no Rust toolchain.
@@ -13,7 +13,11 @@
 //!   [--rounds N] [--dir DIR] [--keep] [WORKLOAD...]`: the same workloads in diffusers-rs
 //!   (`diffusers-bench`, release build) and in eager PyTorch (`xtask/bench/torch_bench.py`),
 //!   on the same weights and inputs, interleaved, and one table of medians and peak memory
-//!   (see `bench.rs` and `docs/PERFORMANCE.md`).
+//!   (see `bench.rs` and `docs/PERFORMANCE.md`); `--compile` adds `torch.compile`, and
+//!   `--bin`/`--python` run it where there is no Rust toolchain (the GPU machine).
+//! - `cargo xtask cuda-bundle --bench`: instead of the test binaries, the release
+//!   `diffusers-bench`, CLI and xtask with the `cuda` feature and `xtask/device/issue19.sh`,
+//!   which measures on a GPU machine what issue 19 asks (see that script).
 
 mod bench;
 
@@ -22,7 +26,14 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+/// The repository: the working directory when it is one (a prebuilt xtask run from another
+/// checkout, as on the GPU machine), else the one this xtask was built in.
 fn root() -> PathBuf {
+    if let Ok(cwd) = std::env::current_dir()
+        && cwd.join("xtask/bench/torch_bench.py").exists()
+    {
+        return cwd;
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -110,13 +121,66 @@ fn fixtures(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn cuda_bundle(only: &[String]) -> Result<()> {
+/// Builds the release binaries issue 19's device script runs (`diffusers-bench` and the CLI with
+/// the `cuda` feature, and this xtask for `bench-vs-torch` there) into `bin`, and fetches the
+/// diffusers wheel the GPU machine lacks into `.whl/` (its other packages are installed there).
+fn bench_binaries(root: &Path, bin: &Path) -> Result<()> {
+    run(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "diffusers-bench",
+        "-p",
+        "diffusers-cli",
+        "--features",
+        "diffusers-bench/cuda,diffusers-cli/cuda",
+    ]))?;
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "-p", "xtask"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    for name in ["diffusers-bench", "diffusers", "xtask"] {
+        std::fs::copy(target.join("release").join(name), bin.join(name))?;
+    }
+    run(Command::new(python()?)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+        ])
+        .args(["--python-version", "3.12", "--implementation", "cp"])
+        .args(["--platform", "manylinux_2_28_x86_64", "-d"])
+        .arg(root.join(".whl"))
+        .args(["diffusers==0.42.1", "importlib_metadata==10.2.0"]))?;
+    Ok(())
+}
+
+fn cuda_bundle(args: &[String]) -> Result<()> {
+    let bench = args.iter().any(|a| a == "--bench");
+    let named: Vec<String> = args.iter().filter(|a| *a != "--bench").cloned().collect();
+    // With --bench, the test binaries issue19.sh runs unless others are named.
+    let only: Vec<String> = if bench && named.is_empty() {
+        ["pipelines", "transformers", "layers"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        named
+    };
+    let only = only.as_slice();
     let root = root();
     let bundle = root.join(".device");
     if bundle.exists() {
         std::fs::remove_dir_all(&bundle)?;
     }
     std::fs::create_dir_all(bundle.join("bin"))?;
+    if bench {
+        bench_binaries(&root, &bundle.join("bin"))?;
+    }
     let output = Command::new("cargo")
         .current_dir(&root)
         .args([
@@ -149,9 +213,11 @@ fn cuda_bundle(only: &[String]) -> Result<()> {
         {
             let name = Path::new(exe).file_name().context("exe name")?.to_owned();
             std::fs::copy(exe, bundle.join("bin").join(&name))?;
-            run(Command::new("strip").arg(bundle.join("bin").join(&name)))?;
             copied.push(name.to_string_lossy().into_owned());
         }
+    }
+    for e in std::fs::read_dir(bundle.join("bin"))? {
+        run(Command::new("strip").arg(e?.path()))?;
     }
     // The device carries at most 64 MiB: the stripped binaries go compressed, with a dictionary
     // larger than a binary so that the code they share (burn, cubecl: most of each) is stored
@@ -164,6 +230,10 @@ fn cuda_bundle(only: &[String]) -> Result<()> {
         .args(["cJf", "bins.tar.xz", "bin"]))?;
     std::fs::remove_dir_all(bundle.join("bin"))?;
     std::fs::copy(root.join("xtask/device/run.sh"), bundle.join("run.sh"))?;
+    std::fs::copy(
+        root.join("xtask/device/issue19.sh"),
+        bundle.join("issue19.sh"),
+    )?;
     let size = std::fs::metadata(bundle.join("bins.tar.xz"))?.len();
     if size > 60 << 20 {
         bail!(
@@ -171,7 +241,13 @@ fn cuda_bundle(only: &[String]) -> Result<()> {
             size >> 20
         );
     }
-    eprintln!("xtask: bundled {copied:?}; on the GPU machine run: sh .device/run.sh");
+    if bench {
+        eprintln!(
+            "xtask: bundled {copied:?} and the release binaries; on the GPU machine run: sh .device/issue19.sh (carry .device, .whl and .kernel-cache)"
+        );
+    } else {
+        eprintln!("xtask: bundled {copied:?}; on the GPU machine run: sh .device/run.sh");
+    }
     Ok(())
 }
 
@@ -181,7 +257,7 @@ fn main() -> Result<()> {
         Some("fixtures") => fixtures(&args[1..]),
         Some("oracle-env") => python().map(|_| ()),
         Some("cuda-bundle") => cuda_bundle(&args[1..]),
-        Some("bench-vs-torch") => bench::bench_vs_torch(&args[1..], &python()?, &root()),
+        Some("bench-vs-torch") => bench::bench_vs_torch(&args[1..], python, &root()),
         _ => bail!(
             "usage: cargo xtask <fixtures [--check] [STAGE...] | oracle-env | cuda-bundle [TEST...] | bench-vs-torch [--quick] [WORKLOAD...]>"
         ),
