@@ -12,11 +12,18 @@ CPU f32 fixtures: how much of our CUDA error is the device and dtype rather than
         diffusers' on the same device and dtype (TORCH_IMAGES, by default the file `run`
         wrote), and against the CPU f32 fixture.
 
+`run` also writes diffusers' bf16 pipeline stages on this GPU (OUT_DIR/torch_stages_cuda_bf16,
+xtask/oracle/flux_stages.py), and `compare` sets our CUDA bf16 stages (written by the test
+`cuda_bf16_stages_within_diffusers_bf16_spread` with DIFFUSERS_STAGE_DUMP=OUT_DIR) beside them
+and beside diffusers' CPU bf16 stages (fixture flux_bf16_stages): where ours departs first.
+
 diffusers is not installed on the GPU machine: carry its wheel (see .device/run.sh).
 """
 import os
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -51,6 +58,13 @@ def run(out: Path):
               f"{err(img, WANT):.3e}, vs fixture bf16 (CPU) {err(img, WANT_BF16):.3e}", flush=True)
     save_file(images, str(out / "torch_cuda.safetensors"))
 
+    from flux_stages import flux_stages, spread
+    pipe = FluxPipeline.from_pretrained("fixtures/pipelines/tiny_flux").to(CUDA, torch.bfloat16)
+    stages = flux_stages(pipe, FX, CUDA, torch.bfloat16)
+    save_file(stages, str(out / "torch_stages_cuda_bf16.safetensors"))
+    for k, v in spread(stages, FX).items():
+        print(f"diffusers bf16 stage {k} on {CUDA}: max abs vs f32 CPU {v:.3e}", flush=True)
+
     fx = load_file("fixtures/transformers/flux.safetensors")
     for case in ["flux_dev", "flux_schnell"]:
         for dtype in [torch.float32, torch.bfloat16]:
@@ -70,7 +84,28 @@ def run(out: Path):
                   f"{want.abs().max().item():.2f})", flush=True)
 
 
+def compare_stages(out: Path):
+    """Per stage, each from the f32 reference's inputs: how far ours and diffusers' bf16 runs land
+    from the f32 CPU reference, and from each other."""
+    from flux_stages import spread
+    cpu = {k.split(".", 1)[1]: v for k, v in
+           load_file("fixtures/pipelines/flux_bf16_stages.safetensors").items()}
+    files = {"ours cuda": out / "ours_cuda_bf16.safetensors",
+             "diffusers cuda": out / "torch_stages_cuda_bf16.safetensors"}
+    runs = {"diffusers cpu": cpu}
+    runs.update({k: load_file(str(f)) for k, f in files.items() if f.exists()})
+    spreads = {k: spread(v, FX) for k, v in runs.items()}
+    names = list(cpu)
+    print("bf16 stage | " + " | ".join(f"{k} vs f32" for k in runs) + " | ours cuda vs diffusers cuda")
+    for n in names:
+        row = [f"{spreads[k].get(n, float('nan')):.3e}" for k in runs]
+        if "ours cuda" in runs and "diffusers cuda" in runs:
+            row.append(f"{err(runs['ours cuda'][n], runs['diffusers cuda'][n]):.3e}")
+        print(f"{n} | " + " | ".join(row))
+
+
 def compare(out: Path, torch_images: Path):
+    compare_stages(out)
     theirs = load_file(str(torch_images)) if torch_images.exists() else {}
     for dtype in ["f32", "bf16"]:
         f = out / f"cli_cuda_{dtype}.safetensors"

@@ -34,7 +34,7 @@ from diffusers.models.embeddings import (  # noqa: E402
 )
 from diffusers.models.normalization import RMSNorm  # noqa: E402
 from diffusers.models.transformers.transformer_flux import FluxPosEmbed  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers.activations import QuickGELUActivation  # noqa: E402
 
 torch.set_num_threads(1)
@@ -1719,6 +1719,31 @@ def stage_pipelines(out: Path):
     c.add("flux_prompt_bf16", "flux_pipeline", {**cfg, "prompt": prompt, "max_sequence_length": 8},
           {}, {"images": torch.from_numpy(image)})
     c.save(out / "pipelines", "flux")
+
+@torch.no_grad()
+def stage_flux_bf16_stages(out: Path):
+    """diffusers' tiny Flux pipeline in bf16 on the CPU, stage by stage, each stage from the f32
+    reference's own inputs (flux_stages.py): the yardstick for where our bf16 runs (CPU and
+    CUDA) depart from f32, and by how much diffusers' own bf16 does. Reads the committed
+    tiny_flux folder and the f32 fixture (stage pipelines) without changing them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from diffusers import FluxPipeline
+    from flux_stages import flux_stages, spread
+
+    fx = load_file(str(out / "pipelines" / "flux.safetensors"))
+    def load():
+        return FluxPipeline.from_pretrained(out / "pipelines" / "tiny_flux")
+    stages = flux_stages(load().to(torch.bfloat16), fx, "cpu", torch.bfloat16)
+    # The same code in f32 gives the f32 reference back: the stages' inputs are what they say.
+    f32 = spread(flux_stages(load(), fx, "cpu", torch.float32), fx)
+    assert max(f32.values()) < 1e-5, f32
+    c = Cases()
+    c.add("flux_bf16_stages", "flux_pipeline_stages",
+          {"folder": "pipelines/tiny_flux", "prompt": "a photo of the cat", "dtype": "bfloat16",
+           "device": "cpu", "bf16_vs_f32": spread(stages, fx), "f32_vs_f32": f32},
+          {}, stages)
+    c.save(out / "pipelines", "flux_bf16_stages")
+
 
 def bnb_4bit_on_cpu():
     """diffusers 0.42.1 refuses bitsandbytes 4-bit loading without a GPU (validate_environment raises
@@ -3499,6 +3524,7 @@ STAGES = {"nn": stage_nn, "loading": stage_loading, "random": stage_random, "sch
           "real_configs": stage_real_configs,
           "hunyuan_video_transformer": stage_hunyuan_video_transformer,
           "pipelines": stage_pipelines,
+          "flux_bf16_stages": stage_flux_bf16_stages,
           "gguf": stage_gguf,
           "gguf_flux": stage_gguf_flux,
           "tokenizers": stage_tokenizers,
