@@ -50,6 +50,20 @@ macro_rules! parity_tests {
                     $bf16,
                 );
             }
+            /// The same check on burn's fused CUDA backend (`backend::CudaFused`): the
+            /// layer-by-layer reproduction of burn 0.21's wrong fused results (burn #5122).
+            /// Expected to fail where fusion is wrong; passing everywhere means a burn release
+            /// fixed it and `backend::Cuda` may use fusion again.
+            #[cfg(feature = "cuda")]
+            #[test]
+            #[ignore = "burn fusion reproduction; needs a CUDA GPU"]
+            fn cuda_fused_f32() {
+                $check::<diffusers_core::backend::CudaFused>(
+                    &Default::default(),
+                    burn::tensor::DType::F32,
+                    $cuda_f32,
+                );
+            }
         }
     };
 }
