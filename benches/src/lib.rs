@@ -501,6 +501,42 @@ fn vae_config(c: &Ctx<'_, impl Backend>) -> Result<AutoencoderKLConfig> {
     )?)
 }
 
+/// A run of the model's first double-stream block (`double`) or first single-stream block on
+/// `[image, text]` states (the single block takes them joined as `[text, image]`, as diffusers'
+/// does), with the conditioning `temb` and the rotary `[cos, sin]`.
+fn flux_block_run<B: Backend>(
+    model: FluxTransformer2DModel<B>,
+    double: bool,
+    [x, ctx]: [Tensor<B, 3>; 2],
+    temb: Tensor<B, 2>,
+    [cos, sin]: [Tensor<B, 2>; 2],
+    dev: B::Device,
+) -> Result<Box<dyn FnMut() -> Result<()>>> {
+    if double {
+        let Some(block) = model.transformer_blocks.into_iter().next() else {
+            bail!("the model has no double-stream block");
+        };
+        return Ok(Box::new(move || {
+            let _out = block.forward(
+                x.clone(),
+                ctx.clone(),
+                temb.clone(),
+                cos.clone(),
+                sin.clone(),
+            );
+            Ctx::<B>::sync(&dev)
+        }));
+    }
+    let Some(block) = model.single_transformer_blocks.into_iter().next() else {
+        bail!("the model has no single-stream block");
+    };
+    Ok(Box::new(move || {
+        let joint = Tensor::cat(vec![ctx.clone(), x.clone()], 1);
+        let _out = block.forward(joint, temb.clone(), cos.clone(), sin.clone());
+        Ctx::<B>::sync(&dev)
+    }))
+}
+
 /// Builds a workload by name (one of [`WORKLOADS`] or [`CUDA_WORKLOADS`]) on `device`, computing
 /// in `dtype`.
 pub fn prepare<B: Backend>(
@@ -685,37 +721,8 @@ pub fn prepare<B: Backend>(
             // double block; q, k, v, the MLP and the fused output in the single block), plus
             // QKᵀ and PV over the joint sequence.
             let flops = 24.0 * d * d * s + 4.0 * s * s * d;
-            if double {
-                let Some(block) = model.transformer_blocks.into_iter().next() else {
-                    bail!("the flux_double model has no double-stream block");
-                };
-                (
-                    Box::new(move || {
-                        let _out = block.forward(
-                            x.clone(),
-                            ctx.clone(),
-                            temb.clone(),
-                            cos.clone(),
-                            sin.clone(),
-                        );
-                        Ctx::<B>::sync(&dev)
-                    }),
-                    Some(flops),
-                )
-            } else {
-                let Some(block) = model.single_transformer_blocks.into_iter().next() else {
-                    bail!("the flux_single model has no single-stream block");
-                };
-                (
-                    Box::new(move || {
-                        // diffusers' single block concatenates [text, image] itself.
-                        let joint = Tensor::cat(vec![ctx.clone(), x.clone()], 1);
-                        let _out = block.forward(joint, temb.clone(), cos.clone(), sin.clone());
-                        Ctx::<B>::sync(&dev)
-                    }),
-                    Some(flops),
-                )
-            }
+            let run = flux_block_run(model, double, [x, ctx], temb, [cos, sin], dev)?;
+            (run, Some(flops))
         }
         "flux_dev_step" | "flux_dev_double" | "flux_dev_single" => {
             let (mut cfg, img, txt) = flux_dev_config(&c)?;
@@ -788,36 +795,9 @@ pub fn prepare<B: Backend>(
                 let temb = rand(vec![dim]).reshape([1, dim]);
                 let cos = rand(vec![(txt + img) * head_dim]).reshape([txt + img, head_dim]);
                 let sin = rand(vec![(txt + img) * head_dim]).reshape([txt + img, head_dim]);
-                if name == "flux_dev_double" {
-                    let Some(block) = model.transformer_blocks.into_iter().next() else {
-                        bail!("flux_dev_double: no double-stream block");
-                    };
-                    (
-                        Box::new(move || {
-                            let _out = block.forward(
-                                x.clone(),
-                                ctx.clone(),
-                                temb.clone(),
-                                cos.clone(),
-                                sin.clone(),
-                            );
-                            Ctx::<B>::sync(&dev)
-                        }),
-                        Some(block_flops),
-                    )
-                } else {
-                    let Some(block) = model.single_transformer_blocks.into_iter().next() else {
-                        bail!("flux_dev_single: no single-stream block");
-                    };
-                    (
-                        Box::new(move || {
-                            let joint = Tensor::cat(vec![ctx.clone(), x.clone()], 1);
-                            let _out = block.forward(joint, temb.clone(), cos.clone(), sin.clone());
-                            Ctx::<B>::sync(&dev)
-                        }),
-                        Some(block_flops),
-                    )
-                }
+                let double = name == "flux_dev_double";
+                let run = flux_block_run(model, double, [x, ctx], temb, [cos, sin], dev)?;
+                (run, Some(block_flops))
             }
         }
         "unet_down" => {
