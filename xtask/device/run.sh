@@ -24,7 +24,7 @@ timed() { # LOGNAME COMMAND...: runs COMMAND under LIMIT, its output and exit st
 }
 
 for t in "$B"/*; do
-  case "$t" in */diffusers) continue ;; esac
+  case "$t" in */diffusers | */diffusers-bench | */xtask) continue ;; esac
   name=$(basename "$t" | sed 's/-[0-9a-f]*$//')
   if [ "$name" = layers ]; then
     # Many small CUDA tests (the layers): one process, those matching MANY_FILTER.
