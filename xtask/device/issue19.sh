@@ -21,13 +21,17 @@
 # - e2e:     a FLUX.1-dev-sized random-weight repository (make_flux_repo.py, ~34 GB) and
 #            `diffusers generate` on it, bf16, 1024x1024, 4 steps: peak device memory.
 #
-# PHASE_LIMIT (seconds, default 420) bounds each phase's processes.
+# PHASE_LIMIT (seconds, default 420) bounds each phase's processes. ISSUE19_DEVICE=cpu is a dry
+# run of the script's plumbing without a GPU (start and bench phases, tiny sizes).
 cd "$(dirname "$0")/.."
 O=${OUT:-/tmp/diffusers-out}
 R=$PWD
 mkdir -p "$O"
 S=$O/summary.txt
 LIMIT=${PHASE_LIMIT:-420}
+DEV=${ISSUE19_DEVICE:-cuda}
+TINY=""
+[ "$DEV" = cpu ] && TINY=--tiny
 PHASES=${*:-start bench parity e2e compile}
 B=/tmp/diffusers-bundle/bin
 if [ ! -x "$B/diffusers" ]; then
@@ -57,8 +61,8 @@ timed() { # LOGNAME COMMAND...: COMMAND under LIMIT, output in $O/LOGNAME.log, e
   say "== $(basename "$log" .log): exit $? after $(($(date +%s) - s)) s"
 }
 cli_tiny() { # LOG CACHE_DIR: the tiny Flux pipeline through the CLI, bf16
-  DIFFUSERS_KERNEL_CACHE=$2 timed "$1" "$B/diffusers" generate "a photo of the cat" \
-    --model fixtures/pipelines/tiny_flux --device cuda --dtype bf16 \
+  timed "$1" env DIFFUSERS_KERNEL_CACHE="$2" "$B/diffusers" generate "a photo of the cat" \
+    --model fixtures/pipelines/tiny_flux --device "$DEV" --dtype bf16 \
     --latents fixtures/pipelines/flux_prompt_latents.safetensors --output-type array \
     -o "$O/$1.safetensors" --height 16 --width 24 --steps 3 --max-sequence-length 8
   grep "^wrote" "$O/$1.log" | tee -a "$S"
@@ -76,7 +80,7 @@ for phase in $PHASES; do
   parity)
     t=$(bin pipelines)
     for test in cuda_f32_end_to_end cuda_bf16_end_to_end cuda_bf16_stages_within_diffusers_bf16_spread; do
-      DIFFUSERS_STAGE_DUMP=$O timed "flux_pipeline.$test" "$t" --exact "flux_pipeline::cuda::$test" \
+      timed "flux_pipeline.$test" env DIFFUSERS_STAGE_DUMP="$O" "$t" --exact "flux_pipeline::cuda::$test" \
         --include-ignored --test-threads 1 --nocapture &
     done
     t=$(bin transformers)
@@ -95,8 +99,9 @@ for phase in $PHASES; do
     [ "$phase" = compile ] && extra="--compile"
     names="flux_dev_double flux_dev_single flux_dev_step"
     [ "$phase" = bench ] && names="matmul_ceiling $names"
-    timed "bench_$phase" "$B/xtask" bench-vs-torch --device cuda --dtype bf16 --bin "$B/diffusers-bench" \
-      --python python3 --dir /tmp/bench-dir --out "$O/bench_$phase.json" $extra $names
+    timed "bench_$phase" "$B/xtask" bench-vs-torch --device "$DEV" --dtype bf16 $TINY \
+      --bin "$B/diffusers-bench" --python python3 --dir /tmp/bench-dir-$DEV \
+      --out "$O/bench_$phase.json" $extra $names
     grep -E "^\||^machine" "$O/bench_$phase.log" | tee -a "$S"
     ;;
   e2e)

@@ -234,7 +234,20 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    format!("{model}, {cpus} CPUs")
+    // The GPU too, where there is one (the CUDA rows are about it).
+    let gpu = Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .replace('\n', "; ")
+        })
+        .filter(|g| !g.is_empty())
+        .map_or(String::new(), |g| format!(", GPU {g}"));
+    format!("{model}, {cpus} CPUs{gpu}")
 }
 
 /// Runs the comparison; `args` as after `cargo xtask bench-vs-torch`. `venv` gives the
