@@ -441,7 +441,9 @@ def flux_dev(meta, name, device, dtype):
         t = torch.full((1,), 0.5, device=device, dtype=dtype)
         guidance = torch.full((1,), 3.5, device=device, dtype=dtype) if cfg["guidance_embeds"] else None
         blocks = cfg["num_layers"] + cfg["num_single_layers"]
-        flops = (blocks * block_flops + 2.0 * img * cfg["in_channels"] * dim * 2
+        # The blocks, x_embedder and proj_out per image token, context_embedder per text token.
+        out_ch = cfg.get("out_channels") or cfg["in_channels"]
+        flops = (blocks * block_flops + 2.0 * img * dim * (cfg["in_channels"] + out_ch)
                  + 2.0 * txt * cfg["joint_attention_dim"] * dim)
 
         def step(m):

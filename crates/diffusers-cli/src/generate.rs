@@ -581,7 +581,8 @@ fn generate<B: Backend>(
             GenerateEvent::Step { .. } => {
                 bar.inc(1);
                 denoised = t0.elapsed();
-                // From the process's start: on CUDA, what compiling kernels costs a cold start.
+                // From the start of the run, loading included: on CUDA, what compiling (or
+                // loading cached) kernels costs before the first step.
                 first_step.get_or_insert_with(|| start.elapsed());
             }
             GenerateEvent::Decoding { frames } => {

@@ -482,15 +482,15 @@ fn stages<B: burn::prelude::Backend>(
     dev: &B::Device,
     dtype: DType,
     label: &str,
-) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+) -> crate::lora_pipelines::Tensors {
     use diffusers_pipelines::image_processor::postprocess;
     use diffusers_pipelines::pipeline_flux::unpack_latents;
     let fx = Fixture::open("pipelines/flux");
     let mut pipe = FluxPipeline::<B>::from_folder(folder(), dtype, dev).expect("load");
-    let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut out: crate::lora_pipelines::Tensors = Vec::new();
     let mut keep = |name: &str, shape: Vec<usize>, data: burn::tensor::TensorData| {
         let v = data.convert::<f32>().into_vec::<f32>().expect("values");
-        out.push((name.to_string(), shape, v));
+        out.push((name.to_string(), (shape, v)));
     };
     let prompt = ["a photo of the cat".to_string()];
     let e = pipe.encode_prompt(&prompt, None, 1, 8).expect("encode");
@@ -529,25 +529,15 @@ fn stages<B: burn::prelude::Backend>(
     let img = postprocess(pipe.vae.decode(z));
     keep("decoded", img.dims().to_vec(), img.into_data());
     if let Some(dir) = std::env::var_os("DIFFUSERS_STAGE_DUMP") {
-        let bytes: Vec<Vec<u8>> = out
-            .iter()
-            .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            .collect();
-        let views = out.iter().zip(&bytes).map(|((k, shape, _), b)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                    .expect("view");
-            (k.clone(), view)
-        });
         let path = std::path::Path::new(&dir).join(format!("ours_{label}.safetensors"));
-        safetensors::serialize_to_file(views, None, &path).expect("write the stages");
+        crate::lora_pipelines::write_safetensors(&path, &out, None);
     }
     out
 }
 
 /// Per stage: (name, ours vs diffusers' bf16 CPU run, ours vs the f32 reference, diffusers'
 /// bf16 vs the f32 reference), each the largest absolute difference.
-fn stage_errors(ours: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<(String, f32, f32, f32)> {
+fn stage_errors(ours: &crate::lora_pipelines::Tensors) -> Vec<(String, f32, f32, f32)> {
     let bf16 = Fixture::open("pipelines/flux_bf16_stages");
     let f32s = Fixture::open("pipelines/flux");
     let max_abs = |a: &[f32], b: &[f32]| {
@@ -558,7 +548,7 @@ fn stage_errors(ours: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<(String, f32, f3
             .fold(0.0f32, f32::max)
     };
     ours.iter()
-        .map(|(name, _, got)| {
+        .map(|(name, (_, got))| {
             let theirs = bf16.values(&format!("flux_bf16_stages.{name}"));
             let key = if name == "decoded" { "images" } else { name };
             let reference = f32s.values(&format!("flux_prompt.{key}"));
@@ -581,14 +571,19 @@ fn stage_errors(ours: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<(String, f32, f3
 /// `flux_bf16_stages`), each stage from the f32 reference's inputs, so each error is that
 /// stage's own. The tolerance is diffusers' own bf16 distance from f32 at that stage, doubled
 /// (two bf16 implementations can each be that far, in opposite directions); measured here
-/// (ours vs f32 / diffusers bf16 vs f32): see `BF16_STAGES` in docs/PERFORMANCE.md.
+/// (ours vs f32 / diffusers bf16 vs f32): the bf16 stage table of docs/PERFORMANCE.md's CUDA
+/// section.
 #[test]
 fn bf16_stages_on_flex_within_diffusers_bf16_spread() {
-    let ours = stages::<Cpu>(&Default::default(), DType::BF16, "cpu_bf16");
-    for (name, _, vs_f32, spread) in stage_errors(&ours) {
+    assert_within_bf16_spread(&stages::<Cpu>(&Default::default(), DType::BF16, "cpu_bf16"));
+}
+
+/// Each stage of `ours` no farther from f32 than twice diffusers' own bf16 (CPU) is.
+fn assert_within_bf16_spread(ours: &crate::lora_pipelines::Tensors) {
+    for (name, _, vs_f32, spread) in stage_errors(ours) {
         assert!(
             vs_f32 <= 2.0 * spread,
-            "{name}: ours is {vs_f32:.3e} from f32, diffusers' bf16 {spread:.3e}"
+            "{name}: ours is {vs_f32:.3e} from f32, diffusers' bf16 (CPU) {spread:.3e}"
         );
     }
 }
@@ -604,14 +599,11 @@ mod cuda {
     #[test]
     #[ignore = "needs an NVIDIA GPU"]
     fn cuda_bf16_stages_within_diffusers_bf16_spread() {
-        let ours = stages::<Cuda>(&Default::default(), DType::BF16, "cuda_bf16");
-        let rows = stage_errors(&ours);
-        for (name, _, vs_f32, spread) in rows {
-            assert!(
-                vs_f32 <= 2.0 * spread,
-                "{name}: ours is {vs_f32:.3e} from f32, diffusers' bf16 (CPU) {spread:.3e}"
-            );
-        }
+        assert_within_bf16_spread(&stages::<Cuda>(
+            &Default::default(),
+            DType::BF16,
+            "cuda_bf16",
+        ));
     }
 
     /// CUDA f32: burn 0.21's CUDA matmul stages f32 operands as TF32 (see `testing::TF32`), so

@@ -474,7 +474,7 @@ fn adapters_work_unfused_on_a_quantized_transformer() {
 }
 
 /// A file's f32 tensors: name, shape and values.
-type Tensors = Vec<(String, (Vec<usize>, Vec<f32>))>;
+pub(crate) type Tensors = Vec<(String, (Vec<usize>, Vec<f32>))>;
 
 /// A safetensors file's f32 tensors.
 fn safetensors_tensors(bytes: &[u8]) -> Tensors {
@@ -492,7 +492,8 @@ fn safetensors_tensors(bytes: &[u8]) -> Tensors {
         .collect()
 }
 
-fn write_safetensors(
+/// Writes `tensors` as an f32 safetensors file (the stage dumps of `flux_pipeline` too).
+pub(crate) fn write_safetensors(
     path: &std::path::Path,
     tensors: &Tensors,
     metadata: Option<std::collections::HashMap<String, String>>,
